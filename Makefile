@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv if it is missing and install what they need into it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is pinned in the same pip command as everything that depends on it, so that pip takes
+# the CPU build that lies on these machines' disk instead of a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: test demo install-test install-demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[test]"
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[cli]"
+	touch $@
+
+install-test: $(VENV)/.test-installed
+install-demo: $(VENV)/.demo-installed
+
+test: install-test
+	$(PY) -m pytest tests
+
+demo: install-demo
+	$(VENV)/bin/amos compare --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``amos`` command line tool; see :mod:`amosopt.cli`."""

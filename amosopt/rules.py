@@ -1,0 +1,397 @@
+"""Framework-free rules: (parameter name, shape) -> eta or slot shape.
+
+Amos needs, for every variable, a model-oriented scale ``eta`` and optionally a *slot shape*
+(the shape of its ``v`` and ``b`` slots, which broadcasts to the variable). Both are usually
+written as an ordered table of ``regex -> value`` rules, exactly like the authors' assign maps
+(``jestimator.amos_helper.params_fn_from_assign_map``):
+
+* the **first** regex that matches the **start** of the name (``re.match``) wins, so published
+  tables port unchanged; a name that no rule matches is an error;
+* a value is a number, a tuple, a callable of the shape, or a string expression over ``SHAPE``
+  such as ``'sqrt(2/prod(SHAPE[:-1]))'`` or ``'(SHAPE[0], 1)'``.
+
+String expressions are evaluated by a small, safe interpreter over Python's ``ast`` (no
+``eval``): numbers, arithmetic, tuples, ``SHAPE`` with subscripts and slices, and calls of a fixed
+list of math functions (:data:`FUNCTIONS`). Anything else is rejected with :class:`ValueError`.
+
+Names: torch uses ``named_parameters()`` strings (``encoder.layer.0.attention.self.query.weight``);
+optax uses key paths, given as tuples of strings and joined with ``'/'`` for matching
+(``encoder/layer_0/query/kernel``), as jestimator does.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import numbers
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+Shape = tuple[int, ...]
+Name = Union[str, Sequence[str]]
+RuleValue = Union[float, int, tuple, str, Callable[[Shape], Any]]
+RuleTable = Union[Mapping[str, RuleValue], Sequence[tuple[str, RuleValue]]]
+
+__all__ = [
+    "FUNCTIONS",
+    "Rules",
+    "as_eta_fn",
+    "as_shape_fn",
+    "check_eta",
+    "eta_fn_from_rules",
+    "evaluate_shape_expression",
+    "is_rule_table",
+    "lookup",
+    "reduced_axes",
+    "shape_fn_from_rules",
+    "validate_slot_shape",
+]
+
+
+def _prod(values: Any) -> float | int:
+    return math.prod(_as_tuple(values, "prod"))
+
+
+def _as_tuple(values: Any, fn: str) -> tuple:
+    if isinstance(values, tuple):
+        return values
+    raise ValueError(f"{fn}() takes a tuple such as SHAPE or SHAPE[:-1], got {values!r}")
+
+
+def _min(*args: Any) -> Any:
+    return min(_as_tuple(args[0], "min") if len(args) == 1 else args)
+
+
+def _max(*args: Any) -> Any:
+    return max(_as_tuple(args[0], "max") if len(args) == 1 else args)
+
+
+#: The functions a shape expression may call.
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "sqrt": math.sqrt,
+    "rsqrt": lambda x: 1.0 / math.sqrt(x),
+    "prod": _prod,
+    "sum": lambda values: sum(_as_tuple(values, "sum")),
+    "len": lambda values: len(_as_tuple(values, "len")),
+    "min": _min,
+    "max": _max,
+    "abs": abs,
+    "int": int,
+    "float": float,
+    "pow": math.pow,
+    "exp": math.exp,
+    "log": math.log,
+    "log2": math.log2,
+}
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_MAX_EXPONENT = 64  # keeps `9**9**9`-style expressions from hanging the interpreter
+_MAX_EXPRESSION_LENGTH = 1000
+
+
+class _Evaluator:
+    """Walks a parsed expression, allowing only the node types listed in its methods."""
+
+    def __init__(self, source: str, shape: Shape):
+        self.source = source
+        self.shape = shape
+
+    def reject(self, node: ast.AST, what: str) -> ValueError:
+        return ValueError(
+            f"Invalid shape expression {self.source!r}: {what} is not allowed. "
+            "Use numbers, + - * / // % **, tuples, SHAPE with subscripts or slices, and the "
+            f"functions {sorted(FUNCTIONS)}."
+        )
+
+    def eval(self, node: ast.AST) -> Any:
+        method = getattr(self, f"eval_{type(node).__name__}", None)
+        if method is None:
+            raise self.reject(node, type(node).__name__)
+        return method(node)
+
+    def eval_Expression(self, node: ast.Expression) -> Any:
+        return self.eval(node.body)
+
+    def eval_Constant(self, node: ast.Constant) -> Any:
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise self.reject(node, f"the constant {node.value!r}")
+        return node.value
+
+    def eval_Name(self, node: ast.Name) -> Any:
+        if node.id == "SHAPE":
+            return self.shape
+        raise self.reject(node, f"the name {node.id!r}")
+
+    def eval_Tuple(self, node: ast.Tuple) -> tuple:
+        return tuple(self.eval(element) for element in node.elts)
+
+    def eval_BinOp(self, node: ast.BinOp) -> Any:
+        op = _BINARY.get(type(node.op))
+        if op is None:
+            raise self.reject(node, type(node.op).__name__)
+        left, right = self.eval(node.left), self.eval(node.right)
+        if isinstance(left, tuple) or isinstance(right, tuple):
+            if isinstance(node.op, ast.Add) and isinstance(left, tuple) and isinstance(right, tuple):
+                return left + right  # (1,) + SHAPE[1:]
+            raise self.reject(node, "arithmetic on a tuple (other than tuple + tuple)")
+        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+            raise self.reject(node, f"an exponent larger than {_MAX_EXPONENT}")
+        try:
+            return op(left, right)
+        except ArithmeticError as error:
+            raise ValueError(f"Shape expression {self.source!r} failed: {error}") from None
+
+    def eval_UnaryOp(self, node: ast.UnaryOp) -> Any:
+        op = _UNARY.get(type(node.op))
+        if op is None:
+            raise self.reject(node, type(node.op).__name__)
+        operand = self.eval(node.operand)
+        if isinstance(operand, tuple):
+            raise self.reject(node, "a sign on a tuple")
+        return op(operand)
+
+    def eval_Subscript(self, node: ast.Subscript) -> Any:
+        value = self.eval(node.value)
+        if not isinstance(value, tuple):
+            raise self.reject(node, "a subscript of a number")
+        index = self.eval_index(node.slice)
+        try:
+            return value[index]
+        except IndexError:
+            raise ValueError(
+                f"Shape expression {self.source!r}: index {index} is out of range for {value}"
+            ) from None
+
+    def eval_index(self, node: ast.AST) -> int | slice:
+        if isinstance(node, ast.Slice):
+            parts = [None if part is None else self.eval_int(part)
+                     for part in (node.lower, node.upper, node.step)]
+            return slice(*parts)
+        return self.eval_int(node)
+
+    def eval_int(self, node: ast.AST) -> int:
+        value = self.eval(node)
+        if not isinstance(value, int):
+            raise self.reject(node, f"a non-integer index {value!r}")
+        return value
+
+    def eval_Call(self, node: ast.Call) -> Any:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            what = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+            raise self.reject(node, f"calling {what!r}")
+        if node.keywords:
+            raise self.reject(node, "a keyword argument")
+        args = [self.eval(arg) for arg in node.args]
+        try:
+            return FUNCTIONS[node.func.id](*args)
+        except (TypeError, ValueError, ArithmeticError) as error:
+            raise ValueError(f"Shape expression {self.source!r} failed: {error}") from None
+
+
+def evaluate_shape_expression(expression: str, shape: Sequence[int]) -> Any:
+    """Evaluates a string expression over ``SHAPE`` safely.
+
+    >>> evaluate_shape_expression('sqrt(2/prod(SHAPE[:-1]))', (3, 3, 8, 16))
+    0.16666666666666666
+    >>> evaluate_shape_expression('(1,) + SHAPE[1:]', (4, 5))
+    (1, 5)
+
+    Raises:
+        ValueError: the expression uses anything outside the allowed grammar, or fails.
+    """
+    if not isinstance(expression, str):
+        raise TypeError(f"expression must be a str, got {type(expression).__name__}")
+    if len(expression) > _MAX_EXPRESSION_LENGTH:
+        raise ValueError(f"Shape expression is longer than {_MAX_EXPRESSION_LENGTH} characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ValueError(f"Invalid shape expression {expression!r}: {error.msg}") from None
+    return _Evaluator(expression, tuple(int(d) for d in shape)).eval(tree)
+
+
+def _join(name: Name, sep: str) -> str:
+    if isinstance(name, str):
+        return name
+    return sep.join(str(part) for part in name)
+
+
+class Rules:
+    """An ordered table of ``regex -> value`` rules; first match (``re.match``) wins.
+
+    Args:
+        table: a mapping (insertion order is the rule order) or a sequence of
+            ``(regex, value)`` pairs. A value is a number, a tuple, a callable of the shape,
+            or a string expression over ``SHAPE``.
+        name_sep: joins tuple names (optax key paths) before matching.
+
+    Calling the table, ``rules(name, shape)``, returns the resolved value (jestimator's
+    ``(name, shape) -> value`` signature). :meth:`match` also returns the pattern that matched.
+    """
+
+    def __init__(self, table: RuleTable | Rules, name_sep: str = "/"):
+        if isinstance(table, Rules):
+            pairs = list(table.pairs)
+        elif isinstance(table, Mapping):
+            pairs = list(table.items())
+        else:
+            pairs = [tuple(pair) for pair in table]
+        for pair in pairs:
+            if len(pair) != 2 or not isinstance(pair[0], str):
+                raise ValueError(f"A rule must be a (regex, value) pair, got {pair!r}")
+        if not pairs:
+            raise ValueError("A rule table needs at least one (regex, value) rule")
+        self.pairs: list[tuple[str, RuleValue]] = pairs
+        self.name_sep = name_sep
+        self._compiled = []
+        for pattern, _ in pairs:
+            try:
+                self._compiled.append(re.compile(pattern))
+            except re.error as error:
+                raise ValueError(f"Invalid regex {pattern!r} in rule table: {error}") from None
+
+    def __repr__(self) -> str:
+        return f"Rules({self.pairs!r})"
+
+    def match(self, name: Name, shape: Sequence[int]) -> tuple[str, Any]:
+        """Returns ``(pattern, resolved value)`` of the first rule matching ``name``."""
+        joined = _join(name, self.name_sep)
+        shape = tuple(int(d) for d in shape)
+        for regex, (pattern, value) in zip(self._compiled, self.pairs):
+            if regex.match(joined):
+                return pattern, _resolve(value, shape)
+        patterns = ", ".join(repr(pattern) for pattern, _ in self.pairs)
+        raise ValueError(
+            f"No rule matches parameter {joined!r} with shape {shape}; rules tried, in order: "
+            f"[{patterns}]. Add a rule for it (a catch-all such as r'.*' goes last)."
+        )
+
+    def __call__(self, name: Name, shape: Sequence[int]) -> Any:
+        return self.match(name, shape)[1]
+
+
+def _resolve(value: RuleValue, shape: Shape) -> Any:
+    if isinstance(value, str):
+        return evaluate_shape_expression(value, shape)
+    if callable(value):
+        return value(shape)
+    return value
+
+
+def is_rule_table(spec: Any) -> bool:
+    """True for a :class:`Rules`, a mapping, or a non-empty sequence of ``(str, value)`` pairs."""
+    if isinstance(spec, (Rules, Mapping)):
+        return True
+    if isinstance(spec, (list, tuple)) and spec and not isinstance(spec, str):
+        return all(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)
+                   for pair in spec)
+    return False
+
+
+def lookup(rules: RuleTable | Rules, name: Name, shape: Sequence[int]) -> Any:
+    """Resolves ``name`` (with ``shape``) against a rule table; see :class:`Rules`."""
+    return Rules(rules)(name, shape)
+
+
+def check_eta(value: Any, name: Name, shape: Sequence[int] = ()) -> float:
+    """Returns ``value`` as a float if it is a positive finite number, else raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Invalid eta for parameter {_join(name, '/')!r} with shape {tuple(shape)}: "
+            f"expected a positive finite number, got {value!r}"
+        )
+    eta = float(value)
+    if not (math.isfinite(eta) and eta > 0):
+        raise ValueError(
+            f"Invalid eta for parameter {_join(name, '/')!r} with shape {tuple(shape)}: {eta}; "
+            "eta is the expected magnitude of the entries, a positive finite number"
+        )
+    return eta
+
+
+def validate_slot_shape(name: Name, shape: Sequence[int], slot_shape: Any) -> Shape:
+    """Checks that ``slot_shape`` broadcasts to ``shape``: ``()`` or the same rank, each axis
+    either the parameter's size or 1. Returns it as a tuple of ints."""
+    shape = tuple(int(d) for d in shape)
+    try:
+        slot = tuple(int(d) for d in slot_shape)
+        if any(int(d) != d for d in slot_shape):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Invalid slot shape for parameter {_join(name, '/')!r} with shape {shape}: "
+            f"expected a tuple of ints, got {slot_shape!r}"
+        ) from None
+    if slot == ():
+        return slot
+    if len(slot) != len(shape) or any(s not in (1, d) for s, d in zip(slot, shape)):
+        raise ValueError(
+            f"Invalid slot shape {slot} for parameter {_join(name, '/')!r} with shape {shape}: "
+            "it must be () or have the same rank with each axis equal to the parameter's or 1, "
+            f"e.g. {shape[:-1] + (1,) if shape else ()} for one slot per row"
+        )
+    return slot
+
+
+def reduced_axes(shape: Sequence[int], slot_shape: Sequence[int]) -> tuple[int, ...]:
+    """The axes over which the squared gradient is averaged for this slot shape.
+
+    A scalar slot ``()`` reduces every axis; otherwise the axes where the slot is smaller
+    than the parameter (jestimator: ``[i for i, k in enumerate(shape) if slot[i] < k]``).
+    """
+    shape, slot_shape = tuple(shape), tuple(slot_shape)
+    if slot_shape == ():
+        return tuple(range(len(shape)))
+    return tuple(i for i, (s, d) in enumerate(zip(slot_shape, shape)) if s < d)
+
+
+def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], float]:
+    """Turns an ``eta`` spec (number, rule table, or ``(name, shape) -> number``) into a
+    checked ``(name, shape) -> float`` function."""
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        check_eta(spec, "<all parameters>")
+        return lambda name, shape: float(spec)
+    fn = Rules(spec, name_sep) if is_rule_table(spec) else spec
+    if not callable(fn):
+        raise ValueError(
+            f"Invalid eta: {spec!r}; pass a positive number, a rule table "
+            "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
+        )
+    return lambda name, shape: check_eta(fn(name, tuple(shape)), name, shape)
+
+
+def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], Shape] | None:
+    """Turns a slot-shape spec (``None``, rule table, or ``(name, shape) -> tuple``) into a
+    checked ``(name, shape) -> tuple`` function; ``None`` stays ``None`` (full-size slots)."""
+    if spec is None:
+        return None
+    fn = Rules(spec, name_sep) if is_rule_table(spec) else spec
+    if not callable(fn):
+        raise ValueError(
+            f"Invalid slot_shape: {spec!r}; pass None, a rule table "
+            "({regex: tuple or expression}) or a callable (name, shape) -> tuple"
+        )
+    return lambda name, shape: validate_slot_shape(name, shape, fn(name, tuple(shape)))
+
+
+def eta_fn_from_rules(rules: RuleTable, name_sep: str = "/") -> Callable[[Name, Shape], float]:
+    """jestimator-style ``eta_fn`` from a rule table (values checked positive and finite)."""
+    return as_eta_fn(Rules(rules, name_sep))
+
+
+def shape_fn_from_rules(rules: RuleTable, name_sep: str = "/") -> Callable[[Name, Shape], Shape]:
+    """jestimator-style ``shape_fn`` from a rule table (results checked to broadcast)."""
+    fn = as_shape_fn(Rules(rules, name_sep))
+    assert fn is not None
+    return fn
