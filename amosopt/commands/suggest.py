@@ -1,13 +1,39 @@
-"""amos suggest: (placeholder, to be written)."""
+"""amos suggest: the paper's recommended global rate xi, beta and clip value for a data set.
+
+Example: ``amos suggest --examples 60000 --batch-size 32 --loss sum`` (the authors' MNIST
+recipe: xi = 1/sqrt(60000/32) = 0.0231, beta = 0.98, clip = sqrt(32)).
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--examples", type=int, required=True,
+                        help="number of training examples (for a language model: sequences)")
+    parser.add_argument("--batch-size", type=int, required=True, help="examples per batch")
+    parser.add_argument("--loss", choices=("mean", "sum"), default="mean",
+                        help="is the loss averaged (default) or summed over the labels?")
+    parser.add_argument("--labels-per-example", type=int, default=1,
+                        help="labels a summed loss adds per example, e.g. target tokens (default 1)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run(args: argparse.Namespace) -> int:
     from amosopt.cli import CommandError
+    from amosopt.suggest import suggest
 
-    raise CommandError("'amos suggest' is not implemented yet")
+    try:
+        suggestion = suggest(args.examples, args.batch_size, args.loss, args.labels_per_example)
+    except ValueError as error:
+        # name the command-line flag rather than the Python argument
+        message = str(error)
+        for python, flag in (("batch_size", "--batch-size"), ("labels_per_example",
+                                                             "--labels-per-example"),
+                             ("examples", "--examples")):
+            message = message.replace(f"Invalid {python}", f"invalid {flag}")
+        raise CommandError(message) from None
+    print(json.dumps(suggestion.as_dict(), indent=2) if args.json else suggestion.format())
+    return 0
