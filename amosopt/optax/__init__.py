@@ -1,0 +1,26 @@
+"""Amos for JAX/optax: ``amos``, ``scale_by_amos``, ``ScaleByAmosState``, and sharding helpers.
+
+Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbers), without flax:
+``from amosopt.optax import amos``.
+"""
+
+from amosopt.optax.sharding import slot_partition_spec, state_sharding
+from amosopt.optax.transform import (
+    ScaleByAmosState,
+    amos,
+    param_names,
+    path_to_name,
+    scale_by_amos,
+)
+
+__all__ = [
+    "ScaleByAmosState",
+    "amos",
+    "param_names",
+    "path_to_name",
+    "scale_by_amos",
+    "slot_partition_spec",
+    "state_sharding",
+]
+
+# auto-scales exports (issue 4)

@@ -1,0 +1,399 @@
+"""Amos as optax transformations: :func:`scale_by_amos`, :func:`amos`, :class:`ScaleByAmosState`.
+
+Tian & Parikh, `Amos: An Adam-style Optimizer with Adaptive Weight Decay towards Model-Oriented
+Scale <https://arxiv.org/abs/2210.11693>`_, 2022. The numbers are those of the authors' reference
+code (``jestimator.amos``), without its flax dependency: parameter names come from JAX key paths,
+so any pytree works.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amosopt.rules import as_eta_fn, as_shape_fn, reduced_axes
+
+__all__ = [
+    "ScaleByAmosState",
+    "amos",
+    "param_names",
+    "path_to_name",
+    "scale_by_amos",
+]
+
+Name = tuple[str, ...]
+Shape = tuple[int, ...]
+ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+#: ``eta_fn`` spec: a number, an :mod:`amosopt.rules` table, or ``(name, shape) -> number``.
+EtaSpec = Union[float, Any, Callable[[Name, Shape], float]]
+#: ``shape_fn`` spec: ``None`` (full-size slots), a rule table, or ``(name, shape) -> tuple``.
+ShapeSpec = Union[None, Any, Callable[[Name, Shape], Shape]]
+
+
+class ScaleByAmosState(NamedTuple):
+    """State of :func:`scale_by_amos`; ``v`` and ``b`` mirror the parameter tree."""
+
+    count: jax.Array  # shape=(), dtype=jnp.int32: the number of updates done, t.
+    v: optax.Updates  # running mean of the reduced squared gradient, slot-shaped.
+    b: optax.Updates  # decay accumulator, 1 + b_t = prod_i (1 + gamma_i), slot-shaped.
+
+
+# ------------------------------------------------------------------------------------------------
+# Names from key paths
+
+
+def path_to_name(path: tuple[Any, ...]) -> Name:
+    """A JAX key path as a tuple of strings: dict keys, attribute names, indices as strings.
+
+    For nested dicts (flax linen params) this equals jestimator's names. A trailing ``value``
+    attribute, which is how boxed leaves such as flax ``nnx.Variable`` expose their array, is
+    dropped so that nnx and linen models get the same names.
+
+    >>> import jax
+    >>> tree = {"dense": {"kernel": 0.0}, "blocks": [{"w": 1.0}]}
+    >>> [path_to_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    [('blocks', '0', 'w'), ('dense', 'kernel')]
+    """
+    name = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            name.append(str(key.key))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            name.append(key.name)
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            name.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+            name.append(str(key.key))
+        else:  # a custom key type: its string form, without keystr's brackets
+            name.append(str(key).strip(".[]'\""))
+    if len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and name[-1] == "value":
+        name.pop()
+    return tuple(name)
+
+
+def param_names(params: Any) -> Any:
+    """The tree of names (tuples of strings) that ``eta_fn``/``shape_fn`` receive for ``params``.
+
+    >>> param_names({"dense": {"kernel": 0.0, "bias": 0.0}})
+    {'dense': {'bias': ('dense', 'bias'), 'kernel': ('dense', 'kernel')}}
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: path_to_name(path), params)
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation (concrete values only: inside inject_hyperparams the values may be tracers)
+
+
+def _concrete(value: Any) -> float | None:
+    """``value`` as a float when it is a known number, None when it is traced or not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return float(value)
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
+        if value.ndim == 0:
+            return float(value)
+    return None
+
+
+def _is_scalar(value: Any) -> bool:
+    return _concrete(value) is not None or (isinstance(value, jax.Array) and value.ndim == 0)
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                  high_open: bool = True, hint: str = "") -> None:
+    """Raises ValueError naming ``name`` unless ``value`` (a scalar) lies in the interval."""
+    if not _is_scalar(value):
+        raise ValueError(f"Invalid {name}: {value!r}; expected a number. {hint}".rstrip())
+    x = _concrete(value)
+    if x is None:
+        return  # a tracer (inject_hyperparams under jit): nothing to check at trace time
+    above = x > low if low_open else x >= low
+    below = x < high if high_open else x <= high
+    if not (math.isfinite(x) and above and below):
+        lo, hi = ("(" if low_open else "[") + f"{low}", f"{high}" + (")" if high_open else "]")
+        raise ValueError(f"Invalid {name}: {x}; it must lie in {lo}, {hi}. {hint}".rstrip())
+
+
+def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef: Any,
+                           c_coef: Any, epsilon: Any) -> None:
+    if not callable(learning_rate):
+        _check_number("learning_rate", learning_rate, 0.0, math.inf,
+                      hint="Pass a non-negative number or a schedule count -> number "
+                           "(about 1/sqrt(number of batches in the data)).")
+    _check_number("beta", beta, 0.0, 1.0, hint="A value slightly below 1, e.g. 0.999.")
+    _check_number("extra_l2", extra_l2, 0.0, math.inf, hint="0 turns it off.")
+    _check_number("d_coef", d_coef, 0.0, math.inf, hint="The paper uses 0.25.")
+    _check_number("c_coef", c_coef, 0.0, math.inf, hint="The paper uses 0.25.")
+    _check_number("epsilon", epsilon, 0.0, math.inf, low_open=True,
+                  hint="A tiny positive floor on v, e.g. 2**-125.")
+
+
+def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
+    """A checked ``(name, shape) -> eta``; a traced scalar (inject_hyperparams) passes as is."""
+    if isinstance(spec, jax.Array) and spec.ndim == 0 and _concrete(spec) is None:
+        return lambda name, shape: spec
+    number = _concrete(spec)
+    if number is not None:
+        return as_eta_fn(number)
+    if callable(spec) and not hasattr(spec, "pairs"):  # a user function, maybe returning arrays
+        def fn(name: Name, shape: Shape) -> Any:
+            value = spec(name, shape)
+            concrete = _concrete(value)
+            return value if concrete is None else concrete
+        return as_eta_fn(fn)
+    return as_eta_fn(spec, "/")
+
+
+def _slot_dtype(name: Name, dtype: Any) -> Any:
+    """float32 slots for 16-bit parameters, the parameter's own dtype otherwise."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"Amos needs real floating-point parameters, but {'/'.join(name)!r} has dtype {dtype}; "
+            "leave non-trainable leaves out of the tree given to the optimizer (or optax.masked)."
+        )
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The update of one variable
+
+
+def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi: Any,
+               eta: Any, beta: Any, count: jax.Array, extra_l2: Any, d_coef: Any, c_coef: Any,
+               epsilon: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One Amos step for one variable; returns (update Delta, new v, new b).
+
+    Computed in the slots' dtype (float32 for 16-bit parameters); the update is cast back to the
+    gradient's dtype, the slots to their own, so state dtypes never change.
+    """
+    dtype = v.dtype
+    if g.size == 0:  # nothing to update; a mean over no entries would put NaN in v
+        return jnp.zeros_like(g), v, b
+    as_dtype = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    g, theta = g.astype(dtype), theta.astype(dtype)
+    xi, eta, beta = as_dtype(xi), as_dtype(eta), as_dtype(beta)
+    axes = reduced_axes(g.shape, v.shape)
+    g2 = jnp.mean(jnp.square(g), axis=axes, keepdims=bool(v.shape))  # M(g_t^2), slot-shaped
+    v_new = beta * v + (1 - beta) * g2
+    r = (1 - beta ** count) / jnp.maximum(v_new, as_dtype(epsilon))  # 1 / v_hat_t
+    c_t = jax.lax.rsqrt(1 + as_dtype(c_coef) * jnp.sqrt(xi) * b)
+    gamma = c_t * jnp.square(xi) * r * g2
+    xi_eta = xi * eta
+    d_t = 1 / (1 + as_dtype(d_coef) * jnp.sqrt(xi_eta) * b)
+    delta = -d_t * (xi_eta * jnp.sqrt(r) * g + (0.5 * gamma + as_dtype(extra_l2)) * theta)
+    b_new = b + gamma * (1 + b)
+    return delta, v_new.astype(v.dtype), b_new.astype(b.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Transformations
+
+
+def scale_by_amos(
+    learning_rate: ScalarOrSchedule,
+    eta_fn: EtaSpec,
+    shape_fn: ShapeSpec = None,
+    beta: float = 0.999,
+    extra_l2: float = 0.0,
+    d_coef: float = 0.25,
+    c_coef: float = 0.25,
+    epsilon: float = 2**-125,
+) -> optax.GradientTransformationExtraArgs:
+    """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
+
+    The result is already the (negative) step: add it to the parameters with
+    ``optax.apply_updates``, do not scale it by a learning rate afterwards.
+
+    Raises:
+        ValueError: an invalid hyper-parameter (here), or, at ``init``, a slot shape that does
+            not broadcast to its parameter, an ``eta`` that is not a positive finite number, or a
+            non-floating parameter; at ``update``, ``params=None``.
+    """
+    _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon)
+    eta_of = _eta_function(eta_fn)
+    slot_shape_of = as_shape_fn(shape_fn, "/")
+
+    def slot_zeros(name: Name, theta: Any) -> jax.Array:
+        shape = tuple(theta.shape)
+        eta_of(name, shape)  # validates eta now, not at the first update
+        slot = shape if slot_shape_of is None else slot_shape_of(name, shape)
+        return jnp.zeros(slot, _slot_dtype(name, theta.dtype))
+
+    def init_fn(params: optax.Params) -> ScaleByAmosState:
+        v = jax.tree_util.tree_map_with_path(lambda p, x: slot_zeros(path_to_name(p), x), params)
+        b = jax.tree.map(jnp.zeros_like, v)
+        return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b)
+
+    def update_fn(updates: optax.Updates, state: ScaleByAmosState,
+                  params: optax.Params | None = None, **extra_args: Any):
+        del extra_args
+        if params is None:
+            raise ValueError(optax._src.base.NO_PARAMS_MSG)
+        count = optax.safe_increment(state.count)  # t, 1-based
+        xi = learning_rate(count) if callable(learning_rate) else learning_rate
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        grads = treedef.flatten_up_to(updates)
+        vs, bs = treedef.flatten_up_to(state.v), treedef.flatten_up_to(state.b)
+        out = []
+        for (path, theta), g, v, b in zip(leaves, grads, vs, bs):
+            eta = eta_of(path_to_name(path), tuple(theta.shape))
+            out.append(_amos_leaf(g, theta, v, b, xi=xi, eta=eta, beta=beta, count=count,
+                                  extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef,
+                                  epsilon=epsilon))
+        delta, v, b = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(3))
+        return delta, ScaleByAmosState(count=count, v=v, b=b)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _momentum(mu: Any) -> optax.GradientTransformation:
+    """``m <- mu m + (1 - mu) Delta`` without debiasing, as ``optax.ema(mu, debias=False)``,
+    but with a float32 ``m`` for 16-bit updates (optax.ema fixes one accumulator dtype for all
+    leaves at construction, before the parameters' dtypes are known)."""
+
+    def init_fn(params: optax.Params) -> optax.EmaState:
+        m = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)),
+                         params)
+        return optax.EmaState(count=jnp.zeros([], jnp.int32), ema=m)
+
+    def update_fn(updates: optax.Updates, state: optax.EmaState, params: Any = None):
+        del params
+
+        def step(delta: jax.Array, m: jax.Array) -> jax.Array:
+            return ((1 - mu) * delta.astype(m.dtype) + mu * m).astype(m.dtype)
+
+        m = jax.tree.map(step, updates, state.ema)
+        out = jax.tree.map(lambda x, u: x.astype(u.dtype), m, updates)
+        return out, optax.EmaState(count=optax.safe_increment(state.count), ema=m)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def amos(
+    learning_rate: ScalarOrSchedule,
+    eta_fn: EtaSpec,
+    shape_fn: ShapeSpec = None,
+    beta: float = 0.999,
+    momentum: float | None = None,
+    clip_value: float | None = None,
+    extra_l2: float = 0.0,
+    d_coef: float = 0.25,
+    c_coef: float = 0.25,
+    epsilon: float = 2**-125,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
+
+    Amos is Adam with adaptive learning-rate decay and weight decay, both driven by a
+    per-variable *model-oriented scale* :math:`\eta`, the expected magnitude of the variable's
+    entries once trained.
+
+    Let :math:`\xi_t` represent ``learning_rate`` (evaluated at the 1-based step :math:`t` if it is
+    a schedule), :math:`\eta` the value of ``eta_fn`` for the variable, :math:`\beta` ``beta``,
+    :math:`\lambda` ``extra_l2``, :math:`c, d` ``c_coef``, ``d_coef``, :math:`\epsilon`
+    ``epsilon``, and :math:`\mu` ``momentum``. The slots :math:`v` and :math:`b` have the shape
+    given by ``shape_fn`` (by default the variable's); :math:`M(\cdot)` averages over the axes
+    where the slot is 1 (all axes for a scalar slot ``()``). With :math:`v_0 = b_0 = m_0 = 0` and
+    :math:`g_t` the gradient clipped to :math:`[-\text{clip}, \text{clip}]`:
+
+    .. math::
+
+        \begin{align*}
+        v_t &\leftarrow \beta v_{t-1} + (1 - \beta)\, M(g_t^2), \qquad
+            \hat v_t \leftarrow \max(v_t, \epsilon) / (1 - \beta^t) \\
+        c_t &\leftarrow (1 + c \sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
+            d_t \leftarrow (1 + d \sqrt{\xi_t \eta}\, b_{t-1})^{-1} \\
+        \gamma_t &\leftarrow c_t\, \xi_t^2\, M(g_t^2) / \hat v_t \\
+        \Delta_t &\leftarrow -d_t \big(\xi_t \eta\, g_t / \sqrt{\hat v_t}
+            + (\tfrac12 \gamma_t + \lambda)\, \theta_{t-1}\big) \\
+        b_t &\leftarrow b_{t-1} + \gamma_t (1 + b_{t-1}) \\
+        m_t &\leftarrow \mu m_{t-1} + (1 - \mu) \Delta_t \quad
+            \text{(if momentum; the update is then } m_t\text{)}
+        \end{align*}
+
+    and the caller applies :math:`\theta_t = \theta_{t-1} + \Delta_t` (``optax.apply_updates``).
+
+    Unlike most optax optimizers, ``learning_rate`` is an argument of the scaling itself, not a
+    final ``scale_by_learning_rate``: :math:`\xi^2`, :math:`\sqrt{\xi}` and :math:`\xi\eta` appear
+    inside the update, so it cannot be factored out (as in ``optax.contrib.prodigy``).
+
+    Slots are float32 for 16-bit parameters (the arithmetic too; the update is cast back to the
+    gradient's dtype): ``epsilon = 2**-125`` is 0 in float16. Arguments and defaults are those of
+    ``jestimator.amos.amos``, so replacing its import gives the same numbers.
+
+    Args:
+        learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``.
+            About :math:`1/\sqrt{N}` for :math:`N` independent batches in the training data.
+        eta_fn: :math:`\eta` per variable: a positive number for all, an :mod:`amosopt.rules`
+            table (``{regex: value}``, matched against the key path joined with ``'/'``), or
+            jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings.
+        shape_fn: the shape of the ``v`` and ``b`` slots per variable: ``None`` (full size), a
+            rule table, or ``(name, shape) -> tuple``; each axis is the variable's or 1, or
+            ``()`` for one scalar slot.
+        beta: :math:`\beta \in [0, 1)`; make :math:`1 - \beta` about the size of
+            ``learning_rate``. Defaults to 0.999.
+        momentum: :math:`\mu \in [0, 1)` for an EMA of the updates (no debiasing); ``None`` or 0
+            turns it off.
+        clip_value: clips each gradient entry to ``[-clip_value, clip_value]`` first; ``None``
+            turns it off.
+        extra_l2: :math:`\lambda \ge 0`, an extra constant L2 term (experimental, not in the
+            paper). Defaults to 0.
+        d_coef: :math:`d \ge 0` in the learning-rate decay :math:`d_t`. Defaults to 0.25.
+        c_coef: :math:`c \ge 0` in the weight-decay decay :math:`c_t`. Defaults to 0.25.
+        epsilon: :math:`\epsilon > 0`, the floor on :math:`v`. Defaults to :math:`2^{-125}`.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs``, always
+        ``optax.chain(clip or identity, scale_by_amos, momentum or identity)`` whatever the
+        options; its ``update`` needs ``params``.
+
+    Raises:
+        ValueError: naming the argument: a negative ``learning_rate``; ``beta`` or ``momentum``
+            outside :math:`[0, 1)`; ``clip_value <= 0``; a negative ``extra_l2``, ``c_coef`` or
+            ``d_coef``; ``epsilon <= 0``. At ``init``: a slot shape that does not broadcast, an
+            ``eta`` that is not a positive finite number, a parameter with no matching rule.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from amosopt.optax import amos
+        >>> params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+        >>> loss = lambda p: jnp.sum((jnp.ones(3) @ p["dense"]["kernel"] + p["dense"]["bias"]) ** 2)
+        >>> solver = amos(learning_rate=0.1, momentum=0.9,
+        ...               eta_fn={r".*/kernel": "sqrt(1 / SHAPE[0])", r".*/bias": 0.5},
+        ...               shape_fn={r".*/kernel": "(1, SHAPE[1])", r".*": ()})
+        >>> state = solver.init(params)
+        >>> for _ in range(3):
+        ...     grads = jax.grad(loss)(params)
+        ...     updates, state = solver.update(grads, state, params)
+        ...     params = optax.apply_updates(params, updates)
+        ...     print(f"{loss(params):.3f}")
+        17.715
+        17.182
+        16.439
+
+    References:
+        Tian and Parikh, `Amos: An Adam-style Optimizer with Adaptive Weight Decay towards
+        Model-Oriented Scale <https://arxiv.org/abs/2210.11693>`_, 2022. Reference code:
+        ``jestimator.amos`` (google-research/jestimator).
+    """
+    if momentum is not None:
+        _check_number("momentum", momentum, 0.0, 1.0, hint="None or 0 turns momentum off.")
+    if clip_value is not None:
+        _check_number("clip_value", clip_value, 0.0, math.inf, low_open=True,
+                      hint="None turns clipping off.")
+    momentum_off = momentum is None or _concrete(momentum) == 0.0
+    return optax.chain(
+        optax.identity() if clip_value is None else optax.clip(clip_value),
+        scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
+                      d_coef=d_coef, c_coef=c_coef, epsilon=epsilon),
+        optax.identity() if momentum_off else _momentum(momentum),
+    )
