@@ -1,0 +1,396 @@
+"""Framework-free principles for automatic model-oriented scales (``eta``) and slot shapes.
+
+Amos needs, for every variable, ``eta``: the expected magnitude of its entries after training
+(Tian & Parikh, arXiv:2210.11693). The authors wrote these tables by hand (``jestimator``'s BERT,
+T5X, LSTM and MNIST configurations); the rules below reproduce every one of their BERT and MNIST
+choices from the model's structure alone:
+
+===========================  =============================  =====================================
+variable                     ``eta``                        slot shape (``v`` and ``b``)
+===========================  =============================  =====================================
+kernel of a linear map       :math:`\\sqrt{k / n}`, n the     one slot per output unit (the fan-in
+(dense, conv, attention)     fan-in; k = 2 when the input   axes reduced), whatever the layout
+                             comes straight from a ReLU /
+                             GELU / SiLU-family activation
+                             or a gated (GLU) product, else
+                             k = 1
+embedding table (V, d)       :math:`\\sqrt{2 / d}`            one slot per row, ``(V, 1)``
+norm gain                    1.0                            scalar ``()``
+bias, other additive vector  0.5                            scalar ``()``
+anything else (fallback)     >= 2-d: kernel with fan-in     >= 2-d: ``(shape[0], 1, ...)``;
+                             ``prod(shape[1:])``, k = 1;    else ``()``; a warning lists it
+                             else 0.5
+===========================  =============================  =====================================
+
+Why (paper.md section 2.1, after Su Jianlin's re-derivation): a randomly initialised matrix with
+entry std :math:`\\sigma` moves about :math:`\\sqrt{2}\\sigma` per entry, and He/LeCun initialisation
+gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\sqrt{k/n}` (k = 2 after ReLU-like
+units, which zero about half of the inputs). Zero-initialised biases and gains initialised to 1
+move by a prior :math:`\\sigma = 0.5` (gains keep their scale, 1.0). Convolutions count fan-in as
+``in_channels / groups * prod(kernel_size)``.
+
+This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
+flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table
+(:class:`ScaleTable`) usable directly as ``eta`` / ``slot_shape`` of the optimizers, and the
+optimizer-state memory arithmetic used by ``amos inspect``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from amosopt.rules import Rules, check_eta, is_rule_table, validate_slot_shape
+
+Shape = tuple[int, ...]
+
+__all__ = [
+    "ACTIVATIONS",
+    "GATES",
+    "Scale",
+    "ScaleTable",
+    "StateMemory",
+    "additive_scale",
+    "canonical_op",
+    "embedding_scale",
+    "fallback_scale",
+    "format_rows",
+    "gain_scale",
+    "is_activation",
+    "kernel_scale",
+    "state_memory",
+    "warn_guessed",
+]
+
+#: Activations after which a kernel's input counts as ReLU-like (k = 2): about half of the
+#: units are (near) zero, as in He initialisation. Compared after :func:`canonical_op`, so
+#: ``F.leaky_relu``, ``nn.LeakyReLU``, HF ``NewGELUActivation`` and ``jax.nn.gelu`` all match.
+ACTIVATIONS = frozenset({
+    "relu", "relu6", "leakyrelu", "rrelu", "prelu", "gelu", "gelunew", "gelufast",
+    "gelupytorchtanh", "pytorchgelutanh", "newgelu", "fastgelu", "quickgelu", "accurategelu",
+    "silu", "swish", "mish", "elu", "selu", "celu", "softplus", "hardswish", "glu",
+    "relusquared", "squaredrelu",
+})
+
+#: Gating nonlinearities: a product with one of these (or with an activation above) is a
+#: GLU-style gated product, whose output also counts as k = 2.
+GATES = frozenset({"sigmoid", "hardsigmoid", "tanh"})
+
+
+def canonical_op(name: str) -> str:
+    """Lower case without underscores, a trailing in-place ``_`` or the word "activation":
+    ``'leaky_relu_'``, ``'LeakyReLU'`` -> ``'leakyrelu'``; ``'GELUActivation'`` -> ``'gelu'``."""
+    return name.lower().replace("activation", "").replace("_", "")
+
+
+def is_activation(name: str) -> bool:
+    """True if ``name`` (a function or module class name) is a ReLU/GELU/SiLU-family unit."""
+    return canonical_op(name) in ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One variable's automatic setting.
+
+    Attributes:
+        eta: the model-oriented scale, a positive float.
+        slot_shape: the shape of the ``v`` / ``b`` slots; ``()`` is one scalar per tensor.
+        reason: a short human-readable justification, e.g.
+            ``"Linear weight, fan-in 3072, input after GELU: sqrt(2/3072)"``.
+    """
+
+    eta: float
+    slot_shape: Shape
+    reason: str
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def kernel_scale(
+    kind: str,
+    fan_in: int,
+    slot_shape: Sequence[int],
+    activation: str | None = None,
+) -> Scale:
+    """``eta = sqrt(k / fan_in)`` for the kernel of a linear map.
+
+    Args:
+        kind: what the variable is, for the reason (``"Linear weight"``).
+        fan_in: n, the number of inputs summed into each output unit.
+        slot_shape: one slot per output unit (the caller knows the layout).
+        activation: the activation (or ``"gated product"``) its input comes straight from,
+            which makes k = 2; ``None`` (normalised, linear or raw input) makes k = 1.
+    """
+    if fan_in <= 0:
+        raise ValueError(f"kernel_scale: fan_in must be positive, got {fan_in} ({kind})")
+    k = 1 if activation is None else 2
+    source = "" if activation is None else f", input after {activation}"
+    return Scale(
+        eta=math.sqrt(k / fan_in),
+        slot_shape=tuple(int(d) for d in slot_shape),
+        reason=f"{kind}, fan-in {fan_in}{source}: sqrt({k}/{fan_in})",
+    )
+
+
+def embedding_scale(kind: str, shape: Sequence[int], row_axis: int = 0) -> Scale:
+    """``eta = sqrt(2 / d)`` for an embedding table, one slot per row (the authors' BERT rule)."""
+    shape = tuple(int(d) for d in shape)
+    row_axis %= len(shape)
+    d = math.prod(s for i, s in enumerate(shape) if i != row_axis)
+    slot = tuple(s if i == row_axis else 1 for i, s in enumerate(shape))
+    return Scale(math.sqrt(2 / d), slot, f"{kind}, width {d}: sqrt(2/{d}), one slot per row")
+
+
+def gain_scale(kind: str) -> Scale:
+    """``eta = 1.0`` with a scalar slot for a multiplicative gain initialised to 1."""
+    return Scale(1.0, (), f"{kind} (gain): 1.0")
+
+
+def additive_scale(kind: str) -> Scale:
+    """``eta = 0.5`` with a scalar slot for a bias or other additive vector."""
+    return Scale(0.5, (), f"{kind} (additive): 0.5")
+
+
+def fallback_scale(shape: Sequence[int]) -> Scale:
+    """The documented guess for a variable no rule knows, by rank.
+
+    >= 2-d: a kernel whose first axis is the output, fan-in ``prod(shape[1:])``, k = 1, one slot
+    per output row; 1-d and scalars: additive, 0.5, scalar slot. The reason starts with
+    ``"guessed"`` so callers can warn once (:func:`warn_guessed`).
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) >= 2:
+        fan_in = math.prod(shape[1:])
+        return Scale(
+            math.sqrt(1 / fan_in),
+            (shape[0],) + (1,) * (len(shape) - 1),
+            f"guessed: unknown {len(shape)}-d variable as a kernel (out first), "
+            f"fan-in {fan_in}: sqrt(1/{fan_in})",
+        )
+    return Scale(0.5, (), f"guessed: unknown {len(shape)}-d variable as additive: 0.5")
+
+
+def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> None:
+    """Issues ONE warning listing every parameter the rules had to guess."""
+    if not guessed:
+        return
+    listing = ", ".join(f"{name} {tuple(shape)}" for name, shape in guessed)
+    warnings.warn(
+        f"amosopt auto_scales: no rule for {len(guessed)} parameter(s), used the rank-based "
+        f"fallback (>=2-d: kernel with fan-in prod(shape[1:]), k=1; else additive 0.5): "
+        f"{listing}. Check them and override if needed (overrides={{regex: eta}}).",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _join(name: Hashable) -> str:
+    return "/".join(str(part) for part in name) if isinstance(name, tuple) else str(name)
+
+
+class ScaleTable(Mapping):
+    """An ordered mapping ``name -> Scale`` that plugs straight into the optimizers.
+
+    ``table.eta`` and ``table.slot_shape`` are ``(name, shape) -> value`` callables, the form that
+    ``amosopt.torch.Amos(eta=..., slot_shape=...)`` and ``amosopt.optax.amos(eta_fn=...,
+    shape_fn=...)`` accept. They check the shape against the one recorded, so a table built for
+    another model fails loudly instead of silently mis-scaling.
+
+    Names are ``named_parameters()`` strings (torch) or key-path tuples (flax); lookups also accept
+    the ``'/'``-joined form of a tuple.
+    """
+
+    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]):
+        self._scales: dict[Hashable, Scale] = {}
+        self._shapes: dict[Hashable, Shape] = {}
+        self._joined: dict[str, Hashable] = {}
+        for name, shape, scale in entries:
+            self._scales[name] = scale
+            self._shapes[name] = tuple(int(d) for d in shape)
+            self._joined[_join(name)] = name
+
+    def __getitem__(self, name: Hashable) -> Scale:
+        return self._scales[self._key(name)]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._scales)
+
+    def __len__(self) -> int:
+        return len(self._scales)
+
+    def __repr__(self) -> str:
+        return f"ScaleTable({len(self)} parameters)"
+
+    def _key(self, name: Hashable) -> Hashable:
+        if isinstance(name, list):
+            name = tuple(name)
+        if name in self._scales:
+            return name
+        joined = _join(name)
+        if joined in self._joined:
+            return self._joined[joined]
+        raise KeyError(name)
+
+    def shape(self, name: Hashable) -> Shape:
+        """The parameter shape recorded for ``name``."""
+        return self._shapes[self._key(name)]
+
+    def items_with_shapes(self) -> Iterator[tuple[Hashable, Shape, Scale]]:
+        """``(name, parameter shape, Scale)`` in order."""
+        for name, scale in self._scales.items():
+            yield name, self._shapes[name], scale
+
+    def _lookup(self, name: Hashable, shape: Sequence[int]) -> Scale:
+        try:
+            key = self._key(name)
+        except KeyError:
+            raise ValueError(
+                f"Parameter {_join(name)!r} with shape {tuple(shape)} is not in the automatic "
+                f"scale table ({len(self)} entries). It is frozen, new, or from another model: "
+                "build the table from the same model after freezing, or pass only trainable "
+                "parameters to the optimizer."
+            ) from None
+        if tuple(int(d) for d in shape) != self._shapes[key]:
+            raise ValueError(
+                f"Parameter {_join(name)!r} has shape {tuple(shape)} but the automatic scale "
+                f"table was built for shape {self._shapes[key]}; rebuild it for this model."
+            )
+        return self._scales[key]
+
+    def eta(self, name: Hashable, shape: Sequence[int]) -> float:
+        """``(name, shape) -> eta``, for ``Amos(eta=...)`` / ``amos(eta_fn=...)``."""
+        return self._lookup(name, shape).eta
+
+    def slot_shape(self, name: Hashable, shape: Sequence[int]) -> Shape:
+        """``(name, shape) -> slot shape``, for ``Amos(slot_shape=...)`` /
+        ``amos(shape_fn=...)``."""
+        return self._lookup(name, shape).slot_shape
+
+    def with_overrides(self, eta: Any = None, slot_shape: Any = None) -> ScaleTable:
+        """A copy where some entries come from rule tables instead.
+
+        Args:
+            eta: ``{regex: value}`` / ``[(regex, value), ...]`` / :class:`~amosopt.rules.Rules`;
+                the first regex matching the start of the name (``re.match``; tuple names joined
+                with ``'/'``) gives the eta. Unmatched names keep the automatic value.
+            slot_shape: the same for slot shapes (tuples or ``SHAPE`` expressions).
+
+        Overridden entries say ``"override ..."`` in their reason. Values are checked (positive
+        eta, slot shape broadcasting to the parameter) right here, before any optimizer exists.
+        """
+        eta_rules = _as_rules(eta, "eta")
+        shape_rules = _as_rules(slot_shape, "slot_shape")
+        entries = []
+        for name, shape, scale in self.items_with_shapes():
+            entries.append((name, shape, _override(name, shape, scale, eta_rules, shape_rules)))
+        return ScaleTable(entries)
+
+    def memory(self, itemsize: int = 4) -> StateMemory:
+        """Optimizer-state memory of Amos (with / without momentum) and AdamW for this table."""
+        return state_memory(((shape, scale.slot_shape) for _, shape, scale in
+                             self.items_with_shapes()), itemsize)
+
+    def format(self) -> str:
+        """A plain-text table: name, shape, eta, slot shape, reason."""
+        rows = [("name", "shape", "eta", "slot shape", "reason")]
+        for name, shape, scale in self.items_with_shapes():
+            rows.append((_join(name), str(shape), _fmt(scale.eta), str(scale.slot_shape),
+                         scale.reason))
+        return format_rows(rows)
+
+
+def format_rows(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, with a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _as_rules(spec: Any, what: str) -> Rules | None:
+    if spec is None:
+        return None
+    if not is_rule_table(spec):
+        raise ValueError(
+            f"Invalid overrides for {what}: {spec!r}; pass a rule table such as "
+            "{r'.*classifier.*': 1.0} or [(regex, value), ...]"
+        )
+    return Rules(spec)
+
+
+def _override(
+    name: Hashable, shape: Shape, scale: Scale, eta_rules: Rules | None,
+    shape_rules: Rules | None,
+) -> Scale:
+    notes = []
+    eta, slot = scale.eta, scale.slot_shape
+    if eta_rules is not None:
+        matched = _try_match(eta_rules, name, shape)
+        if matched is not None:
+            eta = check_eta(matched[1], _join(name), shape)
+            notes.append(f"override eta {_fmt(eta)} by {matched[0]!r}")
+    if shape_rules is not None:
+        matched = _try_match(shape_rules, name, shape)
+        if matched is not None:
+            slot = validate_slot_shape(_join(name), shape, matched[1])
+            notes.append(f"override slot {slot} by {matched[0]!r}")
+    if not notes:
+        return scale
+    return replace(scale, eta=eta, slot_shape=slot,
+                   reason="; ".join(notes) + f" (automatic: {scale.reason})")
+
+
+def _try_match(rules: Rules, name: Hashable, shape: Shape) -> tuple[str, Any] | None:
+    """``(pattern, value)`` of the first matching rule, or None (unmatched keeps automatic)."""
+    joined = _join(name)
+    if any(re.match(pattern, joined) for pattern, _ in rules.pairs):
+        return rules.match(joined, shape)
+    return None
+
+
+@dataclass(frozen=True)
+class StateMemory:
+    """Optimizer-state bytes (slot tensors only; per-parameter step counters are excluded).
+
+    Attributes:
+        params: bytes of the parameters themselves.
+        amos: ``v`` and ``b`` at their slot shapes.
+        amos_momentum: ``amos`` plus a parameter-sized momentum buffer.
+        adamw: AdamW's two parameter-sized moments.
+    """
+
+    params: int
+    amos: int
+    amos_momentum: int
+    adamw: int
+
+    def percent(self, value: int) -> float:
+        """``value`` as a percentage of AdamW's state."""
+        return 100.0 * value / self.adamw if self.adamw else 0.0
+
+
+def state_memory(entries: Iterable[tuple[Sequence[int], Sequence[int]]],
+                 itemsize: int = 4) -> StateMemory:
+    """Counts optimizer-state bytes for ``(parameter shape, slot shape)`` pairs.
+
+    Amos keeps ``v`` and ``b`` at the slot shape (2 * prod(slot)), plus a parameter-sized ``m``
+    with momentum; AdamW keeps ``m`` and ``v`` (2 * prod(shape)). Every element is ``itemsize``
+    bytes (float32 by default: Amos keeps its slots in float32).
+    """
+    n_params = n_slots = 0
+    for shape, slot in entries:
+        n_params += math.prod(shape)
+        n_slots += math.prod(slot)
+    amos = 2 * n_slots * itemsize
+    return StateMemory(
+        params=n_params * itemsize,
+        amos=amos,
+        amos_momentum=amos + n_params * itemsize,
+        adamw=2 * n_params * itemsize,
+    )

@@ -1,0 +1,509 @@
+"""Automatic ``eta`` and slot shapes for PyTorch models: :func:`auto_scales`, :func:`auto_amos`.
+
+The principles are in :mod:`amosopt.scales`. Here they meet torch's modules and layouts:
+
+* ``nn.Linear`` / ``nn.Bilinear`` weight (out, in...): fan-in ``prod(shape[1:])``, slot
+  ``(out, 1, ...)``; ``nn.Conv{1,2,3}d`` weight (out, in/groups, *kernel): fan-in
+  ``in/groups * prod(kernel)``, slot ``(out, 1, ...)``; ``nn.ConvTranspose*d`` weight
+  (in, out/groups, *kernel): fan-in ``in/groups * prod(kernel)``, slot ``(1, out/groups, 1, ...)``;
+  Hugging Face ``Conv1D`` weight (in, out): fan-in ``in``, slot ``(1, out)``;
+  ``nn.MultiheadAttention`` ``in_proj_weight`` (3E, E) and ``{q,k,v}_proj_weight``: fan-in E
+  (or kdim / vdim), slot ``(rows, 1)``.
+* ``nn.Embedding`` / ``nn.EmbeddingBag`` (V, d): ``sqrt(2/d)``, slot ``(V, 1)``.
+* norm gains (``LayerNorm``, ``RMSNorm``, ``BatchNorm*``, ``GroupNorm``, ``InstanceNorm*`` and any
+  module whose class name contains "Norm") 1.0; biases 0.5; scalar slots.
+* anything else: the rank-based fallback of :func:`amosopt.scales.fallback_scale`, with one warning
+  listing every guessed parameter. With ``example_inputs``, a parameter of an unknown module that
+  the forward pass uses as the weight of ``F.linear`` / ``conv`` / ``embedding`` / a norm gets that
+  rule instead, without a warning.
+
+Tied parameters appear once, under their first name in ``named_parameters()`` and with the rule of
+that module (a word embedding tied to the output layer stays an embedding, as in the authors'
+configurations). Frozen parameters (``requires_grad=False``) are left out.
+
+**Is a kernel's input after an activation (k = 2)?** With ``example_inputs``, one forward pass runs
+under a :class:`torch.overrides.TorchFunctionMode` (model in eval mode, ``torch.no_grad()``, the
+mode restored afterwards) that records the op producing every tensor. From each ``linear`` /
+``conv`` / ``addmm`` / ``matmul`` call whose weight is a parameter, the input is walked back through
+shape and identity ops (view, reshape, transpose, dropout, pooling, ``to``, indexing, chunk...) to
+its producer: a ReLU/GELU/SiLU-family function or module (forward hooks mark activation modules,
+such as Hugging Face's ``NewGELUActivation`` which is written with ``tanh`` and ``mul``) gives k = 2;
+so does a product with an activation or a sigmoid/tanh gate (GLU, SwiGLU). A kernel used several
+times gets k = 2 only if every use is after an activation.
+
+Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
+(skipping dropout, identity, pooling and flatten) is an activation module, or (b) the kernel's name
+is an MLP output projection (``fc2``, ``c_proj``, ``down_proj``, ``wo``, ``w2``, ``linear2``,
+``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a child
+module or a function attribute such as ``TransformerEncoderLayer.activation``). Pass
+``example_inputs`` for the exact answer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from amosopt.scales import (
+    GATES,
+    Scale,
+    ScaleTable,
+    additive_scale,
+    canonical_op,
+    embedding_scale,
+    fallback_scale,
+    gain_scale,
+    is_activation,
+    kernel_scale,
+    warn_guessed,
+)
+
+__all__ = ["auto_amos", "auto_scales"]
+
+Shape = tuple[int, ...]
+
+_NORMS = (
+    nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_GAIN_NAMES = {"weight", "scale", "gamma", "g", "gain"}
+_ADDITIVE_NAMES = {"bias", "beta", "shift", "b"}
+#: ops (canonical names) that pass their first tensor input through unchanged in kind.
+_PASSTHROUGH = {
+    "view", "reshape", "transpose", "permute", "contiguous", "to", "clone", "dropout",
+    "dropout1d", "dropout2d", "dropout3d", "alphadropout", "featurealphadropout", "flatten",
+    "unflatten", "squeeze", "unsqueeze", "expand", "expandas", "viewas", "reshapeas", "getitem",
+    "chunk", "split", "unbind", "narrow", "float", "half", "bfloat16", "double", "type", "typeas",
+    "detach", "t", "movedim", "swapaxes", "swapdims", "pad", "maxpool1d", "maxpool2d",
+    "maxpool3d", "avgpool1d", "avgpool2d", "avgpool3d", "adaptiveavgpool1d", "adaptiveavgpool2d",
+    "adaptiveavgpool3d", "adaptivemaxpool1d", "adaptivemaxpool2d", "adaptivemaxpool3d",
+    "maxpool1dwithindices", "maxpool2dwithindices", "contiguousformat", "select", "slice",
+}
+_SKIP_MODULES = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+    nn.Flatten, nn.Unflatten, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+_MLP_OUTPUT_NAMES = {
+    "fc2", "c_proj", "down_proj", "wo", "w2", "linear2", "dense_4h_to_h", "dense2", "fc_out",
+}
+_PRETTY = {
+    "relu": "ReLU", "relu6": "ReLU6", "leakyrelu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU",
+    "mish": "Mish", "elu": "ELU", "selu": "SELU", "celu": "CELU", "glu": "GLU", "prelu": "PReLU",
+    "softplus": "Softplus", "hardswish": "Hardswish", "swish": "Swish",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Static rules: what a parameter is, from its module and attribute name
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """A kernel whose k (input after an activation or not) is still to be decided."""
+
+    kind: str
+    fan_in: int
+    slot_shape: Shape
+
+
+def _module_rule(module: nn.Module, local: str, shape: Shape) -> Scale | _Kernel | None:
+    """The rule for parameter ``local`` of ``module``; None when no rule knows it."""
+    cls = type(module).__name__
+    if isinstance(module, (nn.Linear, nn.Bilinear)) and local == "weight":
+        return _Kernel(f"{cls} weight", math.prod(shape[1:]), (shape[0],) + (1,) * (len(shape) - 1))
+    if isinstance(module, nn.modules.conv._ConvNd) and local == "weight":
+        ones = (1,) * (len(shape) - 2)
+        if module.transposed:  # (in, out/groups, *kernel)
+            fan_in = shape[0] // module.groups * math.prod(shape[2:])
+            return _Kernel(f"{cls} weight", fan_in, (1, shape[1]) + ones)
+        return _Kernel(f"{cls} weight", math.prod(shape[1:]), (shape[0], 1) + ones)
+    if cls == "Conv1D" and local == "weight" and len(shape) == 2 and \
+            getattr(module, "nf", None) == shape[1]:  # Hugging Face GPT-2 layout (in, out)
+        return _Kernel("Conv1D weight (in, out)", shape[0], (1, shape[1]))
+    if isinstance(module, nn.MultiheadAttention) and local.endswith("proj_weight"):
+        return _Kernel(f"MultiheadAttention {local}", shape[1], (shape[0], 1))
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and local == "weight":
+        return embedding_scale(f"{cls} weight", shape)
+    if isinstance(module, nn.PReLU) and local == "weight":
+        return additive_scale("PReLU slope")
+    is_norm = isinstance(module, _NORMS) or "norm" in cls.lower()
+    if is_norm and len(shape) <= 1 and local in _GAIN_NAMES:
+        return gain_scale(f"{cls} {local}")
+    if (local in _ADDITIVE_NAMES or local.endswith("bias")) and len(shape) <= 1:
+        return additive_scale(f"{cls} {local}" if local != "bias" else f"{cls} bias")
+    if isinstance(module, nn.MultiheadAttention) and local in ("bias_k", "bias_v"):
+        return additive_scale(f"MultiheadAttention {local}")
+    return None
+
+
+def _use_rule(use: str, shape: Shape) -> Scale | _Kernel | None:
+    """The rule for a parameter of an unknown module, from how the forward pass used it."""
+    if use == "linear" and len(shape) == 2:
+        return _Kernel("weight of F.linear", shape[1], (shape[0], 1))
+    if use.startswith("conv") and "transpose" not in use and len(shape) >= 3:
+        return _Kernel(f"weight of {use}", math.prod(shape[1:]),
+                       (shape[0],) + (1,) * (len(shape) - 1))
+    if use == "embedding" and len(shape) == 2:
+        return embedding_scale("weight of F.embedding", shape)
+    if use == "norm_weight" and len(shape) <= 1:
+        return gain_scale("weight of a norm op")
+    if use == "norm_bias" and len(shape) <= 1:
+        return additive_scale("bias of a norm op")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Data flow: one recorded forward pass
+
+
+@dataclass(eq=False)
+class _Node:
+    op: str  # canonical op name, or the activation label set by a module hook
+    inputs: list[Tensor]
+    activation: str | None = None
+
+
+def _tensors(values: Iterable[Any]) -> list[Tensor]:
+    found = []
+    for value in values:
+        if isinstance(value, Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, Tensor))
+    return found
+
+
+class _Recorder(TorchFunctionMode):
+    """Records, for every torch function call, its output tensors' producer and weight uses."""
+
+    def __init__(self, params: dict[int, nn.Parameter]):
+        super().__init__()
+        self.params = params
+        self.producer: dict[int, _Node] = {}
+        self.keep: list[Any] = []  # outputs stay alive, so their ids stay unique
+        self.sources: dict[int, list[str | None]] = {}  # kernel id -> what each use's input is
+        self.uses: dict[int, str] = {}  # param id -> how an op first used it
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        op = canonical_op(getattr(func, "__name__", "").strip("_"))
+        node = _Node(op, _tensors(list(args) + list(kwargs.values())))
+        outputs = _tensors([out]) if not isinstance(out, Tensor) else [out]
+        for tensor in outputs:
+            self.producer[id(tensor)] = node
+        self.keep.append(out)
+        self._record_uses(func, op, args, kwargs)
+        return out
+
+    def mark(self, output: Any, label: str) -> None:
+        """Marks a module's output as an activation (forward hook of activation modules)."""
+        if isinstance(output, Tensor):
+            self.producer[id(output)] = _Node(label, [], activation=label)
+            self.keep.append(output)
+
+    # -- which parameter is used as a weight, and what is its input -----------------------------
+
+    def _record_uses(self, func: Callable, op: str, args: tuple, kwargs: dict) -> None:
+        def arg(i: int, key: str) -> Any:
+            return args[i] if len(args) > i else kwargs.get(key)
+
+        if op == "linear" or op.startswith("conv"):
+            self._kernel_use(op, arg(1, "weight"), arg(0, "input"))
+        elif op == "addmm":  # HF Conv1D: addmm(bias, x, weight)
+            self._kernel_use("linear", arg(2, "mat2"), arg(1, "mat1"))
+        elif op in ("matmul", "mm", "bmm", "rmatmul"):
+            a, b = arg(0, "input"), arg(1, "other")
+            if op == "rmatmul":
+                a, b = b, a
+            if self._param(b) is not None and self._param(a) is None:
+                self._kernel_use(None, b, a)
+            elif self._param(a) is not None and self._param(b) is None:
+                self._kernel_use(None, a, b)
+        elif op == "multiheadattentionforward":
+            self._mha_uses(func, args, kwargs)
+        elif op == "embedding":
+            self._plain_use("embedding", arg(1, "weight"))
+        elif op in ("layernorm", "groupnorm", "rmsnorm", "batchnorm", "instancenorm"):
+            bound = _bind(func, args, kwargs)
+            self._plain_use("norm_weight", bound.get("weight"))
+            self._plain_use("norm_bias", bound.get("bias"))
+
+    def _param(self, tensor: Any) -> nn.Parameter | None:
+        """The parameter ``tensor`` is (possibly through views such as ``.t()``), if any."""
+        for _ in range(64):
+            if not isinstance(tensor, Tensor):
+                return None
+            if id(tensor) in self.params:
+                return self.params[id(tensor)]
+            node = self.producer.get(id(tensor))
+            if node is None or node.op not in _PASSTHROUGH or not node.inputs:
+                return None
+            tensor = node.inputs[0]
+        return None
+
+    def _kernel_use(self, op: str | None, weight: Any, x: Any) -> None:
+        param = self._param(weight)
+        if param is None:
+            return
+        if op is not None:
+            self.uses.setdefault(id(param), op)
+        self.sources.setdefault(id(param), []).append(self.source(x))
+
+    def _plain_use(self, use: str, weight: Any) -> None:
+        param = self._param(weight)
+        if param is not None:
+            self.uses.setdefault(id(param), use)
+
+    def _mha_uses(self, func: Callable, args: tuple, kwargs: dict) -> None:
+        bound = _bind(func, args, kwargs)
+        pairs = [("in_proj_weight", "query"), ("q_proj_weight", "query"),
+                 ("k_proj_weight", "key"), ("v_proj_weight", "value")]
+        for weight, x in pairs:
+            if bound.get(weight) is not None:
+                self._kernel_use("linear", bound[weight], bound.get(x))
+        out = self._param(bound.get("out_proj_weight"))
+        if out is not None:  # its input is the attention context: k = 1
+            self.sources.setdefault(id(out), []).append(None)
+
+    # -- walking back from a kernel's input ---------------------------------------------------
+
+    def _producer(self, tensor: Any) -> _Node | None:
+        """The first producer of ``tensor`` that is not a shape/identity op."""
+        for _ in range(256):
+            if not isinstance(tensor, Tensor):
+                return None
+            node = self.producer.get(id(tensor))
+            if node is None or node.activation or node.op not in _PASSTHROUGH or not node.inputs:
+                return node
+            tensor = node.inputs[0]
+        return None
+
+    def source(self, x: Any) -> str | None:
+        """The activation (or ``"gated product"``) ``x`` comes straight from, else None."""
+        node = self._producer(x)
+        if node is None:
+            return None
+        if node.activation:
+            return node.activation
+        if is_activation(node.op):
+            return _PRETTY.get(node.op, node.op)
+        if node.op in ("mul", "rmul"):
+            for operand in node.inputs:
+                gate = self._producer(operand)
+                if gate is not None and (gate.activation or is_activation(gate.op)
+                                         or gate.op in GATES):
+                    return "gated product"
+        return None
+
+
+def _bind(func: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    try:
+        return dict(inspect.signature(func).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+
+
+def _is_activation_module(module: nn.Module) -> bool:
+    return not list(module.children()) and is_activation(type(module).__name__)
+
+
+def _call(model: nn.Module, example_inputs: Any) -> None:
+    if isinstance(example_inputs, Mapping):
+        model(**example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        model(*example_inputs)
+    else:
+        model(example_inputs)
+
+
+def _trace(model: nn.Module, example_inputs: Any) -> _Recorder:
+    """Runs one forward pass in eval mode without gradients, recording the data flow."""
+    params = {id(p): p for p in model.parameters()}
+    recorder = _Recorder(params)
+    hooks = [
+        module.register_forward_hook(
+            lambda mod, args, out, label=type(module).__name__: recorder.mark(out, label))
+        for module in model.modules() if _is_activation_module(module)
+    ]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), recorder:
+            _call(model, example_inputs)
+    except Exception as error:
+        raise ValueError(
+            f"auto_scales: the forward pass with example_inputs failed ({type(error).__name__}: "
+            f"{error}). Pass inputs the model accepts: a tensor, a tuple of positional "
+            "arguments, or a dict of keyword arguments."
+        ) from error
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    return recorder
+
+
+# ------------------------------------------------------------------------------------------------
+# Heuristic without example inputs
+
+
+def _heuristic_sources(model: nn.Module) -> dict[str, str]:
+    """``module name -> activation label`` for kernels that look like they follow an activation."""
+    found: dict[str, str] = {}
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    for i, (name, module) in enumerate(leaves):
+        j = i - 1
+        while j >= 0 and isinstance(leaves[j][1], _SKIP_MODULES):
+            j -= 1
+        if j >= 0 and _is_activation_module(leaves[j][1]):
+            found[name] = f"{type(leaves[j][1]).__name__} (registered before it)"
+            continue
+        parent_name, _, local = name.rpartition(".")
+        if local in _MLP_OUTPUT_NAMES:
+            label = _parent_activation(model.get_submodule(parent_name))
+            if label is not None:
+                found[name] = f"{label} (MLP output projection, by name)"
+    return found
+
+
+def _parent_activation(parent: nn.Module) -> str | None:
+    for child in parent.children():
+        if _is_activation_module(child):
+            return type(child).__name__
+    for value in vars(parent).values():
+        if callable(value) and not isinstance(value, nn.Module) and \
+                is_activation(getattr(value, "__name__", "")):
+            return _PRETTY.get(canonical_op(value.__name__), value.__name__)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+
+
+def auto_scales(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    eta_overrides: Any = None,
+    slot_shape_overrides: Any = None,
+) -> ScaleTable:
+    """The automatic ``eta`` and slot shape of every trainable parameter of ``model``.
+
+    Args:
+        model: the ``nn.Module``.
+        example_inputs: optional inputs for one forward pass that finds which kernels take an
+            activation's output (k = 2 in ``eta = sqrt(k / fan_in)``): a tensor
+            (``model(x)``), a tuple of positional arguments, or a dict of keyword arguments
+            (``{'input_ids': ids}``). Without it a heuristic decides (see the module docstring).
+        eta_overrides: a rule table ``{regex: eta}`` (first ``re.match`` wins, on the
+            ``named_parameters()`` name); names no rule matches keep the automatic value.
+        slot_shape_overrides: the same for slot shapes (tuples or ``SHAPE`` expressions).
+
+    Returns:
+        A :class:`~amosopt.scales.ScaleTable`: ``name -> Scale(eta, slot_shape, reason)`` in
+        ``named_parameters()`` order (tied parameters once, frozen ones left out). Use it as
+        ``Amos(params, lr, eta=table.eta, slot_shape=table.slot_shape)``, or call
+        :func:`auto_amos`.
+
+    Warns:
+        UserWarning: once, listing every parameter that got the rank-based fallback.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(),
+        ...                             torch.nn.Linear(32, 2))
+        >>> table = auto_scales(model)
+        >>> table["2.weight"].reason
+        'Linear weight, fan-in 32, input after GELU (registered before it): sqrt(2/32)'
+        >>> table["2.weight"].slot_shape, table["2.bias"].eta
+        ((2, 1), 0.5)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"auto_scales: model must be a torch.nn.Module, got {type(model).__name__}")
+    recorder = None if example_inputs is None else _trace(model, example_inputs)
+    heuristic = {} if recorder is not None else _heuristic_sources(model)
+    entries, guessed = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        shape = tuple(param.shape)
+        module_name, _, local = name.rpartition(".")
+        rule = _module_rule(model.get_submodule(module_name), local, shape)
+        if rule is None and recorder is not None and id(param) in recorder.uses:
+            rule = _use_rule(recorder.uses[id(param)], shape)
+        if rule is None:
+            rule = fallback_scale(shape)
+            guessed.append((name, shape))
+        if isinstance(rule, _Kernel):
+            if recorder is not None:
+                sources = recorder.sources.get(id(param)) or [None]
+                activation = sources[0] if all(s is not None for s in sources) else None
+            else:
+                activation = heuristic.get(module_name)
+            rule = kernel_scale(rule.kind, rule.fan_in, rule.slot_shape, activation)
+        entries.append((name, shape, rule))
+    warn_guessed(guessed)
+    table = ScaleTable(entries)
+    if eta_overrides is not None or slot_shape_overrides is not None:
+        table = table.with_overrides(eta=eta_overrides, slot_shape=slot_shape_overrides)
+    return table
+
+
+def auto_amos(
+    model: nn.Module,
+    lr: float,
+    example_inputs: Any = None,
+    *,
+    eta_overrides: Any = None,
+    slot_shape_overrides: Any = None,
+    **amos_kwargs: Any,
+):
+    """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
+
+    Equivalent to ``table = auto_scales(model, example_inputs, eta_overrides=...,
+    slot_shape_overrides=...)`` then ``Amos([(n, p) for n, p in model.named_parameters() if
+    p.requires_grad], lr, eta=table.eta, slot_shape=table.slot_shape, **amos_kwargs)``.
+    The table is kept as ``optimizer.scales``.
+
+    Args:
+        model: the ``nn.Module``.
+        lr: the global learning rate xi (about 1/sqrt(number of batches in the data)).
+        example_inputs, eta_overrides, slot_shape_overrides: see :func:`auto_scales`.
+        **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
+            ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 1))
+        >>> optimizer = auto_amos(model, lr=0.01, momentum=0.9,
+        ...                       eta_overrides={r"2\\.": 0.1})
+        >>> optimizer.scales["2.bias"].eta
+        0.1
+    """
+    from amosopt.torch.optimizer import Amos
+
+    for key in ("eta", "slot_shape"):
+        if key in amos_kwargs:
+            raise TypeError(
+                f"auto_amos: '{key}' is computed automatically; change entries with "
+                f"{key}_overrides={{regex: value}} instead"
+            )
+    table = auto_scales(model, example_inputs, eta_overrides=eta_overrides,
+                        slot_shape_overrides=slot_shape_overrides)
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = Amos(params, lr, eta=table.eta, slot_shape=table.slot_shape, **amos_kwargs)
+    optimizer.scales = table
+    return optimizer
