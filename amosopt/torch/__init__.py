@@ -1,0 +1,11 @@
+"""PyTorch backend: :class:`Amos`, a :class:`torch.optim.Optimizer` exact to the reference.
+
+Import as ``from amosopt.torch import Amos``; this module imports torch, ``import amosopt`` does
+not.
+"""
+
+from amosopt.torch.optimizer import Amos
+
+__all__ = ["Amos"]
+
+# auto-scales exports (issue 4)
