@@ -145,9 +145,10 @@ def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     number = _concrete(spec)
     if number is not None:
         return as_eta_fn(number)
-    if callable(spec) and not hasattr(spec, "pairs"):  # a user function, maybe returning arrays
+    if callable(spec) and not hasattr(spec, "pairs"):  # a user function, maybe using jnp
         def fn(name: Name, shape: Shape) -> Any:
-            value = spec(name, shape)
+            with jax.ensure_compile_time_eval():  # eta depends on (name, shape) only: a constant
+                value = spec(name, shape)
             concrete = _concrete(value)
             return value if concrete is None else concrete
         return as_eta_fn(fn)
@@ -176,7 +177,7 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi
     Computed in the slots' dtype (float32 for 16-bit parameters); the update is cast back to the
     gradient's dtype, the slots to their own, so state dtypes never change.
     """
-    dtype = v.dtype
+    dtype, update_dtype = v.dtype, g.dtype
     if g.size == 0:  # nothing to update; a mean over no entries would put NaN in v
         return jnp.zeros_like(g), v, b
     as_dtype = lambda x: jnp.asarray(x, dtype)  # noqa: E731
@@ -192,7 +193,7 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi
     d_t = 1 / (1 + as_dtype(d_coef) * jnp.sqrt(xi_eta) * b)
     delta = -d_t * (xi_eta * jnp.sqrt(r) * g + (0.5 * gamma + as_dtype(extra_l2)) * theta)
     b_new = b + gamma * (1 + b)
-    return delta, v_new.astype(v.dtype), b_new.astype(b.dtype)
+    return delta.astype(update_dtype), v_new.astype(v.dtype), b_new.astype(b.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
