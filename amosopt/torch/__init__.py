@@ -9,3 +9,6 @@ from amosopt.torch.optimizer import Amos
 __all__ = ["Amos"]
 
 # auto-scales exports (issue 4)
+from amosopt.torch.scales import auto_amos, auto_scales  # noqa: E402
+
+__all__ += ["auto_amos", "auto_scales"]

@@ -32,7 +32,9 @@ so does a product with an activation or a sigmoid/tanh gate (GLU, SwiGLU). A ker
 times gets k = 2 only if every use is after an activation.
 
 Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
-(skipping dropout, identity, pooling and flatten) is an activation module, or (b) the kernel's name
+(skipping dropout, identity, pooling and flatten) is an activation module in the kernel's own
+module, a sibling module or its parent (BERT's ``intermediate.intermediate_act_fn`` before
+``output.dense``; not the activation at the end of the previous block), or (b) the kernel's name
 is an MLP output projection (``fc2``, ``c_proj``, ``down_proj``, ``wo``, ``w2``, ``linear2``,
 ``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a child
 module or a function attribute such as ``TransformerEncoderLayer.activation``). Pass
@@ -151,6 +153,10 @@ def _use_rule(use: str, shape: Shape) -> Scale | _Kernel | None:
     if use.startswith("conv") and "transpose" not in use and len(shape) >= 3:
         return _Kernel(f"weight of {use}", math.prod(shape[1:]),
                        (shape[0],) + (1,) * (len(shape) - 1))
+    if use == "matmul_right" and len(shape) == 2:
+        return _Kernel("right operand of matmul (in, out)", shape[0], (1, shape[1]))
+    if use == "matmul_left" and len(shape) == 2:
+        return _Kernel("left operand of matmul (out, in)", shape[1], (shape[0], 1))
     if use == "embedding" and len(shape) == 2:
         return embedding_scale("weight of F.embedding", shape)
     if use == "norm_weight" and len(shape) <= 1:
@@ -200,6 +206,8 @@ class _Recorder(TorchFunctionMode):
         node = _Node(op, _tensors(list(args) + list(kwargs.values())))
         outputs = _tensors([out]) if not isinstance(out, Tensor) else [out]
         for tensor in outputs:
+            if op in _PASSTHROUGH and any(tensor is x for x in node.inputs):
+                continue  # returned its input unchanged (dropout in eval): keep its producer
             self.producer[id(tensor)] = node
         self.keep.append(out)
         self._record_uses(func, op, args, kwargs)
@@ -226,9 +234,9 @@ class _Recorder(TorchFunctionMode):
             if op == "rmatmul":
                 a, b = b, a
             if self._param(b) is not None and self._param(a) is None:
-                self._kernel_use(None, b, a)
+                self._kernel_use("matmul_right", b, a)  # x @ W: W is (..., in, out)
             elif self._param(a) is not None and self._param(b) is None:
-                self._kernel_use(None, a, b)
+                self._kernel_use("matmul_left", a, b)  # W @ x: W is (..., out, in)
         elif op == "multiheadattentionforward":
             self._mha_uses(func, args, kwargs)
         elif op == "embedding":
@@ -251,12 +259,11 @@ class _Recorder(TorchFunctionMode):
             tensor = node.inputs[0]
         return None
 
-    def _kernel_use(self, op: str | None, weight: Any, x: Any) -> None:
+    def _kernel_use(self, op: str, weight: Any, x: Any) -> None:
         param = self._param(weight)
         if param is None:
             return
-        if op is not None:
-            self.uses.setdefault(id(param), op)
+        self.uses.setdefault(id(param), op)
         self.sources.setdefault(id(param), []).append(self.source(x))
 
     def _plain_use(self, use: str, weight: Any) -> None:
@@ -366,15 +373,24 @@ def _heuristic_sources(model: nn.Module) -> dict[str, str]:
         j = i - 1
         while j >= 0 and isinstance(leaves[j][1], _SKIP_MODULES):
             j -= 1
-        if j >= 0 and _is_activation_module(leaves[j][1]):
+        parent_name, _, local = name.rpartition(".")
+        if j >= 0 and _is_activation_module(leaves[j][1]) and \
+                _near(leaves[j][0].rpartition(".")[0], parent_name):
             found[name] = f"{type(leaves[j][1]).__name__} (registered before it)"
             continue
-        parent_name, _, local = name.rpartition(".")
         if local in _MLP_OUTPUT_NAMES:
             label = _parent_activation(model.get_submodule(parent_name))
             if label is not None:
                 found[name] = f"{label} (MLP output projection, by name)"
     return found
+
+
+def _near(act_parent: str, kernel_parent: str) -> bool:
+    """The activation sits in the kernel's module, a sibling module, or the kernel module's
+    parent; not, e.g., at the end of the previous transformer block."""
+    up = kernel_parent.rpartition(".")[0] if kernel_parent else None
+    return act_parent in (kernel_parent, up) or (
+        bool(kernel_parent) and bool(act_parent) and act_parent.rpartition(".")[0] == up)
 
 
 def _parent_activation(parent: nn.Module) -> str | None:
