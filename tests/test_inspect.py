@@ -1,0 +1,86 @@
+"""`amos inspect`: the table and the memory comparison for a model built from a factory."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from amosopt.cli import main  # noqa: E402
+
+
+def make_mlp(width: int = 8, hidden: int = 32, frozen_head: bool = False) -> nn.Module:
+    """The factory that the tests name as TARGET (tests.test_inspect:make_mlp)."""
+    model = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden),
+                          nn.Linear(hidden, 3))
+    if frozen_head:
+        model[3].requires_grad_(False)
+    return model
+
+
+def not_a_model():
+    return 42
+
+
+def broken():
+    raise RuntimeError("boom")
+
+
+def _rows(text):
+    return {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+
+
+def test_inspect_prints_table_and_memory(capsys):
+    width, hidden = 6, 10
+    code = main(["inspect", "tests.test_inspect:make_mlp",
+                 "--kwargs", f'{{"width": {width}, "hidden": {hidden}}}',
+                 "--example-input-shape", f"2,{width}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = _rows(out)
+    assert rows["0.weight"][1:3] == [f"({hidden},", f"{width})"]
+    assert float(rows["0.weight"][3]) == pytest.approx(math.sqrt(1 / width), rel=1e-5)
+    assert float(rows["3.weight"][3]) == pytest.approx(math.sqrt(1 / hidden), rel=1e-5)
+    assert float(rows["2.weight"][2]) == 1.0  # shape "(10,)" is one token
+    # memory, counted here from the architecture: AdamW 2 * params, Amos 2 * slots
+    params = hidden * width + hidden + 2 * hidden + 3 * hidden + 3
+    slots = hidden + 1 + 1 + 1 + 3 + 1
+    adamw, amos, amos_m = 8 * params, 8 * slots, 8 * slots + 4 * params
+    assert f"{adamw:,}" in rows["AdamW"]
+    assert f"{amos:,}" in out and f"{100 * amos / adamw:.3f}%" in out
+    assert f"{amos_m:,}" in out and f"{100 * amos_m / adamw:.3f}%" in out
+
+
+def test_inspect_without_inputs_uses_heuristic_and_skips_frozen(capsys):
+    assert main(["inspect", "tests.test_inspect:make_mlp",
+                 "--kwargs", '{"frozen_head": true}']) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert "3.weight" not in rows
+    assert float(rows["0.bias"][2]) == 0.5
+
+
+def test_inspect_int64_inputs(capsys):
+    assert main(["inspect", "torch.nn:Embedding", "--kwargs",
+                 '{"num_embeddings": 10, "embedding_dim": 8}', "--example-input-shape", "3",
+                 "--example-input-dtype", "int64"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert float(rows["weight"][3]) == pytest.approx(0.5)  # sqrt(2/8)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no_colon_here"], "package.module:callable"),
+    (["no_such_module_xyz:f"], "cannot import 'no_such_module_xyz'"),
+    (["tests.test_inspect:missing"], "has no attribute 'missing'"),
+    (["tests.test_inspect:not_a_model"], "returned int, not a torch.nn.Module"),
+    (["tests.test_inspect:broken"], "failed: RuntimeError: boom"),
+    (["tests.test_inspect:make_mlp", "--kwargs", "{bad"], "--kwargs is not valid JSON"),
+    (["tests.test_inspect:make_mlp", "--kwargs", '{"nope": 1}'], "TypeError"),
+    (["tests.test_inspect:make_mlp", "--example-input-shape", "2,x"], "--example-input-shape"),
+    (["tests.test_inspect:make_mlp", "--example-input-shape", "2,5"], "forward pass"),
+])
+def test_inspect_errors_are_one_line(capsys, argv, message):
+    assert main(["inspect", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
