@@ -248,3 +248,23 @@ def test_interrupted_run_writes_incomplete_results(capsys, tmp_path, monkeypatch
     assert amos["complete"] and amos["steps_done"] == 5
     assert not adamw["complete"] and adamw["steps_done"] == 3
     assert len(results["runs"]) == 2  # the second learning rate never started
+
+
+def test_scales_agree_with_the_papers_explicit_rules():
+    # The automatic scales, traced on a batch, give the paper's rules for the LM (paper.md §2);
+    # the explicit table is the fallback when amosopt.torch.auto_scales is missing.
+    from amosopt.compare.models import ByteLM, LM_ETA_RULES, LM_SLOT_RULES
+    from amosopt.rules import Rules
+
+    import torch
+
+    model = ByteLM(seq_len=16, d_model=16, n_layers=1, n_heads=2)
+    task = type("T", (), {"eta_rules": LM_ETA_RULES, "slot_rules": LM_SLOT_RULES})()
+    scales = train.amos_scales(model, task, torch.zeros(2, 16, dtype=torch.long))
+    eta, slot = Rules(LM_ETA_RULES), Rules(LM_SLOT_RULES)
+    for row in scales.table:
+        assert row["eta"] == pytest.approx(eta(row["name"], row["shape"])), row
+        assert tuple(row["slot_shape"]) == tuple(slot(row["name"], row["shape"])), row
+    by_name = {row["name"]: row["eta"] for row in scales.table}
+    assert by_name["blocks.0.mlp.proj.weight"] == pytest.approx(math.sqrt(2 / 64))
+    assert by_name["tok_emb.weight"] == pytest.approx(math.sqrt(2 / 16))

@@ -61,7 +61,8 @@ class Scales:
 
 
 def amos_scales(model: nn.Module, task: Task, example_inputs: Any = None) -> Scales:
-    """Automatic scales when ``amosopt.torch.auto_scales`` exists, else the task's rules."""
+    """Automatic scales (``amosopt.torch.auto_scales``, traced with ``example_inputs``) when
+    they are available, else the task's explicit rule table (the paper's rules, §2)."""
     try:
         from amosopt.torch import auto_scales
     except ImportError:
@@ -73,9 +74,7 @@ def amos_scales(model: nn.Module, task: Task, example_inputs: Any = None) -> Sca
              "slot_shape": list(scales[name].slot_shape), "reason": str(scales[name].reason)}
             for name, p in model.named_parameters()
         ]
-        return Scales(lambda name, shape: scales[name].eta,
-                      lambda name, shape: tuple(scales[name].slot_shape),
-                      "amosopt.torch.auto_scales", table)
+        return Scales(scales.eta, scales.slot_shape, "amosopt.torch.auto_scales", table)
     eta_rules, slot_rules = Rules(task.eta_rules), Rules(task.slot_rules)
     table = []
     for name, p in model.named_parameters():
