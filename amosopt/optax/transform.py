@@ -28,6 +28,12 @@ __all__ = [
     "scale_by_amos",
 ]
 
+# optax's own message for a transformation that needs `params` (add_decayed_weights raises it)
+_NO_PARAMS_MSG = getattr(
+    getattr(getattr(optax, "_src", None), "base", None), "NO_PARAMS_MSG",
+    "You are using a transformation that requires the current value of parameters, but you are "
+    "not passing `params` when calling `update`.")
+
 Name = tuple[str, ...]
 Shape = tuple[int, ...]
 ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
@@ -239,7 +245,7 @@ def scale_by_amos(
                   params: optax.Params | None = None, **extra_args: Any):
         del extra_args
         if params is None:
-            raise ValueError(optax._src.base.NO_PARAMS_MSG)
+            raise ValueError(_NO_PARAMS_MSG)
         count = optax.safe_increment(state.count)  # t, 1-based
         xi = learning_rate(count) if callable(learning_rate) else learning_rate
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -391,7 +397,9 @@ def amos(
     if clip_value is not None:
         _check_number("clip_value", clip_value, 0.0, math.inf, low_open=True,
                       hint="None turns clipping off.")
-    momentum_off = momentum is None or _concrete(momentum) == 0.0
+    # A Python 0 turns momentum off, as in jestimator. An array (what inject_hyperparams passes)
+    # keeps it on, so the state has the same structure at init and under jit.
+    momentum_off = momentum is None or (isinstance(momentum, numbers.Real) and momentum == 0)
     return optax.chain(
         optax.identity() if clip_value is None else optax.clip(clip_value),
         scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,

@@ -184,6 +184,12 @@ def test_inject_hyperparams_equals_plain_and_learning_rate_can_change():
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero_lr_plain))
 
 
+def test_inject_hyperparams_with_zero_momentum_keeps_one_state_structure():
+    injected = optax.inject_hyperparams(amos)(0.05, eta_fn=0.5, momentum=0.0)
+    updates, state = steps_of(injected, small_params(), 3)  # jitted: structure must not change
+    assert_trees_close(updates, steps_of(amos(0.05, 0.5), small_params(), 3)[0])
+
+
 def test_inject_hyperparams_with_rule_table_callables_as_static():
     table = {"w": "sqrt(1 / SHAPE[0])", ".*": 0.5}
     injected = optax.inject_hyperparams(amos, static_args=("eta_fn", "shape_fn"))(
