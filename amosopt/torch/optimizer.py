@@ -420,10 +420,64 @@ def _single_tensor_amos(
 
 
 def _multi_tensor_amos(
-    records: list[dict[str, Any]], states: list[dict[str, Any]], **kwargs: Any
+    records: list[dict[str, Any]], states: list[dict[str, Any]], *, xi: float, beta: float,
+    momentum: float, c_coef: float, d_coef: float, extra_l2: float, epsilon: float,
+    maximize: bool,
 ) -> None:
-    """Multi-tensor path (``torch._foreach_*``); falls back to the loop for now."""
-    _single_tensor_amos(records, states, **kwargs)
+    """The same update as :func:`_single_tensor_amos`, op for op, on lists (``torch._foreach_*``),
+    one list per (device, dtype). Slot-shaped factors broadcast against the parameters."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for k, r in enumerate(records):
+        buckets.setdefault((r["p"].device, r["p"].dtype), []).append(k)
+    sign = -1.0 if maximize else 1.0
+    for (_, dtype), ks in buckets.items():
+        params = [records[k]["p"] for k in ks]
+        g = [records[k]["g"] for k in ks]
+        g2 = [records[k]["g2"] for k in ks]
+        v = [states[k]["v"] for k in ks]
+        b = [states[k]["b"] for k in ks]
+        init_lr = [xi * states[k]["eta"] for k in ks]
+        bias_correction = [1.0 - beta ** int(states[k]["step"]) for k in ks]
+
+        torch._foreach_mul_(v, beta)
+        torch._foreach_add_(v, g2, alpha=1.0 - beta)  # v_t = beta v + (1 - beta) M(g^2)
+        rcpl_v_hat = torch._foreach_clamp_min(v, epsilon)
+        torch._foreach_reciprocal_(rcpl_v_hat)
+        torch._foreach_mul_(rcpl_v_hat, bias_correction)  # 1 / v_hat_t
+        gamma = torch._foreach_mul(b, c_coef * math.sqrt(xi))
+        torch._foreach_add_(gamma, 1.0)
+        torch._foreach_rsqrt_(gamma)  # c_t, from b_{t-1}
+        torch._foreach_mul_(gamma, xi * xi)
+        torch._foreach_mul_(gamma, rcpl_v_hat)
+        torch._foreach_mul_(gamma, g2)  # gamma_t = c_t xi^2 M(g^2) / v_hat_t
+        d_t = torch._foreach_mul(b, [d_coef * math.sqrt(lr) for lr in init_lr])
+        torch._foreach_add_(d_t, 1.0)
+        torch._foreach_reciprocal_(d_t)  # d_t, from b_{t-1}
+        torch._foreach_addcmul_(b, gamma, torch._foreach_add(b, 1.0))  # b_t
+        decay = torch._foreach_mul(gamma, 0.5)
+        torch._foreach_add_(decay, extra_l2)
+        torch._foreach_mul_(decay, d_t)  # d_t (gamma_t / 2 + lambda)
+        torch._foreach_sqrt_(rcpl_v_hat)
+        step = rcpl_v_hat
+        torch._foreach_mul_(step, d_t)
+        torch._foreach_mul_(step, init_lr)  # d_t xi eta / sqrt(v_hat_t)
+        del gamma, d_t, rcpl_v_hat
+
+        low = dtype in _LOW_PRECISION
+        theta = [p.float() for p in params] if low else params
+        if momentum > 0:
+            m = [states[k]["momentum_buffer"] for k in ks]
+            torch._foreach_mul_(m, momentum)
+            torch._foreach_addcmul_(m, theta, decay, value=momentum - 1.0)
+            torch._foreach_addcmul_(m, g, step, value=sign * (momentum - 1.0))
+            torch._foreach_add_(theta, m)
+        else:
+            torch._foreach_neg_(decay)
+            torch._foreach_add_(decay, 1.0)  # 1 - decay
+            torch._foreach_mul_(theta, decay)
+            torch._foreach_addcmul_(theta, g, step, value=-sign)
+        if low:
+            torch._foreach_copy_(params, theta)
 
 
 Amos.__doc__ = r"""Implements Amos (Tian & Parikh, 2022), exactly as the authors' reference code.
