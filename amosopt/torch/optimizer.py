@@ -90,6 +90,9 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
 def _check_specs(group: dict[str, Any], where: str) -> None:
     """Checks ``eta`` / ``slot_shape`` specs, and that name-based specs have names to use."""
     eta, slot_shape = group["eta"], group["slot_shape"]
+    if _is_number(eta) and not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"Invalid eta{where}: {eta!r}; eta, the expected magnitude of a "
+                         "parameter's entries, must be a finite number > 0")
     try:
         as_eta_fn(eta)  # numbers are checked here; tables compile their regexes
         as_shape_fn(slot_shape)
