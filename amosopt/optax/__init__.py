@@ -24,3 +24,6 @@ __all__ = [
 ]
 
 # auto-scales exports (issue 4)
+from amosopt.optax.scales import auto_scales  # noqa: E402  (flax imported lazily)
+
+__all__ += ["auto_scales"]
