@@ -1,0 +1,151 @@
+"""Optimizer step time and state memory: amosopt.torch.Amos against AdamW and pytorch_optimizer.
+
+Every optimizer owns a copy of the same model (a GPT-style byte LM, ~1M to ~50M parameters) and
+gets the same fixed random gradients; only ``optimizer.step()`` is timed. Timing is interleaved:
+each repetition steps every optimizer once, in a shuffled order, so load from other processes
+hits all of them alike. Reported: the median step time, its ratio to fused AdamW (the fastest
+AdamW on CPU) and the bytes of each optimizer's state tensors.
+
+    .venv/bin/python benchmarks/torch_step.py                  # all sizes, JSON to benchmarks/results
+    .venv/bin/python benchmarks/torch_step.py --sizes 1M --reps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amosopt.compare.models import ByteLM, count_parameters  # noqa: E402
+from amosopt.compare.train import state_bytes  # noqa: E402
+
+#: name -> (width, layers): 12 d^2 parameters per layer plus 2 x 256 x d embeddings
+SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
+LR = 1e-3
+
+
+def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple]:
+    """name -> (factory(model) -> optimizer); each gets its own model copy later."""
+    from amosopt.torch import Amos, auto_scales
+
+    table = auto_scales(model, example)
+
+    def amos(foreach: bool, momentum: float, factored: bool = True):
+        def make(m):
+            return Amos(m.named_parameters(), lr=0.01, eta=table.eta,
+                        slot_shape=table.slot_shape if factored else None,
+                        momentum=momentum, clip_value=1.0, foreach=foreach)
+        return make
+
+    makers = {
+        "AdamW fused": lambda m: torch.optim.AdamW(m.parameters(), LR, fused=True),
+        "AdamW foreach": lambda m: torch.optim.AdamW(m.parameters(), LR, foreach=True),
+        "Amos foreach": amos(True, 0.0),
+        "Amos foreach +mom": amos(True, 0.9),
+        "Amos loop": amos(False, 0.0),
+        "Amos loop +mom": amos(False, 0.9),
+        "Amos foreach full slots": amos(True, 0.0, factored=False),
+    }
+    try:
+        from pytorch_optimizer import Amos as KozistrAmos
+
+        makers["pytorch_optimizer.Amos"] = lambda m: KozistrAmos(m.parameters(), lr=0.01)
+    except ImportError:
+        print("pytorch_optimizer is not installed: skipping its Amos", file=sys.stderr)
+    return makers
+
+
+def bench_size(name: str, reps: int, warmup: int, seed: int) -> dict:
+    width, layers = SIZES[name]
+    torch.manual_seed(seed)
+    model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
+    n_params = count_parameters(model)
+    example = torch.zeros(1, 8, dtype=torch.long)
+    grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
+    entries = {}
+    for label, make in optimizers(model, example).items():
+        copy_ = copy.deepcopy(model)
+        for p, g in zip(copy_.parameters(), grads):
+            p.grad = g.clone()
+        entries[label] = {"model": copy_, "opt": make(copy_), "times": []}
+    order = list(entries)
+    rng = random.Random(seed)
+    for rep in range(warmup + reps):
+        rng.shuffle(order)
+        for label in order:
+            opt = entries[label]["opt"]
+            start = time.perf_counter()
+            opt.step()
+            elapsed = time.perf_counter() - start
+            if rep >= warmup:
+                entries[label]["times"].append(elapsed)
+    fused = statistics.median(entries["AdamW fused"]["times"])
+    adamw_bytes = state_bytes(entries["AdamW fused"]["opt"])
+    rows = []
+    for label, entry in entries.items():
+        median = statistics.median(entry["times"])
+        q = statistics.quantiles(entry["times"], n=4)
+        nbytes = state_bytes(entry["opt"])
+        rows.append({"optimizer": label, "median_ms": 1000 * median,
+                     "iqr_ms": [1000 * q[0], 1000 * q[2]], "ratio_to_fused_adamw": median / fused,
+                     "state_bytes": nbytes, "state_percent_of_adamw": 100 * nbytes / adamw_bytes})
+    return {"size": name, "parameters": n_params, "width": width, "layers": layers,
+            "reps": reps, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['size']}: {result['parameters']:,} parameters "
+          f"(width {result['width']}, {result['layers']} layers), {result['reps']} interleaved reps")
+    print(f"| {'optimizer':26} | median step | IQR | x fused AdamW | state | % of AdamW |")
+    print(f"|{'-' * 28}|---|---|---|---|---|")
+    for row in result["rows"]:
+        print(f"| {row['optimizer']:26} | {row['median_ms']:8.2f} ms | "
+              f"{row['iqr_ms'][0]:.1f}-{row['iqr_ms'][1]:.1f} | "
+              f"{row['ratio_to_fused_adamw']:5.2f} | {row["state_bytes"] / 2**10:10.1f} KiB | "
+              f"{row['state_percent_of_adamw']:6.2f}% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "torch_step.json"))
+    args = parser.parse_args()
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for size in sizes:
+        results.append(bench_size(size, args.reps, args.warmup, args.seed))
+        print_table(results[-1])
+    record = {
+        "benchmark": "torch optimizer.step()", "command": " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
