@@ -162,7 +162,7 @@ def print_table(result: dict) -> None:
     print(f"|{'-' * 24}|---|---|---|---|")
     for row in result["rows"]:
         print(f"| {row['optimizer']:22} | {row['median_ms']:8.2f} ms | "
-              f"{row['ratio_to_adamw']:5.2f} | {row["state_bytes"] / 2**10:10.1f} KiB | "
+              f"{row['ratio_to_adamw']:5.2f} | {row['state_bytes'] / 2**10:10.1f} KiB | "
               f"{row['state_percent_of_adamw']:6.2f}% |")
 
 

@@ -112,7 +112,7 @@ def print_table(result: dict) -> None:
     for row in result["rows"]:
         print(f"| {row['optimizer']:26} | {row['median_ms']:8.2f} ms | "
               f"{row['iqr_ms'][0]:.1f}-{row['iqr_ms'][1]:.1f} | "
-              f"{row['ratio_to_fused_adamw']:5.2f} | {row["state_bytes"] / 2**10:10.1f} KiB | "
+              f"{row['ratio_to_fused_adamw']:5.2f} | {row['state_bytes'] / 2**10:10.1f} KiB | "
               f"{row['state_percent_of_adamw']:6.2f}% |")
 
 
