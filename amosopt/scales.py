@@ -77,8 +77,9 @@ ACTIVATIONS = frozenset({
 })
 
 #: Gating nonlinearities: a product with one of these (or with an activation above) is a
-#: GLU-style gated product, whose output also counts as k = 2.
-GATES = frozenset({"sigmoid", "hardsigmoid", "tanh"})
+#: GLU-style gated product, whose output also counts as k = 2. GELU written out by hand,
+#: ``0.5 * x * (1 + tanh(...))`` or ``x * (1 + erf(x / sqrt(2))) / 2``, is such a product too.
+GATES = frozenset({"sigmoid", "hardsigmoid", "logistic", "tanh", "erf", "erfc"})
 
 
 def canonical_op(name: str) -> str:

@@ -70,7 +70,6 @@ _PASSTHROUGH = {"reshape", "transpose", "convert_element_type", "squeeze", "expa
                 "reduce_window_sum", "reduce_window_max", "reduce_precision", "rev",
                 "sharding_constraint", "optimization_barrier"}
 _AFFINE = {"mul", "div", "add", "sub"}
-_JAX_GATES = GATES | {"logistic", "erf", "erfc"}
 _SUB_JAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _GATE_LABELS = {
     "tanh": "tanh-gated product (GELU-style x*(1+tanh))",
@@ -178,7 +177,7 @@ def source(x: _Value) -> str | None:
     if node.op == "mul" and len(node.inputs) == 2 and not any(v.constant for v in node.inputs):
         for operand in node.inputs:
             gate = _through(operand)
-            if gate.activation or gate.op in _JAX_GATES:
+            if gate.activation or gate.op in GATES:
                 return _GATE_LABELS.get(gate.op, f"{gate.activation or gate.op}-gated product")
     return None
 

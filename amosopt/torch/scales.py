@@ -88,6 +88,7 @@ _PASSTHROUGH = {
     "adaptiveavgpool3d", "adaptivemaxpool1d", "adaptivemaxpool2d", "adaptivemaxpool3d",
     "maxpool1dwithindices", "maxpool2dwithindices", "contiguousformat", "select", "slice",
 }
+_AFFINE = {"mul", "rmul", "add", "radd", "sub", "rsub", "div", "truediv", "rtruediv"}
 _SKIP_MODULES = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
     nn.Flatten, nn.Unflatten, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
@@ -285,12 +286,15 @@ class _Recorder(TorchFunctionMode):
     # -- walking back from a kernel's input ---------------------------------------------------
 
     def _producer(self, tensor: Any) -> _Node | None:
-        """The first producer of ``tensor`` that is not a shape/identity op."""
+        """The first producer of ``tensor`` that is not a shape/identity op or an affine op
+        with a Python number (``0.5 * t``, ``1.0 + t``)."""
         for _ in range(256):
             if not isinstance(tensor, Tensor):
                 return None
             node = self.producer.get(id(tensor))
-            if node is None or node.activation or node.op not in _PASSTHROUGH or not node.inputs:
+            if node is None or node.activation or not node.inputs:
+                return node
+            if node.op not in _PASSTHROUGH and not (node.op in _AFFINE and len(node.inputs) == 1):
                 return node
             tensor = node.inputs[0]
         return None
@@ -304,12 +308,12 @@ class _Recorder(TorchFunctionMode):
             return node.activation
         if is_activation(node.op):
             return _PRETTY.get(node.op, node.op)
-        if node.op in ("mul", "rmul"):
+        if node.op in ("mul", "rmul") and len(node.inputs) == 2:
             for operand in node.inputs:
                 gate = self._producer(operand)
                 if gate is not None and (gate.activation or is_activation(gate.op)
                                          or gate.op in GATES):
-                    return "gated product"
+                    return f"gated product ({gate.activation or gate.op})"
         return None
 
 

@@ -290,6 +290,22 @@ def test_sigmoid_glu_and_plain_products():
     assert table["out2.weight"].eta == pytest.approx(math.sqrt(1 / 6))
 
 
+def test_gelu_written_out_is_a_gated_product():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 12), nn.Linear(12, 3)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h = 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+            return self.fc2(h)
+
+    table = auto_scales(Net(), torch.randn(2, 4))
+    assert table["fc2.weight"].eta == pytest.approx(math.sqrt(2 / 12))
+    assert "tanh" in table["fc2.weight"].reason
+
+
 class Tied(nn.Module):
     def __init__(self):
         super().__init__()
