@@ -15,6 +15,7 @@ kernel of a linear map       :math:`\\sqrt{k / n}`, n the     one slot per outpu
                              or a gated (GLU) product, else
                              k = 1
 embedding table (V, d)       :math:`\\sqrt{2 / d}`            one slot per row, ``(V, 1)``
+relative-position table      0.5                            one slot per row
 norm gain                    1.0                            scalar ``()``
 bias, other additive vector  0.5                            scalar ``()``
 anything else (fallback)     >= 2-d: kernel with fan-in     >= 2-d: ``(shape[0], 1, ...)``;
@@ -62,6 +63,7 @@ __all__ = [
     "gain_scale",
     "is_activation",
     "kernel_scale",
+    "relative_position_scale",
     "state_memory",
     "warn_guessed",
 ]
@@ -146,6 +148,14 @@ def embedding_scale(kind: str, shape: Sequence[int], row_axis: int = 0) -> Scale
     d = math.prod(s for i, s in enumerate(shape) if i != row_axis)
     slot = tuple(s if i == row_axis else 1 for i, s in enumerate(shape))
     return Scale(math.sqrt(2 / d), slot, f"{kind}, width {d}: sqrt(2/{d}), one slot per row")
+
+
+def relative_position_scale(kind: str, shape: Sequence[int]) -> Scale:
+    """``eta = 0.5`` with one slot per row for a relative-position table whose entries are added
+    to attention logits (the authors' RPE-BERT ``relpos_embed`` and T5X ``rel_embedding``)."""
+    shape = tuple(int(d) for d in shape)
+    slot = (shape[0],) + (1,) * (len(shape) - 1) if shape else ()
+    return Scale(0.5, slot, f"{kind} (relative positions, added to logits): 0.5, one slot per row")
 
 
 def gain_scale(kind: str) -> Scale:

@@ -11,7 +11,9 @@ From names and shapes (flax kernels are ``(..., in, out)``):
   ``(1, heads, head_dim)``; any other rank >= 3 (convolutions ``(*window, in/groups, out)``, the
   attention ``out`` kernel ``(heads, head_dim, out)``): fan-in ``prod(shape[:-1])``, slot
   ``(1, ..., 1, out)``;
-* ``.../embedding`` ``(V, d)``: ``sqrt(2/d)``, slot ``(V, 1)``;
+* ``.../embedding`` ``(V, d)``: ``sqrt(2/d)``, slot ``(V, 1)``; a name part containing
+  ``relative`` / ``relpos`` / ``rel_pos`` / ``rel_embed`` (jestimator's ``relpos_embed``, T5X's
+  ``relpos_bias/rel_embedding``): 0.5 with one slot per row;
 * ``.../scale`` (norm gains) 1.0, ``.../bias`` 0.5 (any rank), scalar slots;
 * anything else: kernel-like fallback in flax layout (>= 2-d: fan-in ``prod(shape[:-1])``, slot
   ``(1, ..., out)``; else additive 0.5), with one warning listing them.
@@ -36,6 +38,7 @@ flax is imported lazily (only for ``model``); plain nested dicts of arrays work 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +55,7 @@ from amosopt.scales import (
     gain_scale,
     is_activation,
     kernel_scale,
+    relative_position_scale,
     warn_guessed,
 )
 
@@ -64,6 +68,7 @@ _MLP_OUTPUT_NAMES = {"dense2", "fc2", "wo", "w2", "down_proj", "linear2", "fc_ou
                      "dense_4h_to_h"}
 _MLP_ANCESTORS = ("mlp", "ffn", "feed")
 _QKV = {"query", "key", "value"}
+_RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
 #: primitives that pass their first operand through unchanged in kind
 _PASSTHROUGH = {"reshape", "transpose", "convert_element_type", "squeeze", "expand_dims",
                 "broadcast_in_dim", "copy", "copy_p", "slice", "dynamic_slice", "pad",
@@ -240,6 +245,8 @@ def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None,
           traced: bool) -> tuple[Scale, bool]:
     """``(Scale, guessed)`` for one leaf."""
     last = name[-1] if name else ""
+    if any(_RELATIVE.search(part) for part in name) and len(shape) >= 1:
+        return relative_position_scale("relative-position table", shape), False
     if last == "embedding" and len(shape) == 2:
         return embedding_scale("Embed embedding (V, d)", shape), False
     if last == "scale":  # any rank: attention / DenseGeneral gains and biases are 2-d

@@ -9,7 +9,11 @@ The principles are in :mod:`amosopt.scales`. Here they meet torch's modules and 
   Hugging Face ``Conv1D`` weight (in, out): fan-in ``in``, slot ``(1, out)``;
   ``nn.MultiheadAttention`` ``in_proj_weight`` (3E, E) and ``{q,k,v}_proj_weight``: fan-in E
   (or kdim / vdim), slot ``(rows, 1)``.
-* ``nn.Embedding`` / ``nn.EmbeddingBag`` (V, d): ``sqrt(2/d)``, slot ``(V, 1)``.
+* ``nn.Embedding`` / ``nn.EmbeddingBag`` (V, d): ``sqrt(2/d)``, slot ``(V, 1)``; an embedding
+  whose path says ``relative`` / ``rel_pos`` / ``relpos`` (T5's ``relative_attention_bias``) is a
+  relative-position table added to logits: 0.5 with one slot per row (the authors' RPE rule);
+  learned vectors such as ViT's ``cls_token`` / ``position_embeddings`` (any parameter named
+  ``*token``, ``*pos_emb*``, ``*embedding*``, rank >= 2): ``sqrt(2/d)``, one slot per row.
 * norm gains (``LayerNorm``, ``RMSNorm``, ``BatchNorm*``, ``GroupNorm``, ``InstanceNorm*`` and any
   module whose class name contains "Norm") 1.0; biases 0.5; scalar slots.
 * anything else: the rank-based fallback of :func:`amosopt.scales.fallback_scale`, with one warning
@@ -32,11 +36,12 @@ so does a product with an activation or a sigmoid/tanh gate (GLU, SwiGLU). A ker
 times gets k = 2 only if every use is after an activation.
 
 Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
-(skipping dropout, identity, pooling and flatten) is an activation module in the kernel's own
+(skipping dropout, identity, pooling and flatten) is an activation module, itself registered right
+after another kernel (linear -> activation -> linear), in the kernel's own
 module, a sibling module or its parent (BERT's ``intermediate.intermediate_act_fn`` before
 ``output.dense``; not the activation at the end of the previous block), or (b) the kernel's name
 is an MLP output projection (``fc2``, ``c_proj``, ``down_proj``, ``wo``, ``w2``, ``linear2``,
-``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a child
+``lin2``, ``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a child
 module or a function attribute such as ``TransformerEncoderLayer.activation``). Pass
 ``example_inputs`` for the exact answer.
 """
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +70,7 @@ from amosopt.scales import (
     gain_scale,
     is_activation,
     kernel_scale,
+    relative_position_scale,
     warn_guessed,
 )
 
@@ -75,6 +82,8 @@ _NORMS = (
     nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
+_LEARNED_VECTORS = re.compile(r"(^|_)token(s)?$|pos(ition)?_emb|embedding")
 _GAIN_NAMES = {"weight", "scale", "gamma", "g", "gain"}
 _ADDITIVE_NAMES = {"bias", "beta", "shift", "b"}
 #: ops (canonical names) that pass their first tensor input through unchanged in kind.
@@ -96,6 +105,7 @@ _SKIP_MODULES = (
 )
 _MLP_OUTPUT_NAMES = {
     "fc2", "c_proj", "down_proj", "wo", "w2", "linear2", "dense_4h_to_h", "dense2", "fc_out",
+    "lin2",
 }
 _PRETTY = {
     "relu": "ReLU", "relu6": "ReLU6", "leakyrelu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU",
@@ -117,9 +127,12 @@ class _Kernel:
     slot_shape: Shape
 
 
-def _module_rule(module: nn.Module, local: str, shape: Shape) -> Scale | _Kernel | None:
-    """The rule for parameter ``local`` of ``module``; None when no rule knows it."""
+def _module_rule(module: nn.Module, path: str, local: str, shape: Shape
+                 ) -> Scale | _Kernel | None:
+    """The rule for parameter ``local`` of ``module`` (at ``path``); None when no rule knows it."""
     cls = type(module).__name__
+    if isinstance(module, nn.Embedding) and _RELATIVE.search(path):
+        return relative_position_scale(f"{cls} weight", shape)
     if isinstance(module, (nn.Linear, nn.Bilinear)) and local == "weight":
         return _Kernel(f"{cls} weight", math.prod(shape[1:]), (shape[0],) + (1,) * (len(shape) - 1))
     if isinstance(module, nn.modules.conv._ConvNd) and local == "weight":
@@ -144,6 +157,10 @@ def _module_rule(module: nn.Module, local: str, shape: Shape) -> Scale | _Kernel
         return additive_scale(f"{cls} {local}" if local != "bias" else f"{cls} bias")
     if isinstance(module, nn.MultiheadAttention) and local in ("bias_k", "bias_v"):
         return additive_scale(f"MultiheadAttention {local}")
+    if len(shape) >= 2 and _LEARNED_VECTORS.search(local):  # ViT cls_token, position_embeddings
+        d = shape[-1]
+        return Scale(math.sqrt(2 / d), shape[:-1] + (1,),
+                     f"{cls} {local}, learned vectors of width {d}: sqrt(2/{d}), one slot per row")
     return None
 
 
@@ -378,7 +395,11 @@ def _heuristic_sources(model: nn.Module) -> dict[str, str]:
         while j >= 0 and isinstance(leaves[j][1], _SKIP_MODULES):
             j -= 1
         parent_name, _, local = name.rpartition(".")
-        if j >= 0 and _is_activation_module(leaves[j][1]) and \
+        before = j - 1  # the activation must itself follow a kernel: linear -> act -> linear
+        while before >= 0 and isinstance(leaves[before][1], _SKIP_MODULES):
+            before -= 1
+        if j >= 0 and _is_activation_module(leaves[j][1]) and before >= 0 and \
+                _is_kernel_module(leaves[before][1]) and \
                 _near(leaves[j][0].rpartition(".")[0], parent_name):
             found[name] = f"{type(leaves[j][1]).__name__} (registered before it)"
             continue
@@ -387,6 +408,11 @@ def _heuristic_sources(model: nn.Module) -> dict[str, str]:
             if label is not None:
                 found[name] = f"{label} (MLP output projection, by name)"
     return found
+
+
+def _is_kernel_module(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)) or \
+        type(module).__name__ == "Conv1D"
 
 
 def _near(act_parent: str, kernel_parent: str) -> bool:
@@ -460,7 +486,7 @@ def auto_scales(
             continue
         shape = tuple(param.shape)
         module_name, _, local = name.rpartition(".")
-        rule = _module_rule(model.get_submodule(module_name), local, shape)
+        rule = _module_rule(model.get_submodule(module_name), module_name, local, shape)
         if rule is None and recorder is not None and id(param) in recorder.uses:
             rule = _use_rule(recorder.uses[id(param)], shape)
         if rule is None:

@@ -217,6 +217,14 @@ def test_unknown_leaves_warn_once_and_overrides():
     assert table[("dense", "kernel")].eta == 0.3 and "override" in table["dense/kernel"].reason
 
 
+def test_relative_position_tables():
+    params = {"relpos_embed": jnp.zeros((255, 16)),
+              "encoder": {"relpos_bias": {"rel_embedding": jnp.zeros((4, 32))}}}
+    table = auto_scales(params)
+    assert (table["relpos_embed"].eta, table["relpos_embed"].slot_shape) == (0.5, (255, 1))
+    assert table[("encoder", "relpos_bias", "rel_embedding")].slot_shape == (4, 1)
+
+
 def test_errors():
     params = {"dense": {"kernel": jnp.zeros((4, 3))}}
     with pytest.raises(ValueError, match="needs example_inputs"):

@@ -147,6 +147,56 @@ def test_llama_swiglu_and_rmsnorm(with_inputs):
             assert scale.slot_shape == (shape[0], 1)
 
 
+def _vit():
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=64, image_size=16, patch_size=8)
+    return transformers.ViTModel(config), torch.zeros(1, 3, 16, 16)
+
+
+def _t5():
+    config = transformers.T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8,
+                                   vocab_size=60, feed_forward_proj="gated-gelu")
+    ids = torch.zeros(1, 5, dtype=torch.long)
+    return transformers.T5ForConditionalGeneration(config), {"input_ids": ids,
+                                                               "decoder_input_ids": ids}
+
+
+def _distilbert():
+    config = transformers.DistilBertConfig(dim=32, n_layers=1, n_heads=4, hidden_dim=64,
+                                           vocab_size=60)
+    return transformers.DistilBertForMaskedLM(config), {"input_ids": torch.zeros(1, 5).long()}
+
+
+@pytest.mark.parametrize("build, checks", [
+    (_vit, {  # ViTMLP registers its activation before fc1: fc1 must still get k = 1
+        "embeddings.cls_token": (math.sqrt(2 / 32), (1, 1, 1)),
+        "embeddings.position_embeddings": (math.sqrt(2 / 32), (1, 5, 1)),
+        "embeddings.patch_embeddings.projection.weight": (math.sqrt(1 / 192), (32, 1, 1, 1)),
+        "layers.0.mlp.fc1.weight": (math.sqrt(1 / 32), (64, 1)),
+        "layers.0.mlp.fc2.weight": (math.sqrt(2 / 64), (32, 1)),
+    }),
+    (_t5, {  # relative-position bias table: the authors' 0.5, one slot per bucket
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (0.5, (32, 1)),
+        "encoder.block.0.layer.1.DenseReluDense.wo.weight": (math.sqrt(2 / 64), (32, 1)),
+        "encoder.block.0.layer.1.DenseReluDense.wi_0.weight": (math.sqrt(1 / 32), (64, 1)),
+        "encoder.block.0.layer.0.layer_norm.weight": (1.0, ()),
+        "shared.weight": (math.sqrt(2 / 32), (60, 1)),
+    }),
+    (_distilbert, {
+        "distilbert.transformer.layer.0.ffn.lin2.weight": (math.sqrt(2 / 64), (32, 1)),
+        "distilbert.transformer.layer.0.ffn.lin1.weight": (math.sqrt(1 / 32), (64, 1)),
+    }),
+])
+@pytest.mark.parametrize("with_inputs", [False, True])
+def test_more_hugging_face_families(build, checks, with_inputs):
+    torch.manual_seed(0)
+    model, inputs = build()
+    table = _no_warnings(auto_scales, model, inputs if with_inputs else None)
+    for name, (eta, slot) in checks.items():
+        assert table[name].eta == pytest.approx(eta), (name, table[name].reason)
+        assert table[name].slot_shape == slot, (name, table[name].reason)
+
+
 # ------------------------------------------------------------------------------------------------
 # Convolutions, attention, transformer layers
 
