@@ -24,11 +24,11 @@ anything else (fallback)     >= 2-d: kernel with fan-in     >= 2-d: ``(shape[0],
 ===========================  =============================  =====================================
 
 Why (paper.md section 2.1, after Su Jianlin's re-derivation): a randomly initialised matrix with
-entry std :math:`\\sigma` moves about :math:`\\sqrt{2}\\sigma` per entry, and He/LeCun initialisation
-gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\sqrt{k/n}` (k = 2 after ReLU-like
-units, which zero about half of the inputs). Zero-initialised biases and gains initialised to 1
-move by a prior :math:`\\sigma = 0.5` (gains keep their scale, 1.0). Convolutions count fan-in as
-``in_channels / groups * prod(kernel_size)``.
+entry std :math:`\\sigma` moves about :math:`\\sqrt{2}\\sigma` per entry, and He/LeCun
+initialisation gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\sqrt{k/n}`
+(k = 2 after ReLU-like units, which zero about half of the inputs). Zero-initialised biases and
+gains initialised to 1 move by a prior :math:`\\sigma = 0.5` (gains keep their scale, 1.0).
+Convolutions count fan-in as ``in_channels / groups * prod(kernel_size)``.
 
 This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
 flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table

@@ -49,7 +49,8 @@ def load_factory(target: str) -> Any:
             from None
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise CommandError(f"{module_name!r} has no attribute {attribute!r} (TARGET {target!r})")
+            raise CommandError(
+                f"{module_name!r} has no attribute {attribute!r} (TARGET {target!r})")
         obj = getattr(obj, part)
     if not callable(obj):
         raise CommandError(f"TARGET {target!r} is not callable")
@@ -64,7 +65,8 @@ def parse_kwargs(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise CommandError(f"--kwargs is not valid JSON ({error}): {text!r}") from None
     if not isinstance(kwargs, dict):
-        raise CommandError(f"--kwargs must be a JSON object such as '{{\"width\": 64}}', got {text!r}")
+        raise CommandError(
+            f"--kwargs must be a JSON object such as '{{\"width\": 64}}', got {text!r}")
     return kwargs
 
 

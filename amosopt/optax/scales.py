@@ -1,4 +1,4 @@
-"""Automatic ``eta`` and slot shapes for JAX parameter trees (flax linen and nnx): :func:`auto_scales`.
+"""Automatic ``eta`` and slot shapes for JAX parameter trees (flax linen, nnx): :func:`auto_scales`.
 
 The principles are in :mod:`amosopt.scales`; here they meet flax's names and layouts. Names are
 the key-path tuples that :func:`amosopt.optax.amos` passes to ``eta_fn`` / ``shape_fn``
@@ -316,7 +316,8 @@ def auto_scales(
         (True, (1, 16))
     """
     if (model is not None or apply_fn is not None) and example_inputs is None:
-        raise ValueError("auto_scales: model / apply_fn needs example_inputs to trace the data flow")
+        raise ValueError("auto_scales: model / apply_fn needs example_inputs to trace the "
+                         "data flow")
     if model is not None and apply_fn is not None:
         raise ValueError("auto_scales: pass model or apply_fn, not both")
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -31,18 +31,18 @@ mode restored afterwards) that records the op producing every tensor. From each 
 ``conv`` / ``addmm`` / ``matmul`` call whose weight is a parameter, the input is walked back through
 shape and identity ops (view, reshape, transpose, dropout, pooling, ``to``, indexing, chunk...) to
 its producer: a ReLU/GELU/SiLU-family function or module (forward hooks mark activation modules,
-such as Hugging Face's ``NewGELUActivation`` which is written with ``tanh`` and ``mul``) gives k = 2;
-so does a product with an activation or a sigmoid/tanh gate (GLU, SwiGLU). A kernel used several
-times gets k = 2 only if every use is after an activation.
+such as Hugging Face's ``NewGELUActivation`` which is written with ``tanh`` and ``mul``) gives
+k = 2; so does a product with an activation or a sigmoid/tanh/erf gate (GLU, SwiGLU, GELU written
+out by hand). A kernel used several times gets k = 2 only if every use is after an activation.
 
 Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
 (skipping dropout, identity, pooling and flatten) is an activation module, itself registered right
-after another kernel (linear -> activation -> linear), in the kernel's own
-module, a sibling module or its parent (BERT's ``intermediate.intermediate_act_fn`` before
+after another kernel (linear -> activation -> linear), in the kernel's own module, a sibling
+module or its parent (BERT's ``intermediate.intermediate_act_fn`` before
 ``output.dense``; not the activation at the end of the previous block), or (b) the kernel's name
 is an MLP output projection (``fc2``, ``c_proj``, ``down_proj``, ``wo``, ``w2``, ``linear2``,
-``lin2``, ``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a child
-module or a function attribute such as ``TransformerEncoderLayer.activation``). Pass
+``lin2``, ``dense_4h_to_h``, ``dense2``, ``fc_out``) and its parent module holds an activation (a
+child module or a function attribute such as ``TransformerEncoderLayer.activation``). Pass
 ``example_inputs`` for the exact answer.
 """
 
