@@ -1,4 +1,4 @@
-"""amos inspect: print the automatic eta / slot-shape table of a PyTorch model, and how much
+r"""amos inspect: print the automatic eta / slot-shape table of a PyTorch model, and how much
 optimizer state Amos keeps against AdamW.
 
 TARGET is an importable factory, ``package.module:callable`` (e.g. ``torchvision.models:resnet18``
@@ -9,7 +9,8 @@ a heuristic decides (see ``amosopt.torch.scales``).
 
 Example::
 
-    amos inspect torch.nn:TransformerEncoderLayer --kwargs '{"d_model": 64, "nhead": 4}' --example-input-shape 8,2,64
+    amos inspect torch.nn:TransformerEncoderLayer --kwargs '{"d_model": 64, "nhead": 4}' \
+        --example-input-shape 8,2,64
 """
 
 from __future__ import annotations
