@@ -26,7 +26,10 @@ ReLU/GELU/SiLU-family function (``jax.nn.relu`` is a ``custom_jvp_call`` named `
 ``jax.nn.silu`` a ``jit`` named ``silu``), ``max(x, 0)``, or a product with a ``tanh`` /
 ``logistic`` / ``erf(c)`` gate gives k = 2. The product rule covers GLU / SwiGLU and also GELU,
 which JAX inlines as ``x * 0.5 * (1 + tanh(...))`` (or ``erfc``): GELU is itself a self-gated
-product. The same trace gives each kernel's exact contracting axes, hence its fan-in and slot.
+product. The same trace gives each kernel's exact contracting axes, hence its fan-in and slot. Calls
+(``jit``, ``remat``, custom derivatives) and ``scan`` bodies are followed inside (a layer stack
+from ``nn.scan``, kernel ``(L, in, out)``, gets fan-in ``in`` and slot ``(L, 1, out)``); kernels
+used only where the trace does not look (``while`` bodies) fall back to the name rules below.
 Without a trace, k = 2 only for MLP output kernels by name: a parent named ``dense2``, ``fc2``,
 ``wo``, ``w2``, ``down_proj``, ``linear2``, ``fc_out``, ``c_proj`` or ``dense_4h_to_h`` below an
 ancestor whose name contains ``mlp``, ``ffn`` or ``feed`` (jestimator's ``mlp_block/dense2``, T5's
@@ -70,12 +73,15 @@ _MLP_ANCESTORS = ("mlp", "ffn", "feed")
 _QKV = {"query", "key", "value"}
 _RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
 #: primitives that pass their first operand through unchanged in kind
-_PASSTHROUGH = {"reshape", "transpose", "convert_element_type", "squeeze", "expand_dims",
+_PASSTHROUGH = {"scan_slice", "reshape", "transpose", "convert_element_type", "squeeze", "expand_dims",
                 "broadcast_in_dim", "copy", "copy_p", "slice", "dynamic_slice", "pad",
                 "reduce_window_sum", "reduce_window_max", "reduce_precision", "rev",
                 "sharding_constraint", "optimization_barrier"}
 _AFFINE = {"mul", "div", "add", "sub"}
 _SUB_JAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+#: call-like primitives whose inner jaxpr takes the operands unchanged
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
+          "custom_vjp_call", "custom_vjp_call_jaxpr"}
 _GATE_LABELS = {
     "tanh": "tanh-gated product (GELU-style x*(1+tanh))",
     "erf": "erf-gated product (GELU)",
@@ -137,10 +143,12 @@ class _Tracer:
         if name and is_activation(name):
             return [_Value(name, values, activation=name) for _ in eqn.outvars]
         inner = next((eqn.params[k] for k in _SUB_JAXPRS if k in eqn.params), None)
-        if inner is not None:
+        if inner is not None and prim in _CALLS:  # not scan/while: their operands are sliced
             inner = getattr(inner, "jaxpr", inner)
             if len(inner.invars) == len(values) and len(inner.outvars) == len(eqn.outvars):
                 return self.run(inner, values)
+        if prim == "scan" and inner is not None:
+            return self._scan(eqn, values, getattr(inner, "jaxpr", inner))
         if prim == "dot_general":
             (lhs_c, rhs_c), _ = eqn.params["dimension_numbers"]
             self._use(values[1], tuple(rhs_c), values[0])
@@ -150,8 +158,21 @@ class _Tracer:
             self._use(values[1], tuple(rhs_spec[1:]), values[0])
         return [_Value(prim, values) for _ in eqn.outvars]
 
+    def _scan(self, eqn: Any, values: list[_Value], inner: Any) -> list[_Value]:
+        """Follows a ``scan`` body (``nn.scan`` layer stacks): its ``xs`` operands are the outer
+        arrays sliced along axis 0, marked so that kernel axes shift back by one."""
+        n_fixed = eqn.params["num_consts"] + eqn.params["num_carry"]
+        inner_values = values[:n_fixed] + [_Value("scan_slice", [v]) for v in values[n_fixed:]]
+        if len(inner.invars) != len(inner_values):
+            return [_Value("scan", values) for _ in eqn.outvars]
+        self.run(inner, inner_values)
+        return [_Value("scan", values) for _ in eqn.outvars]
+
     def _use(self, kernel: _Value, contracting: tuple[int, ...], x: _Value) -> None:
-        while kernel.op in ("convert_element_type", "copy", "copy_p") and kernel.inputs:
+        while kernel.op in ("convert_element_type", "copy", "copy_p", "scan_slice") and \
+                kernel.inputs:
+            if kernel.op == "scan_slice":  # a per-layer slice of a stacked (L, ...) kernel
+                contracting = tuple(axis + 1 for axis in contracting)
             kernel = kernel.inputs[0]  # dtype casts keep the axes
         if kernel.param is not None and x.param is None:
             self.uses.setdefault(kernel.param, []).append(_KernelUse(contracting, source(x)))
@@ -241,8 +262,7 @@ def _mlp_output(name: Name) -> bool:
         key in part.lower() for part in name[:-2] for key in _MLP_ANCESTORS)
 
 
-def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None,
-          traced: bool) -> tuple[Scale, bool]:
+def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None) -> tuple[Scale, bool]:
     """``(Scale, guessed)`` for one leaf."""
     last = name[-1] if name else ""
     if any(_RELATIVE.search(part) for part in name) and len(shape) >= 1:
@@ -262,10 +282,10 @@ def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None,
             if last != "kernel":
                 kind = f"{last} (contracted by dot_general/conv)"
         fan_in = math.prod(shape[i] for i in contracting)
-        if traced:
-            sources = [use.source for use in uses or [_KernelUse((), None)]]
+        if uses:  # traced: every use after an activation
+            sources = [use.source for use in uses]
             activation = sources[0] if all(s is not None for s in sources) else None
-        else:
+        else:  # not traced, or used where the trace does not look (inside scan / while)
             activation = "an activation (MLP output, by name)" if _mlp_output(name) else None
         return kernel_scale(kind, fan_in, _slot(shape, contracting), activation), False
     if len(shape) >= 2:
@@ -336,7 +356,7 @@ def auto_scales(
         name: Hashable = path_to_name(path)
         shape = tuple(int(d) for d in getattr(leaf, "shape", ()))
         uses = tracer.uses.get(i) if tracer is not None else None
-        scale, was_guessed = _rule(name, shape, uses, tracer is not None)
+        scale, was_guessed = _rule(name, shape, uses)
         if was_guessed:
             guessed.append(("/".join(name), shape))
         entries.append((name, shape, scale))

@@ -217,6 +217,27 @@ def test_unknown_leaves_warn_once_and_overrides():
     assert table[("dense", "kernel")].eta == 0.3 and "override" in table["dense/kernel"].reason
 
 
+def test_scanned_layer_stack():
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return nn.Dense(4, name="dense2")(nn.relu(nn.Dense(6, name="dense1")(x))), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            stack = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                            length=3)
+            return stack(name="layers")(x, None)[0]
+
+    model, x = Net(), jnp.ones((2, 4))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+    table = auto_scales(params, model, x)
+    dense1, dense2 = table["layers/dense1/kernel"], table["layers/dense2/kernel"]
+    assert (dense1.eta, dense1.slot_shape) == (pytest.approx(math.sqrt(1 / 4)), (3, 1, 6))
+    assert (dense2.eta, dense2.slot_shape) == (pytest.approx(math.sqrt(2 / 6)), (3, 1, 4))
+
+
 def test_relative_position_tables():
     params = {"relpos_embed": jnp.zeros((255, 16)),
               "encoder": {"relpos_bias": {"rel_embedding": jnp.zeros((4, 32))}}}
