@@ -33,8 +33,8 @@ shape and identity ops (view, reshape, transpose, dropout, pooling, ``to``, inde
 its producer: a ReLU/GELU/SiLU-family function or module (forward hooks mark activation modules,
 such as Hugging Face's ``NewGELUActivation`` which is written with ``tanh`` and ``mul``) gives
 k = 2; so does a product with an activation or a sigmoid/tanh/erf gate (GLU, SwiGLU, GELU written
-out by hand). A kernel used several times gets k = 2 only if every use is after an activation. The pass keeps every intermediate
-tensor alive until it ends (ids must stay unique), so give small example inputs (batch 1, a short
+out by hand). A kernel used several times gets k = 2 only if every use is after an activation.
+The pass keeps every intermediate tensor alive until it ends (ids must stay unique), so give small example inputs (batch 1, a short
 sequence): only the structure matters.
 
 Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
