@@ -34,8 +34,8 @@ its producer: a ReLU/GELU/SiLU-family function or module (forward hooks mark act
 such as Hugging Face's ``NewGELUActivation`` which is written with ``tanh`` and ``mul``) gives
 k = 2; so does a product with an activation or a sigmoid/tanh/erf gate (GLU, SwiGLU, GELU written
 out by hand). A kernel used several times gets k = 2 only if every use is after an activation.
-The pass keeps every intermediate tensor alive until it ends (ids must stay unique), so give small example inputs (batch 1, a short
-sequence): only the structure matters.
+The pass keeps every intermediate tensor alive until it ends (ids must stay unique), so give
+small example inputs (batch 1, a short sequence): only the structure matters.
 
 Without example inputs a heuristic decides: (a) the leaf module registered just before the kernel
 (skipping dropout, identity, pooling and flatten) is an activation module, itself registered right
