@@ -74,7 +74,8 @@ _QKV = {"query", "key", "value"}
 _RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
 #: primitives that pass their first operand through unchanged in kind
 _PASSTHROUGH = {"scan_slice", "reshape", "transpose", "convert_element_type", "squeeze",
-                "expand_dims", "broadcast_in_dim", "copy", "copy_p", "slice", "dynamic_slice", "pad",
+                "expand_dims", "broadcast_in_dim", "copy", "copy_p", "slice", "dynamic_slice",
+                "pad",
                 "reduce_window_sum", "reduce_window_max", "reduce_precision", "rev",
                 "sharding_constraint", "optimization_barrier"}
 _AFFINE = {"mul", "div", "add", "sub"}
