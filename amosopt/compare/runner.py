@@ -27,9 +27,9 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                   "eval_batches": 4},
     },
     "digits": {
-        "full": {"steps": 1500, "adamw_lrs": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2], "evals": 30,
+        "full": {"steps": 1500, "adamw_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "evals": 30,
                  "eval_batches": 0},
-        "quick": {"steps": 400, "adamw_lrs": [1e-3, 3e-3, 1e-2], "evals": 20,
+        "quick": {"steps": 400, "adamw_lrs": [3e-3, 1e-2, 3e-2], "evals": 20,
                   "eval_batches": 0},
     },
 }
