@@ -268,3 +268,14 @@ def test_scales_agree_with_the_papers_explicit_rules():
     by_name = {row["name"]: row["eta"] for row in scales.table}
     assert by_name["blocks.0.mlp.proj.weight"] == pytest.approx(math.sqrt(2 / 64))
     assert by_name["tok_emb.weight"] == pytest.approx(math.sqrt(2 / 16))
+
+
+def test_end_to_end_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"".join(b"line %d: the quick brown fox\n" % i for i in range(400)))
+    out = tmp_path / "text"
+    assert main(["compare", "--text", str(path), "--out", str(out)] + TINY_LM) == 0
+    results = _check_outputs(out, "lm")
+    data = results["task"]["data"]
+    assert data["source"] == str(path) and "by position" in data["split"]
+    assert data["val_bytes"] == len(path.read_bytes()) // 10
