@@ -104,6 +104,27 @@ def test_foreach_equals_loop(slot: str, case: int) -> None:
     assert all("momentum_buffer" in s for s in multi.state.values()) == ("momentum" in kwargs)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> None:
+    """The multi-tensor path updates large tensors one by one and small ones together."""
+    def run(foreach: bool):
+        torch.manual_seed(0)
+        params = [("big", torch.nn.Parameter(torch.randn(300, 256, dtype=torch.float64))),
+                  ("small", torch.nn.Parameter(torch.randn(30, 4, dtype=torch.float64))),
+                  ("bias", torch.nn.Parameter(torch.randn(300, dtype=torch.float64)))]
+        opt = Amos(params, lr=0.1, eta=0.5, momentum=momentum, clip_value=2.0, foreach=foreach,
+                   slot_shape={"big": "(SHAPE[0], 1)", "small": "(1, SHAPE[1])", ".*": "()"})
+        for t in range(5):
+            gen = torch.Generator().manual_seed(t)
+            for _, p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            opt.step()
+        return opt
+
+    assert_same(snapshot(run(False)), snapshot(run(True)))
+    assert_same(snapshot(run(False)), snapshot(run(None)))
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 def test_mixed_dtypes_in_one_group(foreach: bool) -> None:
     """foreach buckets by dtype; each bucket must match the loop."""
