@@ -155,6 +155,8 @@ def _mean_squares(grads: list[Tensor], slot_shapes: list[Shape], dtypes: list[to
                   ) -> list[Tensor]:
     """:func:`_mean_square` of many tensors, with the squaring and the division by n done by
     two ``_foreach`` calls (DTensors, which need their own placements, go one by one)."""
+    if not grads:
+        return []
     if any(_is_dtensor(g) for g in grads):
         return [_mean_square(g, s, d) for g, s, d in zip(grads, slot_shapes, dtypes)]
     norms, ns = zip(*(_reduced_norm(g, s, d) for g, s, d in zip(grads, slot_shapes, dtypes)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -322,6 +323,28 @@ def test_closure_and_params_without_grad() -> None:
     assert losses[-1] < losses[0]
     assert frozen not in opt.state and torch.equal(frozen, torch.ones(3, dtype=torch.float64))
     assert opt.step() is None  # gradients still there: a normal step without closure
+
+
+def test_group_without_gradients_and_empty_parameters_are_skipped() -> None:
+    model = mlp()
+    empty = torch.nn.Parameter(torch.zeros(0, 3, dtype=torch.float64))
+    opt = Amos([{"params": list(model[0].parameters()) + [empty]},
+                {"params": list(model[2].parameters())}], lr=0.1, eta=0.5)
+    model[2].requires_grad_(False)
+    train(model, opt, range(2))
+    empty.grad = torch.zeros(0, 3, dtype=torch.float64)
+    opt.step()
+    assert set(opt.state) == set(model[0].parameters())
+
+
+def test_deepcopy_and_pickle_keep_working() -> None:
+    model = mlp()
+    opt = Amos(model.named_parameters(), lr=0.1, eta=TABLE_ETA, slot_shape=TABLE_SLOT)
+    train(model, opt, range(2))
+    clone = pickle.loads(pickle.dumps(opt))
+    assert clone.param_groups[0]["eta"] == TABLE_ETA
+    assert all(torch.equal(a["v"], b["v"]) for a, b in zip(opt.state.values(),
+                                                             clone.state.values()))
 
 
 def test_zero_dim_parameter() -> None:
