@@ -182,7 +182,8 @@ def _slot_coefficients(
 ) -> tuple[Tensor, Tensor]:
     r"""Updates ``v`` and ``b`` in place and returns the slot-shaped ``(decay, step)`` with
     :math:`\theta_t = \theta_{t-1} - \text{decay}\,\theta_{t-1} - \text{step}\, g_t`, i.e.
-    ``decay`` :math:`= d_t(\tfrac12\gamma_t + \lambda)` and ``step`` :math:`= d_t\xi\eta/\sqrt{\hat v_t}`.
+    ``decay`` :math:`= d_t(\tfrac12\gamma_t + \lambda)` and
+    ``step`` :math:`= d_t\xi\eta/\sqrt{\hat v_t}`.
     """
     v.mul_(beta).add_(g2, alpha=1.0 - beta)  # v_t = beta v + (1 - beta) M(g^2)
     rcpl_v_hat = v.clamp_min(epsilon).reciprocal_().mul_(1.0 - beta**t)  # 1 / v_hat_t
@@ -207,7 +208,8 @@ def _apply_update(
     if m is None:
         theta.mul_(1.0 - decay).addcmul_(g, step, value=-sign)
     else:
-        m.mul_(mu).addcmul_(theta, decay, value=mu - 1.0).addcmul_(g, step, value=sign * (mu - 1.0))
+        m.mul_(mu).addcmul_(theta, decay, value=mu - 1.0)
+        m.addcmul_(g, step, value=sign * (mu - 1.0))
         theta.add_(m)
     if low:
         p.copy_(theta)

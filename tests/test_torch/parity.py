@@ -1,6 +1,7 @@
 """A shared problem for parity tests: tensors of ranks 0, 1, 2, 4, a gradient recomputed from the
 current parameters (so trajectories interact with the update), and three runners that feed it
-the same gradient stream: ``amosopt.torch.Amos``, ``jestimator.amos`` and ``tests.oracles.NumpyAmos``.
+the same gradient stream: ``amosopt.torch.Amos``, ``jestimator.amos`` and
+``tests.oracles.NumpyAmos``.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def test_sparse_gradient_is_rejected() -> None:
     opt = Amos(emb.named_parameters(), lr=0.1, eta=0.5)
     emb(torch.tensor([1, 2])).sum().backward()
     before = emb.weight.detach().clone()
-    with pytest.raises(RuntimeError, match=r"sparse gradients \(parameter 'weight'\).*sparse=False"):
+    with pytest.raises(RuntimeError,
+                       match=r"sparse gradients \(parameter 'weight'\).*sparse=False"):
         opt.step()
     assert torch.equal(before, emb.weight) and not opt.state
 

@@ -21,7 +21,8 @@ TABLE_SLOT = {r"0\.weight": "(SHAPE[0], 1)", r"2\.weight": "(1, SHAPE[1])", r".*
 
 def mlp(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).to(dtype)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    return model.to(dtype)
 
 
 def batch(t: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +137,8 @@ def test_mixed_dtypes_in_one_group(foreach: bool) -> None:
         opt = Amos(params, lr=0.1, eta=0.5, foreach=fe, momentum=0.5)
         for t in range(5):
             for p in params:
-                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(t)).to(p.dtype)
+                gen = torch.Generator().manual_seed(t)
+                p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
             opt.step()
         return params
 
