@@ -325,19 +325,21 @@ class Amos(Optimizer):
     def _raise_if_not_finite(self, checked: list[tuple[dict, int, list[dict]]]) -> None:
         """One host sync per device: are all M(g^2) finite? If not, name the first culprit."""
         by_device: dict[torch.device, list[Tensor]] = {}
-        flags = []
+        peaks_by_device: dict[torch.device, list[Tensor]] = {}
         for _, _, records in checked:
             for r in records:
-                if _is_dtensor(r["g2"]):  # a collective, so every rank decides alike
-                    flags.append(torch.isfinite(r["g2"].amax().full_tensor()))
+                if _is_dtensor(r["g2"]):  # full_tensor is a collective: every rank decides alike
+                    peak = r["g2"].amax().full_tensor()
+                    peaks_by_device.setdefault(peak.device, []).append(peak)
                 else:
                     by_device.setdefault(r["g2"].device, []).append(r["g2"])
-        for g2 in by_device.values():
+        for device, g2 in by_device.items():
             # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
             peaks = ([x.amax() for x in g2] if torch.compiler.is_compiling()
                      else torch._foreach_max(g2))
-            flags.append(torch.isfinite(torch.stack(peaks)).all())  # stack promotes dtypes
-        if all(bool(f.all()) for f in flags):  # one host sync per device
+            peaks_by_device.setdefault(device, []).extend(peaks)
+        # stack promotes mixed dtypes; one host sync per device
+        if all(bool(torch.isfinite(torch.stack(p)).all()) for p in peaks_by_device.values()):
             return
         for group, group_index, records in checked:
             for r in records:

@@ -70,6 +70,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             assert all(isinstance(p, DTensor) and p.placements == (Shard(0),)
                        for p in named.values())
             assert opt.state[named["l1.weight"]]["v"].placements == (Shard(0),)
+            _check_non_finite_on_one_rank_raises_on_all(model, opt, rank)
             results[foreach] = {
                 "params": {n: p.full_tensor() for n, p in named.items()},
                 "v": {n: opt.state[p]["v"].full_tensor() for n, p in named.items()},
@@ -78,6 +79,28 @@ def _worker(rank: int, port: int, out: str) -> None:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
+
+
+def _check_non_finite_on_one_rank_raises_on_all(model, opt: Amos, rank: int) -> None:
+    """A NaN in rank 0's shard only, in a parameter whose slots stay sharded (so rank 1's own
+    M(g^2) is finite): every rank raises (the check is collective), and nothing changes."""
+    opt.zero_grad()
+    _loss(model, STEPS).backward()
+    weight = dict(model.named_parameters())["l1.weight"]
+    if rank == 0:
+        weight.grad.to_local()[0, 0] = float("nan")
+    before = [p.to_local().clone() for p in model.parameters()]
+    state = [{k: v.to_local().clone() for k, v in s.items() if hasattr(v, "to_local")}
+             for s in opt.state.values()]
+    try:
+        opt.step()
+    except FloatingPointError as error:
+        assert "'l1.weight'" in str(error)
+    else:
+        raise AssertionError(f"rank {rank}: no FloatingPointError")
+    assert all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters()))
+    for saved, s in zip(state, opt.state.values()):
+        assert all(torch.equal(v, s[k].to_local()) for k, v in saved.items())
 
 
 def _free_port() -> int:
