@@ -66,10 +66,11 @@ def main() -> None:
                 "seconds": time.perf_counter() - start,
             }
             rows.append(row)
+            reach = row["reach_percent"]
+            reach = "not reached" if reach is None else f"{reach:.0f}%"
             print(f"{task} seed {seed}: AdamW {row['adamw_final']:.4f} (lr {row['adamw_lr']:g})"
-                  f", Amos {row['amos_final']:.4f}, reach "
-                  f"{'not reached' if row['reach_percent'] is None else '%.0f%%' % row['reach_percent']}"
-                  f" [{row['seconds']:.0f} s]", flush=True)
+                  f", Amos {row['amos_final']:.4f}, reach {reach} [{row['seconds']:.0f} s]",
+                  flush=True)
         reached = [r["reach_percent"] for r in rows if r["reach_percent"] is not None]
         record["tasks"][task] = {
             "runs": rows,

@@ -6,7 +6,7 @@ each repetition steps every optimizer once, in a shuffled order, so load from ot
 hits all of them alike. Reported: the median step time, its ratio to fused AdamW (the fastest
 AdamW on CPU) and the bytes of each optimizer's state tensors.
 
-    .venv/bin/python benchmarks/torch_step.py                  # all sizes, JSON to benchmarks/results
+    .venv/bin/python benchmarks/torch_step.py            # all sizes; JSON in benchmarks/results
     .venv/bin/python benchmarks/torch_step.py --sizes 1M --reps 10
 """
 
@@ -106,7 +106,8 @@ def bench_size(name: str, reps: int, warmup: int, seed: int) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['size']}: {result['parameters']:,} parameters "
-          f"(width {result['width']}, {result['layers']} layers), {result['reps']} interleaved reps")
+          f"(width {result['width']}, {result['layers']} layers), {result['reps']} "
+          "interleaved reps")
     print(f"| {'optimizer':26} | median step | IQR | x fused AdamW | state | % of AdamW |")
     print(f"|{'-' * 28}|---|---|---|---|---|")
     for row in result["rows"]:
@@ -118,7 +119,8 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=",".join(SIZES), help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--sizes", default=",".join(SIZES),
+                        help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)

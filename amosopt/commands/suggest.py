@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=("mean", "sum"), default="mean",
                         help="is the loss averaged (default) or summed over the labels?")
     parser.add_argument("--labels-per-example", type=int, default=1,
-                        help="labels a summed loss adds per example, e.g. target tokens (default 1)")
+                        help="labels a summed loss adds per example, e.g. target tokens "
+                             "(default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
