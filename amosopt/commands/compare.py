@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amos-momentum", type=float, default=0.9,
                         help="Amos momentum (default 0.9, the paper's BERT/T5 setting; 0 = off)")
     parser.add_argument("--evals", type=int, help="validation evaluations per run")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, less the cores "
+                             "that other processes keep busy)")
     parser.add_argument("--seq-len", type=int, default=128, help="lm: bytes per sequence")
     parser.add_argument("--width", type=int, default=128, help="lm: model width")
     parser.add_argument("--layers", type=int, default=2, help="lm: transformer layers")

@@ -86,6 +86,18 @@ def build_task(config: CompareConfig) -> Task:
                       batch_size=config.batch_size, channels=config.channels)
 
 
+def default_threads() -> int:
+    """torch's default thread count, less the cores other processes keep busy (1-minute load
+    average): with 2 threads on a 2-core machine that is busy elsewhere, torch's threads wait
+    for each other and a step takes several times longer than with 1 thread."""
+    threads = torch.get_num_threads()
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return threads
+    return max(1, min(threads, (os.cpu_count() or threads) - busy))
+
+
 def environment() -> dict:
     import numpy
 
@@ -112,8 +124,7 @@ def run_compare(config: CompareConfig) -> dict:
     ``config.out``, and returns the results. On KeyboardInterrupt the results so far are
     written, marked ``"complete": false``, and the interrupt is re-raised."""
     config.resolve()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads or default_threads())
     out = Path(config.out)
     results: dict[str, Any] = {"complete": False, "config": asdict(config),
                                "started": _now(), **environment()}
