@@ -73,13 +73,17 @@ def plot(results: dict, path: Path) -> None:
     summary = results["summary"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     top = []
+    others = iter(f"C{i}" for i in range(2, 100))
     for run in results["runs"]:
         if not run["val"]:
             continue
         losses = [v["loss"] for v in run["val"]]
         main = run["label"] in (summary.get("amos"), summary.get("adamw"))
+        color = ("C0" if run["label"] == summary.get("amos") else
+                 "C1" if run["label"] == summary.get("adamw") else next(others))
         ax.plot(run["eval_steps"], losses, label=run["label"], marker="o" if main else None,
-                markersize=3, linewidth=2 if main else 1, alpha=1 if main else 0.35)
+                color=color, markersize=3, linewidth=2 if main else 1,
+                alpha=1 if main else 0.35)
         if main and len(losses) > 1:
             top.append(max(losses[1:]))
     target = summary.get("adamw_final_val_loss")
