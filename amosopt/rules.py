@@ -356,13 +356,21 @@ def reduced_axes(shape: Sequence[int], slot_shape: Sequence[int]) -> tuple[int, 
     return tuple(i for i, (s, d) in enumerate(zip(slot_shape, shape)) if s < d)
 
 
+def _own_lookup(spec: Any, attr: str) -> Callable[[Name, Shape], Any] | None:
+    """``spec.eta`` / ``spec.slot_shape`` when ``spec`` carries its own lookups, as the tables of
+    :mod:`amosopt.scales` (``auto_scales``) do, so that ``eta=table`` works like
+    ``eta=table.eta``."""
+    method = getattr(spec, attr, None)
+    return method if callable(method) else None
+
+
 def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], float]:
-    """Turns an ``eta`` spec (number, rule table, or ``(name, shape) -> number``) into a
-    checked ``(name, shape) -> float`` function."""
+    """Turns an ``eta`` spec (number, rule table, ``(name, shape) -> number``, or a table with
+    an ``eta(name, shape)`` method) into a checked ``(name, shape) -> float`` function."""
     if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
         check_eta(spec, "<all parameters>")
         return lambda name, shape: float(spec)
-    fn = Rules(spec, name_sep) if is_rule_table(spec) else spec
+    fn = _own_lookup(spec, "eta") or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
     if not callable(fn):
         raise ValueError(
             f"Invalid eta: {spec!r}; pass a positive number, a rule table "
@@ -372,11 +380,13 @@ def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], float]:
 
 
 def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], Shape] | None:
-    """Turns a slot-shape spec (``None``, rule table, or ``(name, shape) -> tuple``) into a
-    checked ``(name, shape) -> tuple`` function; ``None`` stays ``None`` (full-size slots)."""
+    """Turns a slot-shape spec (``None``, rule table, ``(name, shape) -> tuple``, or a table
+    with a ``slot_shape(name, shape)`` method) into a checked ``(name, shape) -> tuple``
+    function; ``None`` stays ``None`` (full-size slots)."""
     if spec is None:
         return None
-    fn = Rules(spec, name_sep) if is_rule_table(spec) else spec
+    fn = _own_lookup(spec, "slot_shape")
+    fn = fn or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
     if not callable(fn):
         raise ValueError(
             f"Invalid slot_shape: {spec!r}; pass None, a rule table "

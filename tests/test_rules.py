@@ -222,3 +222,18 @@ def test_import_amosopt_does_not_import_frameworks():
            "print(any(m in sys.modules for m in ('torch', 'jax', 'optax', 'flax')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_tables_with_their_own_lookups():
+    class Table(dict):  # a Mapping, like amosopt.scales.ScaleTable, with its own lookups
+        def eta(self, name, shape):
+            return self[name][0]
+
+        def slot_shape(self, name, shape):
+            return self[name][1]
+
+    table = Table(w=(0.25, (3, 1)))
+    assert rules.as_eta_fn(table)("w", (3, 4)) == 0.25
+    assert rules.as_shape_fn(table)("w", (3, 4)) == (3, 1)
+    with pytest.raises(ValueError, match="'w'"):
+        rules.as_shape_fn(Table(w=(0.25, (2, 1))))("w", (3, 4))
