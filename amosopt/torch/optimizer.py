@@ -33,6 +33,7 @@ Shape = tuple[int, ...]
 _SLOT_KEYS = ("v", "b", "momentum_buffer")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _LARGE = 1 << 16  # elements; see _multi_tensor_amos
+_FLAT_MAX = 1 << 14  # slot elements; see _multi_tensor_amos
 _UNPICKLABLE = "<unpicklable spec: kept from the optimizer that loads this state>"
 
 
@@ -177,20 +178,24 @@ def _clip(grad: Tensor, clip: Optional[float]) -> Tensor:
 
 
 def _slot_coefficients(
-    g2: Tensor, v: Tensor, b: Tensor, *, xi: float, eta: float, t: int, beta: float,
-    c_coef: float, d_coef: float, extra_l2: float, epsilon: float,
+    g2: Tensor, v: Tensor, b: Tensor, *, xi: float, init_lr: float | Tensor,
+    d_scale: float | Tensor, bias_correction: float | Tensor, beta: float, c_coef: float,
+    extra_l2: float, epsilon: float,
 ) -> tuple[Tensor, Tensor]:
     r"""Updates ``v`` and ``b`` in place and returns the slot-shaped ``(decay, step)`` with
     :math:`\theta_t = \theta_{t-1} - \text{decay}\,\theta_{t-1} - \text{step}\, g_t`, i.e.
     ``decay`` :math:`= d_t(\tfrac12\gamma_t + \lambda)` and
     ``step`` :math:`= d_t\xi\eta/\sqrt{\hat v_t}`.
+
+    Per parameter: ``init_lr`` :math:`= \xi\eta`, ``d_scale`` :math:`= d\sqrt{\xi\eta}` and
+    ``bias_correction`` :math:`= 1 - \beta^t`; floats, or per-element tensors when several
+    parameters' slots are concatenated into one vector (:func:`_flat_slot_coefficients`).
     """
     v.mul_(beta).add_(g2, alpha=1.0 - beta)  # v_t = beta v + (1 - beta) M(g^2)
-    rcpl_v_hat = v.clamp_min(epsilon).reciprocal_().mul_(1.0 - beta**t)  # 1 / v_hat_t
+    rcpl_v_hat = v.clamp_min(epsilon).reciprocal_().mul_(bias_correction)  # 1 / v_hat_t
     c_t = b.mul(c_coef * math.sqrt(xi)).add_(1.0).rsqrt_()  # (1 + c sqrt(xi) b_{t-1})^-1/2
     gamma = c_t.mul_(xi * xi).mul_(rcpl_v_hat).mul_(g2)  # c_t xi^2 M(g^2) / v_hat_t
-    init_lr = xi * eta
-    d_t = b.mul(d_coef * math.sqrt(init_lr)).add_(1.0).reciprocal_()  # uses b_{t-1}
+    d_t = b.mul(d_scale).add_(1.0).reciprocal_()  # (1 + d sqrt(xi eta) b_{t-1})^-1
     b.addcmul_(gamma, b + 1.0)  # b_t = b_{t-1} + gamma_t (1 + b_{t-1})
     decay = gamma.mul(0.5).add_(extra_l2).mul_(d_t)
     step = rcpl_v_hat.sqrt_().mul_(d_t).mul_(init_lr)
@@ -458,13 +463,70 @@ def _single_tensor_amos(
     """The readable reference path: one parameter at a time."""
     sign = -1.0 if maximize else 1.0
     for r, state in zip(records, states):
+        init_lr = xi * state["eta"]
         decay, step = _slot_coefficients(
-            r["g2"], state["v"], state["b"], xi=xi, eta=state["eta"], t=int(state["step"]),
-            beta=beta, c_coef=c_coef, d_coef=d_coef, extra_l2=extra_l2, epsilon=epsilon,
+            r["g2"], state["v"], state["b"], xi=xi, init_lr=init_lr,
+            d_scale=d_coef * math.sqrt(init_lr), bias_correction=1.0 - beta ** int(state["step"]),
+            beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon,
         )
         m = state["momentum_buffer"] if momentum > 0 else None
         g = _clip(r["p"].grad, r["clip"])  # clipped again: one temporary alive at a time
         _apply_update(r["p"], g, decay, step, m, momentum, sign)
+
+
+def _flat_slot_coefficients(
+    g2: list[Tensor], v: list[Tensor], b: list[Tensor], *, init_lr: list[float],
+    d_scale: list[float], bias_correction: list[float], **kwargs: Any,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`_slot_coefficients` of many small slots at once: concatenated, the per-parameter
+    scalars repeated per element, then ``v`` and ``b`` copied back. Elementwise the same
+    operations on the same values, so the result equals the loop's bit for bit."""
+    sizes = [x.numel() for x in v]
+    v_flat, b_flat = torch.cat([x.reshape(-1) for x in v]), torch.cat([x.reshape(-1) for x in b])
+    counts = torch.tensor(sizes, device=v_flat.device)
+
+    def per_element(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=v_flat.dtype, device=v_flat.device).repeat_interleave(
+            counts, output_size=v_flat.numel())
+
+    decay, step = _slot_coefficients(
+        torch.cat([x.reshape(-1) for x in g2]), v_flat, b_flat, init_lr=per_element(init_lr),
+        d_scale=per_element(d_scale), bias_correction=per_element(bias_correction), **kwargs)
+    torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
+    torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])
+    return ([x.view(y.shape) for x, y in zip(decay.split(sizes), v)],
+            [x.view(y.shape) for x, y in zip(step.split(sizes), v)])
+
+
+def _foreach_slot_coefficients(
+    g2: list[Tensor], v: list[Tensor], b: list[Tensor], *, xi: float, init_lr: list[float],
+    d_scale: list[float], bias_correction: list[float], beta: float, c_coef: float,
+    extra_l2: float, epsilon: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`_slot_coefficients` on lists, op for op with ``torch._foreach_*``."""
+    torch._foreach_mul_(v, beta)
+    torch._foreach_add_(v, g2, alpha=1.0 - beta)  # v_t = beta v + (1 - beta) M(g^2)
+    rcpl_v_hat = torch._foreach_clamp_min(v, epsilon)
+    torch._foreach_reciprocal_(rcpl_v_hat)
+    torch._foreach_mul_(rcpl_v_hat, bias_correction)  # 1 / v_hat_t
+    gamma = torch._foreach_mul(b, c_coef * math.sqrt(xi))
+    torch._foreach_add_(gamma, 1.0)
+    torch._foreach_rsqrt_(gamma)  # c_t, from b_{t-1}
+    torch._foreach_mul_(gamma, xi * xi)
+    torch._foreach_mul_(gamma, rcpl_v_hat)
+    torch._foreach_mul_(gamma, g2)  # gamma_t = c_t xi^2 M(g^2) / v_hat_t
+    d_t = torch._foreach_mul(b, d_scale)
+    torch._foreach_add_(d_t, 1.0)
+    torch._foreach_reciprocal_(d_t)  # d_t, from b_{t-1}
+    torch._foreach_addcmul_(b, gamma, torch._foreach_add(b, 1.0))  # b_t
+    decay = torch._foreach_mul(gamma, 0.5)
+    torch._foreach_add_(decay, extra_l2)
+    torch._foreach_mul_(decay, d_t)  # d_t (gamma_t / 2 + lambda)
+    torch._foreach_sqrt_(rcpl_v_hat)
+    step = rcpl_v_hat
+    torch._foreach_mul_(step, d_t)
+    torch._foreach_mul_(step, init_lr)  # d_t xi eta / sqrt(v_hat_t)
+    return decay, step
 
 
 def _multi_tensor_amos(
@@ -484,31 +546,20 @@ def _multi_tensor_amos(
         v = [states[k]["v"] for k in ks]
         b = [states[k]["b"] for k in ks]
         init_lr = [xi * states[k]["eta"] for k in ks]
-        bias_correction = [1.0 - beta ** int(states[k]["step"]) for k in ks]
-
-        torch._foreach_mul_(v, beta)
-        torch._foreach_add_(v, g2, alpha=1.0 - beta)  # v_t = beta v + (1 - beta) M(g^2)
-        rcpl_v_hat = torch._foreach_clamp_min(v, epsilon)
-        torch._foreach_reciprocal_(rcpl_v_hat)
-        torch._foreach_mul_(rcpl_v_hat, bias_correction)  # 1 / v_hat_t
-        gamma = torch._foreach_mul(b, c_coef * math.sqrt(xi))
-        torch._foreach_add_(gamma, 1.0)
-        torch._foreach_rsqrt_(gamma)  # c_t, from b_{t-1}
-        torch._foreach_mul_(gamma, xi * xi)
-        torch._foreach_mul_(gamma, rcpl_v_hat)
-        torch._foreach_mul_(gamma, g2)  # gamma_t = c_t xi^2 M(g^2) / v_hat_t
-        d_t = torch._foreach_mul(b, [d_coef * math.sqrt(lr) for lr in init_lr])
-        torch._foreach_add_(d_t, 1.0)
-        torch._foreach_reciprocal_(d_t)  # d_t, from b_{t-1}
-        torch._foreach_addcmul_(b, gamma, torch._foreach_add(b, 1.0))  # b_t
-        decay = torch._foreach_mul(gamma, 0.5)
-        torch._foreach_add_(decay, extra_l2)
-        torch._foreach_mul_(decay, d_t)  # d_t (gamma_t / 2 + lambda)
-        torch._foreach_sqrt_(rcpl_v_hat)
-        step = rcpl_v_hat
-        torch._foreach_mul_(step, d_t)
-        torch._foreach_mul_(step, init_lr)  # d_t xi eta / sqrt(v_hat_t)
-        del gamma, d_t, rcpl_v_hat
+        scalars = dict(init_lr=init_lr, d_scale=[d_coef * math.sqrt(lr) for lr in init_lr],
+                       bias_correction=[1.0 - beta ** int(states[k]["step"]) for k in ks])
+        # Small slots (factored or scalar) as one concatenated vector: one kernel per op
+        # instead of one per tensor; large or sharded slots as lists.
+        flat = [j for j, x in enumerate(v) if x.numel() <= _FLAT_MAX and not _is_dtensor(x)]
+        listed = [j for j in range(len(v)) if j not in set(flat)]
+        decay, step = [None] * len(v), [None] * len(v)
+        for fn, js in ((_flat_slot_coefficients, flat), (_foreach_slot_coefficients, listed)):
+            if js:
+                out = fn([g2[j] for j in js], [v[j] for j in js], [b[j] for j in js],
+                         **{key: [values[j] for j in js] for key, values in scalars.items()},
+                         xi=xi, beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon)
+                for j, dj, sj in zip(js, *out):
+                    decay[j], step[j] = dj, sj
 
         # Large tensors one at a time: their few full-size ops then reuse the cache (measured
         # faster on CPU than op-by-op over all tensors); small ones together, to save launches.
