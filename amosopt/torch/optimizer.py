@@ -540,7 +540,7 @@ def _multi_tensor_amos(
     for k, r in enumerate(records):
         buckets.setdefault((r["p"].device, r["p"].dtype), []).append(k)
     sign = -1.0 if maximize else 1.0
-    for (_, dtype), ks in buckets.items():
+    for ks in buckets.values():
         params = [records[k]["p"] for k in ks]
         g2 = [records[k]["g2"] for k in ks]
         v = [states[k]["v"] for k in ks]
@@ -551,7 +551,7 @@ def _multi_tensor_amos(
         # Small slots (factored or scalar) as one concatenated vector: one kernel per op
         # instead of one per tensor; large or sharded slots as lists.
         flat = [j for j, x in enumerate(v) if x.numel() <= _FLAT_MAX and not _is_dtensor(x)]
-        listed = [j for j in range(len(v)) if j not in set(flat)]
+        listed = sorted(set(range(len(v))) - set(flat))
         decay, step = [None] * len(v), [None] * len(v)
         for fn, js in ((_flat_slot_coefficients, flat), (_foreach_slot_coefficients, listed)):
             if js:
@@ -563,32 +563,37 @@ def _multi_tensor_amos(
 
         # Large tensors one at a time: their few full-size ops then reuse the cache (measured
         # faster on CPU than op-by-op over all tensors); small ones together, to save launches.
-        large = [j for j, p in enumerate(params) if p.numel() >= _LARGE]
-        for j in large:
+        small = []
+        for j, p in enumerate(params):
             m = states[ks[j]]["momentum_buffer"] if momentum > 0 else None
-            g_j = _clip(params[j].grad, records[ks[j]]["clip"])
-            _apply_update(params[j], g_j, decay[j], step[j], m, momentum, sign)
-        small = [j for j, p in enumerate(params) if p.numel() < _LARGE]
-        if not small:
-            continue
-        params, ks = [params[j] for j in small], [ks[j] for j in small]
-        decay, step = [decay[j] for j in small], [step[j] for j in small]
-        g = [_clip(records[k]["p"].grad, records[k]["clip"]) for k in ks]
-        low = dtype in _LOW_PRECISION
-        theta = [p.float() for p in params] if low else params
-        if momentum > 0:
-            m = [states[k]["momentum_buffer"] for k in ks]
-            torch._foreach_mul_(m, momentum)
-            torch._foreach_addcmul_(m, theta, decay, value=momentum - 1.0)
-            torch._foreach_addcmul_(m, g, step, value=sign * (momentum - 1.0))
-            torch._foreach_add_(theta, m)
-        else:
-            torch._foreach_neg_(decay)
-            torch._foreach_add_(decay, 1.0)  # 1 - decay
-            torch._foreach_mul_(theta, decay)
-            torch._foreach_addcmul_(theta, g, step, value=-sign)
-        if low:
-            torch._foreach_copy_(params, theta)
+            if p.numel() >= _LARGE:
+                g = _clip(p.grad, records[ks[j]]["clip"])
+                _apply_update(p, g, decay[j], step[j], m, momentum, sign)
+            else:
+                small.append((p, _clip(p.grad, records[ks[j]]["clip"]), decay[j], step[j], m))
+        if small:
+            _foreach_apply_update(*map(list, zip(*small)), mu=momentum, sign=sign)
+
+
+def _foreach_apply_update(
+    params: list[Tensor], g: list[Tensor], decay: list[Tensor], step: list[Tensor],
+    m: list[Optional[Tensor]], *, mu: float, sign: float,
+) -> None:
+    """:func:`_apply_update` on lists of one dtype, op for op with ``torch._foreach_*``."""
+    low = params[0].dtype in _LOW_PRECISION
+    theta = [p.float() for p in params] if low else params
+    if mu > 0:
+        torch._foreach_mul_(m, mu)
+        torch._foreach_addcmul_(m, theta, decay, value=mu - 1.0)
+        torch._foreach_addcmul_(m, g, step, value=sign * (mu - 1.0))
+        torch._foreach_add_(theta, m)
+    else:
+        torch._foreach_neg_(decay)
+        torch._foreach_add_(decay, 1.0)  # 1 - decay
+        torch._foreach_mul_(theta, decay)
+        torch._foreach_addcmul_(theta, g, step, value=-sign)
+    if low:
+        torch._foreach_copy_(params, theta)
 
 
 Amos.__doc__ = r"""Implements Amos (Tian & Parikh, 2022), exactly as the authors' reference code.
