@@ -25,8 +25,10 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 install-test: $(VENV)/.test-installed
 install-demo: $(VENV)/.demo-installed
 
+# The test suite, plus the runnable examples in the package's docstrings.
 test: install-test
 	$(PY) -m pytest tests
+	$(PY) -m pytest --doctest-modules amosopt -q
 
 demo: install-demo
 	$(VENV)/bin/amos compare --quick
