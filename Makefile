@@ -27,8 +27,7 @@ install-demo: $(VENV)/.demo-installed
 
 # The test suite, plus the runnable examples in the package's docstrings.
 test: install-test
-	$(PY) -m pytest tests
-	$(PY) -m pytest --doctest-modules amosopt -q
+	$(PY) -m pytest --doctest-modules tests amosopt
 
 demo: install-demo
 	$(VENV)/bin/amos compare --quick
