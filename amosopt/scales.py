@@ -56,6 +56,7 @@ __all__ = [
     "ScaleTable",
     "StateMemory",
     "additive_scale",
+    "build_table",
     "canonical_op",
     "embedding_scale",
     "fallback_scale",
@@ -199,6 +200,18 @@ def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> N
         UserWarning,
         stacklevel=stacklevel,
     )
+
+
+def build_table(entries: Iterable[tuple[Hashable, Shape, Scale]],
+                guessed: Sequence[tuple[str, Shape]], eta_overrides: Any = None,
+                slot_shape_overrides: Any = None) -> ScaleTable:
+    """The last step of every backend's ``auto_scales``: warn once about the guessed entries,
+    then apply the users' override rule tables (see :meth:`ScaleTable.with_overrides`)."""
+    warn_guessed(guessed, stacklevel=4)  # the caller of the backend's auto_scales
+    table = ScaleTable(entries)
+    if eta_overrides is not None or slot_shape_overrides is not None:
+        table = table.with_overrides(eta=eta_overrides, slot_shape=slot_shape_overrides)
+    return table
 
 
 def _join(name: Hashable) -> str:

@@ -29,20 +29,10 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _record import write_record  # noqa: E402  (beside this script)
+from tests.oracles import jestimator_amos  # noqa: E402  (the import shim, shared with the tests)
+
 SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
-
-
-def jestimator_amos():
-    """jestimator.amos with the import shim current JAX needs (shared/env.md)."""
-    import jax.experimental.pjit as pjit_module
-
-    if not hasattr(pjit_module, "PartitionSpec"):
-        pjit_module.PartitionSpec = jax.sharding.PartitionSpec
-    if not hasattr(jax, "tree_map"):
-        jax.tree_map = jax.tree.map
-    from jestimator import amos
-
-    return amos
 
 
 def make_params(width: int, layers: int, seed: int) -> dict:
@@ -182,17 +172,9 @@ def main() -> None:
     for size in sizes:
         results.append(bench_size(size, args.reps, args.warmup, args.seed))
         print_table(results[-1])
-    record = {
-        "benchmark": "jax jitted optimizer step", "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "devices": [str(d) for d in jax.devices()]},
-        "versions": {"jax": jax.__version__, "optax": optax.__version__,
-                     "python": platform.python_version()},
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    write_record(args.out, "jax jitted optimizer step", results,
+                 machine={"devices": [str(d) for d in jax.devices()]},
+                 versions={"jax": jax.__version__, "optax": optax.__version__})
 
 
 if __name__ == "__main__":

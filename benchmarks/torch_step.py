@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from amosopt.compare.models import ByteLM, count_parameters  # noqa: E402
 from amosopt.compare.train import state_bytes  # noqa: E402
 
+from _record import write_record  # noqa: E402  (beside this script)
+
 #: name -> (width, layers): 12 d^2 parameters per layer plus 2 x 256 x d embeddings
 SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
 LR = 1e-3
@@ -137,16 +139,9 @@ def main() -> None:
     for size in sizes:
         results.append(bench_size(size, args.reps, args.warmup, args.seed))
         print_table(results[-1])
-    record = {
-        "benchmark": "torch optimizer.step()", "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    write_record(args.out, "torch optimizer.step()", results,
+                 machine={"torch_threads": torch.get_num_threads()},
+                 versions={"torch": torch.__version__})
 
 
 if __name__ == "__main__":

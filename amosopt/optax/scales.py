@@ -53,13 +53,13 @@ from amosopt.scales import (
     GATES,
     Scale,
     ScaleTable,
+    build_table,
     additive_scale,
     embedding_scale,
     gain_scale,
     is_activation,
     kernel_scale,
     relative_position_scale,
-    warn_guessed,
 )
 
 __all__ = ["auto_scales"]
@@ -361,8 +361,4 @@ def auto_scales(
         if was_guessed:
             guessed.append(("/".join(name), shape))
         entries.append((name, shape, scale))
-    warn_guessed(guessed)
-    table = ScaleTable(entries)
-    if eta_overrides is not None or slot_shape_overrides is not None:
-        table = table.with_overrides(eta=eta_overrides, slot_shape=slot_shape_overrides)
-    return table
+    return build_table(entries, guessed, eta_overrides, slot_shape_overrides)

@@ -65,6 +65,7 @@ from amosopt.scales import (
     GATES,
     Scale,
     ScaleTable,
+    build_table,
     additive_scale,
     canonical_op,
     embedding_scale,
@@ -73,7 +74,6 @@ from amosopt.scales import (
     is_activation,
     kernel_scale,
     relative_position_scale,
-    warn_guessed,
 )
 
 __all__ = ["auto_amos", "auto_scales"]
@@ -502,11 +502,7 @@ def auto_scales(
                 activation = heuristic.get(module_name)
             rule = kernel_scale(rule.kind, rule.fan_in, rule.slot_shape, activation)
         entries.append((name, shape, rule))
-    warn_guessed(guessed)
-    table = ScaleTable(entries)
-    if eta_overrides is not None or slot_shape_overrides is not None:
-        table = table.with_overrides(eta=eta_overrides, slot_shape=slot_shape_overrides)
-    return table
+    return build_table(entries, guessed, eta_overrides, slot_shape_overrides)
 
 
 def auto_amos(
