@@ -168,13 +168,34 @@ def _mean_squares(grads: list[Tensor], slot_shapes: list[Shape], dtypes: list[to
     return list(g2)
 
 
-def _clip(grad: Tensor, clip: Optional[float]) -> Tensor:
+#: (device, dtype) -> a flat buffer that clipped large gradients are written into, one step long
+Workspace = dict[tuple[torch.device, torch.dtype], Tensor]
+
+
+def _reserve(workspace: Workspace, grads: Iterable[Tensor]) -> None:
+    """Grows ``workspace`` to hold the largest clippable gradient of each device and dtype."""
+    for g in grads:
+        if g.numel() >= _LARGE and not _is_dtensor(g):
+            key = (g.device, g.dtype)
+            if key not in workspace or workspace[key].numel() < g.numel():
+                workspace[key] = torch.empty(g.numel(), device=g.device, dtype=g.dtype)
+
+
+def _clip(grad: Tensor, clip: Optional[float], workspace: Optional[Workspace] = None) -> Tensor:
     """Element-wise clipping to [-clip, clip], as ``optax.clip`` in the reference.
 
     The clipped gradient is a temporary that is made twice (for M(g^2), then for the update)
-    rather than kept: holding one per parameter between the phases doubles gradient memory,
-    and the fresh pages cost more than a second clamp."""
-    return grad if clip is None else grad.clamp(-clip, clip)
+    rather than kept: holding one per parameter between the phases doubles gradient memory.
+    A large one is written into the step's ``workspace`` (see :func:`_reserve`) instead of a
+    fresh tensor, which saves an allocation, and on CPU fresh pages, per parameter and phase;
+    it is then valid only until the next call with the same workspace, so callers use it at
+    once. Small and sharded (DTensor) gradients get fresh tensors."""
+    if clip is None:
+        return grad
+    buffer = None if workspace is None else workspace.get((grad.device, grad.dtype))
+    if buffer is None or grad.numel() < _LARGE or _is_dtensor(grad):
+        return grad.clamp(-clip, clip)
+    return torch.clamp(grad, -clip, clip, out=buffer[: grad.numel()].view(grad.shape))
 
 
 def _slot_coefficients(
@@ -295,8 +316,10 @@ class Amos(Optimizer):
 
     # ---- step --------------------------------------------------------------------------------
 
-    def _check_group(self, group: dict[str, Any], group_index: int) -> list[dict[str, Any]]:
-        """Phase 1 for one group: one record per parameter with a gradient; changes nothing."""
+    def _check_group(self, group: dict[str, Any], group_index: int, workspace: Workspace
+                     ) -> list[dict[str, Any]]:
+        """Phase 1 for one group: one record per parameter with a gradient; changes nothing
+        (``workspace`` is the step's scratch space for clipped gradients, see :func:`_clip`)."""
         records = []
         clip = group["clip_value"]
         for i, p in enumerate(group["params"]):
@@ -316,13 +339,15 @@ class Amos(Optimizer):
                     "of the parameter instead"
                 )
             eta, slot_shape = self._resolve(group, group_index, i, p)
-            records.append(dict(p=p, eta=eta, slot_shape=slot_shape, index=i, clip=clip))
+            records.append(dict(p=p, eta=eta, slot_shape=slot_shape, index=i, clip=clip,
+                                workspace=workspace))
         if clip is None:
             g2 = _mean_squares([r["p"].grad for r in records], [r["slot_shape"] for r in records],
                                [_slot_dtype(r["p"]) for r in records])
         else:  # one clipped temporary alive at a time (see _clip)
-            g2 = [_mean_square(_clip(r["p"].grad, clip), r["slot_shape"], _slot_dtype(r["p"]))
-                  for r in records]
+            _reserve(workspace, (r["p"].grad for r in records))
+            g2 = [_mean_square(_clip(r["p"].grad, clip, workspace), r["slot_shape"],
+                               _slot_dtype(r["p"])) for r in records]
         for r, x in zip(records, g2):
             r["g2"] = x
         return records
@@ -388,7 +413,8 @@ class Amos(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        checked = [(group, gi, self._check_group(group, gi))
+        workspace: Workspace = {}
+        checked = [(group, gi, self._check_group(group, gi, workspace))
                    for gi, group in enumerate(self.param_groups)]
         if not any(records for _, _, records in checked):
             return loss
@@ -470,7 +496,7 @@ def _single_tensor_amos(
             beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon,
         )
         m = state["momentum_buffer"] if momentum > 0 else None
-        g = _clip(r["p"].grad, r["clip"])  # clipped again: one temporary alive at a time
+        g = _clip(r["p"].grad, r["clip"], r["workspace"])  # clipped again (see _clip)
         _apply_update(r["p"], g, decay, step, m, momentum, sign)
 
 
@@ -567,7 +593,7 @@ def _multi_tensor_amos(
         for j, p in enumerate(params):
             m = states[ks[j]]["momentum_buffer"] if momentum > 0 else None
             if p.numel() >= _LARGE:
-                g = _clip(p.grad, records[ks[j]]["clip"])
+                g = _clip(p.grad, records[ks[j]]["clip"], records[ks[j]]["workspace"])
                 _apply_update(p, g, decay[j], step[j], m, momentum, sign)
             else:
                 small.append((p, _clip(p.grad, records[ks[j]]["clip"]), decay[j], step[j], m))

@@ -128,6 +128,34 @@ def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> No
 
 
 @pytest.mark.parametrize("foreach", [False, True])
+def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
+    """Large clipped gradients go through one scratch buffer per step (see ``_clip``): several
+    large tensors of different sizes and layouts, half of whose entries are clipped, must still
+    follow the NumPy transcription of the paper's update, tensor by tensor."""
+    from tests.oracles import NumpyAmos
+
+    shapes = {"a": (300, 256), "b": (70000,), "c": (256, 300), "d": (3, 200, 120)}
+    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1)}
+    rng = np.random.default_rng(0)
+    start = {n: rng.normal(size=s) for n, s in shapes.items()}
+    params = {n: torch.nn.Parameter(torch.tensor(x)) for n, x in start.items()}
+    params["c"] = torch.nn.Parameter(torch.tensor(start["c"].T).t())  # a non-contiguous layout
+    opt = Amos(list(params.items()), lr=0.05, eta=0.5, clip_value=1.0, momentum=0.5,
+               slot_shape=lambda n, s: s if slots[n] is None else slots[n], foreach=foreach)
+    oracles = {n: NumpyAmos(eta=0.5, slot_shape=slots[n], clip_value=1.0, momentum=0.5)
+               for n in shapes}
+    want = dict(start)
+    for t in range(4):
+        grads = {n: 2.0 * rng.normal(size=s) for n, s in shapes.items()}
+        for n, p in params.items():
+            p.grad = torch.tensor(grads[n])
+            want[n] = oracles[n].step(want[n], grads[n], 0.05)
+        opt.step()
+    for n, p in params.items():
+        np.testing.assert_allclose(p.detach().numpy(), want[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
 def test_mixed_dtypes_in_one_group(foreach: bool) -> None:
     """foreach buckets by dtype; each bucket must match the loop."""
     def run(fe: bool) -> list[torch.Tensor]:
