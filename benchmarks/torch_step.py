@@ -38,21 +38,24 @@ LR = 1e-3
 
 
 def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple]:
-    """name -> (factory(model) -> optimizer); each gets its own model copy later."""
+    """name -> (factory(model) -> optimizer); each gets its own model copy later. Amos runs with
+    the element-wise ``clip_value=1.0`` of ``amos compare`` unless the name says "no clip"."""
     from amosopt.torch import Amos, auto_scales
 
     table = auto_scales(model, example)
 
-    def amos(foreach: bool, momentum: float, factored: bool = True):
+    def amos(foreach: bool, momentum: float, factored: bool = True, clip: float | None = 1.0):
         def make(m):
             return Amos(m.named_parameters(), lr=0.01, eta=table.eta,
                         slot_shape=table.slot_shape if factored else None,
-                        momentum=momentum, clip_value=1.0, foreach=foreach)
+                        momentum=momentum, clip_value=clip, foreach=foreach)
         return make
 
     makers = {
         "AdamW fused": lambda m: torch.optim.AdamW(m.parameters(), LR, fused=True),
         "AdamW foreach": lambda m: torch.optim.AdamW(m.parameters(), LR, foreach=True),
+        "Amos foreach no clip": amos(True, 0.0, clip=None),
+        "Amos foreach +mom no clip": amos(True, 0.9, clip=None),
         "Amos foreach": amos(True, 0.0),
         "Amos foreach +mom": amos(True, 0.9),
         "Amos loop": amos(False, 0.0),
