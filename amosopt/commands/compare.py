@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default ./amos-results/TASK)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--adamw-lrs", metavar="LR,LR,...",
-                        help="AdamW learning rates to sweep (default: lm 2.5e-4..4e-3, digits "
-                             "1e-3..1e-1; --quick: lm 3e-4,1e-3,3e-3, digits 3e-3,1e-2,3e-2)")
+                        help="AdamW learning rates to sweep (default: lm 5e-4..8e-3, digits "
+                             "1e-3..1e-1; --quick: lm 3e-4,1e-3,3e-3,1e-2, digits "
+                             "3e-3,1e-2,3e-2,1e-1)")
     parser.add_argument("--adamw-warmup", type=float, default=0.05, metavar="FRACTION",
                         help="AdamW linear warm-up as a fraction of the budget (default 0.05)")
     parser.add_argument("--amos-warmup", type=int, default=0, metavar="STEPS",
