@@ -113,9 +113,12 @@ def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> No
         torch.manual_seed(0)
         params = [("big", torch.nn.Parameter(torch.randn(300, 256, dtype=torch.float64))),
                   ("small", torch.nn.Parameter(torch.randn(30, 4, dtype=torch.float64))),
-                  ("bias", torch.nn.Parameter(torch.randn(300, dtype=torch.float64)))]
+                  ("bias", torch.nn.Parameter(torch.randn(300, dtype=torch.float64))),
+                  # full-size slots, updated block by block: two and a half blocks
+                  ("full", torch.nn.Parameter(torch.randn(5, 65536, dtype=torch.float64)))]
         opt = Amos(params, lr=0.1, eta=0.5, momentum=momentum, clip_value=2.0, foreach=foreach,
-                   slot_shape={"big": "(SHAPE[0], 1)", "small": "(1, SHAPE[1])", ".*": "()"})
+                   slot_shape={"big": "(SHAPE[0], 1)", "small": "(1, SHAPE[1])",
+                               "full": "SHAPE", ".*": "()"})
         for t in range(5):
             gen = torch.Generator().manual_seed(t)
             for _, p in params:
@@ -134,8 +137,9 @@ def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
     follow the NumPy transcription of the paper's update, tensor by tensor."""
     from tests.oracles import NumpyAmos
 
-    shapes = {"a": (300, 256), "b": (70000,), "c": (256, 300), "d": (3, 200, 120)}
-    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1)}
+    shapes = {"a": (300, 256), "b": (70000,), "c": (256, 300), "d": (3, 200, 120),
+              "e": (3, 100000)}  # e: full-size slots, updated block by block
+    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1), "e": None}
     rng = np.random.default_rng(0)
     start = {n: rng.normal(size=s) for n, s in shapes.items()}
     params = {n: torch.nn.Parameter(torch.tensor(x)) for n, x in start.items()}
@@ -153,6 +157,25 @@ def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
         opt.step()
     for n, p in params.items():
         np.testing.assert_allclose(p.detach().numpy(), want[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_blocked_full_size_slots_equal_the_loop(dtype: torch.dtype) -> None:
+    """Large parameters with full-size slots are updated block by block on the default path;
+    low-precision ones through float32 slots: the same bits as the single-tensor loop."""
+    def run(foreach: bool):
+        torch.manual_seed(0)
+        params = [("w", torch.nn.Parameter(torch.randn(3, 70001).to(dtype)))]
+        opt = Amos(params, lr=0.1, eta=0.5, momentum=0.9, clip_value=1.0, foreach=foreach)
+        for t in range(3):
+            params[0][1].grad = torch.randn(3, 70001, generator=torch.Generator().manual_seed(t)
+                                            ).to(dtype)
+            opt.step()
+        return opt
+
+    loop, blocked = run(False), run(True)
+    assert blocked.state[blocked.param_groups[0]["params"][0]]["v"].dtype == torch.float32
+    assert_same(snapshot(loop), snapshot(blocked))
 
 
 @pytest.mark.parametrize("foreach", [False, True])
