@@ -97,6 +97,7 @@ _BINARY = {
 }
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _MAX_EXPONENT = 64  # keeps `9**9**9`-style expressions from hanging the interpreter
+_MAX_POWER_BITS = 1024  # no power beyond float range: `((9**64)**64)**64` would exhaust memory
 _MAX_EXPRESSION_LENGTH = 1000
 
 
@@ -145,8 +146,12 @@ class _Evaluator:
             if isinstance(node.op, ast.Add) and isinstance(left, tuple) and isinstance(right, tuple):
                 return left + right  # (1,) + SHAPE[1:]
             raise self.reject(node, "arithmetic on a tuple (other than tuple + tuple)")
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise self.reject(node, f"an exponent larger than {_MAX_EXPONENT}")
+        if isinstance(node.op, ast.Pow) and (
+            abs(right) > _MAX_EXPONENT
+            or (abs(left) > 1 and abs(right) * math.log2(abs(left)) > _MAX_POWER_BITS)
+        ):  # nested powers such as ((9**64)**64)**64 would grow without bound
+            raise self.reject(node, f"an exponent larger than {_MAX_EXPONENT} or a power "
+                              f"larger than 2**{_MAX_POWER_BITS}")
         try:
             return op(left, right)
         except ArithmeticError as error:

@@ -59,6 +59,8 @@ def test_expression_matches_jestimator(expression, shape):
         ("math.sqrt(2)", "Attribute"),
         ("sqrt(x=2)", "keyword"),
         ("9 ** 9 ** 9", "exponent"),
+        ("(((9 ** 64) ** 64) ** 64) ** 64", "power larger"),
+        ("(-3) ** 60 ** 1 ** 64 * (7 ** 64) ** 64", "power larger"),
         ("'abc'", "constant"),
         ("SHAPE if 1 else 2", "IfExp"),
         ("(y := 3)", "NamedExpr"),

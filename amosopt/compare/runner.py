@@ -15,7 +15,7 @@ import torch
 from amosopt.compare import data as data_lib
 from amosopt.compare import report, train
 from amosopt.compare.models import count_parameters
-from amosopt.compare.tasks import TASKS, DigitsTask, LMTask, Task
+from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
 
 #: per task: (full, quick) settings; the command-line flags override them. The AdamW sweeps

@@ -337,6 +337,11 @@ def amos(
     gradient's dtype): ``epsilon = 2**-125`` is 0 in float16. Arguments and defaults are those of
     ``jestimator.amos.amos``, so replacing its import gives the same numbers.
 
+    A non-finite gradient cannot raise inside ``jit`` (the PyTorch ``Amos`` raises
+    ``FloatingPointError`` instead): it would put NaN into the slots for good. Guard long runs with
+    ``optax.apply_if_finite(amos(...), max_consecutive_errors=...)``, which skips such steps and
+    leaves the state as it was.
+
     Args:
         learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``.
             About :math:`1/\sqrt{N}` for :math:`N` independent batches in the training data.

@@ -578,15 +578,16 @@ def _multi_tensor_amos(
         # Large full-size slots block by block, each with its parameter; small slots (factored
         # or scalar) as one concatenated vector: one kernel per op instead of one per tensor;
         # other large or sharded slots as lists.
-        blocked = [j for j in range(len(v)) if _blockable(params[j], g2[j], v[j], b[j])]
-        for j in blocked:
+        blocked = {j for j in range(len(v)) if _blockable(params[j], g2[j], v[j], b[j])}
+        for j in sorted(blocked):
             m = states[ks[j]]["momentum_buffer"] if momentum > 0 else None
             _blocked_full_slot_update(
                 params[j], g2[j], v[j], b[j], m, clip=records[ks[j]]["clip"], mu=momentum,
                 sign=sign, xi=xi, beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon,
                 **{key: values[j] for key, values in scalars.items()})
-        flat = [j for j, x in enumerate(v) if x.numel() <= _FLAT_MAX and not _is_dtensor(x)]
-        listed = sorted(set(range(len(v))) - set(flat) - set(blocked))
+        flat = [j for j, x in enumerate(v)
+                if x.numel() <= _FLAT_MAX and not _is_dtensor(x) and j not in blocked]
+        listed = sorted(set(range(len(v))) - set(flat) - blocked)
         decay, step = [None] * len(v), [None] * len(v)
         for fn, js in ((_flat_slot_coefficients, flat), (_foreach_slot_coefficients, listed)):
             if js:

@@ -397,3 +397,20 @@ def test_public_api():
                                           "state_sharding"}
     assert math.isclose(
         float(scale_by_amos(0.1, 1.0).init(jnp.ones(2)).count), 0.0)
+
+
+def test_apply_if_finite_guards_the_state_against_a_nan_gradient():
+    """The documented guard: a NaN step is skipped and leaves Amos's state exactly as it was."""
+    import optax
+    from amosopt.optax import amos
+
+    tx = optax.apply_if_finite(amos(0.1, eta_fn=0.5, momentum=0.9), max_consecutive_errors=3)
+    params = {"w": jnp.ones((2, 3))}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.full((2, 3), 0.3)}, state, params)
+    updates, after = tx.update({"w": jnp.array([[1.0, jnp.nan, 2.0], [0.0, 1.0, 2.0]])}, state,
+                               params)
+    assert int(after.notfinite_count) == 1
+    assert not jnp.any(updates["w"])
+    for x, y in zip(jax.tree.leaves(state.inner_state), jax.tree.leaves(after.inner_state)):
+        assert jnp.array_equal(x, y)
