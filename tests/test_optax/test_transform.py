@@ -401,9 +401,6 @@ def test_public_api():
 
 def test_apply_if_finite_guards_the_state_against_a_nan_gradient():
     """The documented guard: a NaN step is skipped and leaves Amos's state exactly as it was."""
-    import optax
-    from amosopt.optax import amos
-
     tx = optax.apply_if_finite(amos(0.1, eta_fn=0.5, momentum=0.9), max_consecutive_errors=3)
     params = {"w": jnp.ones((2, 3))}
     state = tx.init(params)
