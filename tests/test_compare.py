@@ -279,3 +279,9 @@ def test_end_to_end_text_file(tmp_path):
     data = results["task"]["data"]
     assert data["source"] == str(path) and "by position" in data["split"]
     assert data["val_bytes"] == len(path.read_bytes()) // 10
+
+
+def test_batch_larger_than_training_set(capsys, tmp_path):
+    _one_line_error(capsys, ["compare", "--task", "digits", "--batch-size", "100000", "--steps",
+                             "2", "--out", str(tmp_path / "o"), "--no-progress"],
+                    "--batch-size", "100000", "training examples")

@@ -116,10 +116,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         results = run_compare(config)
-    except (DataError, ValueError) as error:
-        if isinstance(error, DataError) or str(error).startswith("Invalid batch_size"):
-            raise CommandError(str(error).replace("Invalid batch_size", "invalid --batch-size"))
-        raise
+    except DataError as error:
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         print(f"\namos compare: interrupted; partial results (marked INCOMPLETE) in "
               f"{Path(config.out) / 'report.md'}")

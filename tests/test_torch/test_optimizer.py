@@ -115,9 +115,12 @@ def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> No
                   ("small", torch.nn.Parameter(torch.randn(30, 4, dtype=torch.float64))),
                   ("bias", torch.nn.Parameter(torch.randn(300, dtype=torch.float64))),
                   # full-size slots, updated block by block: two and a half blocks
-                  ("full", torch.nn.Parameter(torch.randn(5, 65536, dtype=torch.float64)))]
+                  ("full", torch.nn.Parameter(torch.randn(5, 65536, dtype=torch.float64))),
+                  # large with factored slots
+                  ("rows", torch.nn.Parameter(torch.randn(1000, 300, dtype=torch.float64))),
+                  ("cols", torch.nn.Parameter(torch.randn(1000, 300, dtype=torch.float64)))]
         opt = Amos(params, lr=0.1, eta=0.5, momentum=momentum, clip_value=2.0, foreach=foreach,
-                   slot_shape={"big": "(SHAPE[0], 1)", "small": "(1, SHAPE[1])",
+                   slot_shape={"big|rows": "(SHAPE[0], 1)", "small|cols": "(1, SHAPE[1])",
                                "full": "SHAPE", ".*": "()"})
         for t in range(5):
             gen = torch.Generator().manual_seed(t)
@@ -137,9 +140,12 @@ def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
     follow the NumPy transcription of the paper's update, tensor by tensor."""
     from tests.oracles import NumpyAmos
 
+    # e: full-size slots, updated block by block; f, g, h: factored along leading, middle and
+    # trailing axes
     shapes = {"a": (300, 256), "b": (70000,), "c": (256, 300), "d": (3, 200, 120),
-              "e": (3, 100000)}  # e: full-size slots, updated block by block
-    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1), "e": None}
+              "e": (3, 100000), "f": (1000, 300), "g": (700, 20, 30), "h": (1000, 300)}
+    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1), "e": None, "f": (1000, 1),
+             "g": (700, 1, 30), "h": (1, 300)}
     rng = np.random.default_rng(0)
     start = {n: rng.normal(size=s) for n, s in shapes.items()}
     params = {n: torch.nn.Parameter(torch.tensor(x)) for n, x in start.items()}
@@ -159,16 +165,18 @@ def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
         np.testing.assert_allclose(p.detach().numpy(), want[n], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("shape, slot_shape", [((3, 70001), None), ((1000, 300), (1000, 1))])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_blocked_full_size_slots_equal_the_loop(dtype: torch.dtype) -> None:
-    """Large parameters with full-size slots are updated block by block on the default path;
-    low-precision ones through float32 slots: the same bits as the single-tensor loop."""
+def test_large_updates_equal_the_loop(dtype: torch.dtype, shape: tuple, slot_shape) -> None:
+    """Large parameters with full-size slots are updated block by block on the default path,
+    others one by one; low-precision ones through float32 slots: the same bits as the loop."""
     def run(foreach: bool):
         torch.manual_seed(0)
-        params = [("w", torch.nn.Parameter(torch.randn(3, 70001).to(dtype)))]
-        opt = Amos(params, lr=0.1, eta=0.5, momentum=0.9, clip_value=1.0, foreach=foreach)
+        params = [("w", torch.nn.Parameter(torch.randn(shape).to(dtype)))]
+        opt = Amos(params, lr=0.1, eta=0.5, momentum=0.9, clip_value=1.0, foreach=foreach,
+                   slot_shape=None if slot_shape is None else (lambda n, s: slot_shape))
         for t in range(3):
-            params[0][1].grad = torch.randn(3, 70001, generator=torch.Generator().manual_seed(t)
+            params[0][1].grad = torch.randn(shape, generator=torch.Generator().manual_seed(t)
                                             ).to(dtype)
             opt.step()
         return opt
