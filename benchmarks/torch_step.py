@@ -44,11 +44,12 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
 
     table = auto_scales(model, example)
 
-    def amos(foreach: bool, momentum: float, factored: bool = True, clip: float | None = 1.0):
+    def amos(foreach: bool, momentum: float, factored: bool = True, clip: float | None = 1.0,
+             fused: bool = False):
         def make(m):
             return Amos(m.named_parameters(), lr=0.01, eta=table.eta,
                         slot_shape=table.slot_shape if factored else None,
-                        momentum=momentum, clip_value=clip, foreach=foreach)
+                        momentum=momentum, clip_value=clip, foreach=foreach, fused=fused)
         return make
 
     makers = {
@@ -61,6 +62,10 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
         "Amos loop": amos(False, 0.0),
         "Amos loop +mom": amos(False, 0.9),
         "Amos foreach full slots": amos(True, 0.0, factored=False),
+        "Amos fused no clip": amos(True, 0.0, clip=None, fused=True),
+        "Amos fused +mom no clip": amos(True, 0.9, clip=None, fused=True),
+        "Amos fused": amos(True, 0.0, fused=True),
+        "Amos fused +mom": amos(True, 0.9, fused=True),
     }
     try:
         from pytorch_optimizer import Amos as KozistrAmos
