@@ -39,9 +39,10 @@ __all__ = ["check_available", "clipped_mean_square", "fusable", "matrix_shape", 
 Shape = tuple[int, ...]
 
 #: Smallest parameter (entries) that gets a fused kernel, with clipping or momentum, and
-#: without. A compiled call costs some 30 us more than an eager op (dynamo's guards); on CPU
-#: the kernels win from about these sizes and lose below (measured with benchmarks/).
-MIN_NUMEL = 1 << 18
+#: without. A compiled call costs some 30 us more than an eager op (dynamo's guards): on CPU
+#: the kernels broke even at about half these sizes in isolation, and lost below these sizes
+#: in benchmarks/torch_step.py, where other work evicts the caches between steps.
+MIN_NUMEL = 1 << 19
 MIN_NUMEL_PLAIN = 1 << 20
 
 
