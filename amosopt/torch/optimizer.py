@@ -218,7 +218,8 @@ def _fused_matrix(p: Tensor, slot_shape: Shape, m: Optional[Tensor] = None, *,
                   ) -> Optional[tuple[tuple[int, int], int]]:
     """The matrix layout of a parameter for the fused kernels, or ``None`` (eager): too small
     to gain, or a layout or memory format that they do not take."""
-    if not fused_lib.worth_fusing(p.numel(), clip, momentum) or not fused_lib.fusable(p, m):
+    if (not fused_lib.worth_fusing(p.numel(), clip, momentum) or _is_dtensor(p)
+            or not fused_lib.fusable(p, m)):
         return None
     return fused_lib.matrix_shape(tuple(p.shape), tuple(slot_shape))
 
@@ -641,10 +642,10 @@ def _multi_tensor_amos(
                 fused_lib.update(p, decay[j], step[j], m, matrix=matrix, clip=clip, mu=momentum,
                                  sign=sign)
             elif p.numel() >= _LARGE:
-                g = _clip(p.grad, records[ks[j]]["clip"], records[ks[j]]["workspace"])
+                g = _clip(p.grad, clip, records[ks[j]]["workspace"])
                 _apply_update(p, g, decay[j], step[j], m, momentum, sign)
             else:
-                small.append((p, _clip(p.grad, records[ks[j]]["clip"]), decay[j], step[j], m))
+                small.append((p, _clip(p.grad, clip), decay[j], step[j], m))
         if small:
             _foreach_apply_update(*map(list, zip(*small)), mu=momentum, sign=sign)
 
