@@ -133,25 +133,29 @@ def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> No
     assert_same(snapshot(run(False)), snapshot(run(None)))
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
-    """Large clipped gradients go through one scratch buffer per step (see ``_clip``): several
-    large tensors of different sizes and layouts, half of whose entries are clipped, must still
-    follow the NumPy transcription of the paper's update, tensor by tensor."""
+#: name -> (shape, slot shape or None for full size) of large tensors for the NumPy checks:
+#: e has full-size slots, updated block by block; f, g, h are factored along leading, middle
+#: and trailing axes (f and h are large enough for the fused kernels)
+LARGE = {"a": ((300, 256), (300, 1)), "b": ((70000,), ()), "c": ((256, 300), None),
+         "d": ((3, 200, 120), (1, 200, 1)), "e": ((3, 100000), None),
+         "f": ((1000, 600), (1000, 1)), "g": ((700, 20, 30), (700, 1, 30)),
+         "h": ((1000, 600), (1, 600))}
+
+
+def check_large_tensors_against_numpy(**kwargs) -> None:
+    """Several large tensors of different sizes and layouts (c non-contiguous), half of whose
+    gradient entries are clipped, must follow the NumPy transcription of the paper's update,
+    tensor by tensor, over 4 steps with momentum."""
     from tests.oracles import NumpyAmos
 
-    # e: full-size slots, updated block by block; f, g, h: factored along leading, middle and
-    # trailing axes
-    shapes = {"a": (300, 256), "b": (70000,), "c": (256, 300), "d": (3, 200, 120),
-              "e": (3, 100000), "f": (1000, 300), "g": (700, 20, 30), "h": (1000, 300)}
-    slots = {"a": (300, 1), "b": (), "c": None, "d": (1, 200, 1), "e": None, "f": (1000, 1),
-             "g": (700, 1, 30), "h": (1, 300)}
+    shapes = {n: shape for n, (shape, _) in LARGE.items()}
+    slots = {n: slot for n, (_, slot) in LARGE.items()}
     rng = np.random.default_rng(0)
     start = {n: rng.normal(size=s) for n, s in shapes.items()}
     params = {n: torch.nn.Parameter(torch.tensor(x)) for n, x in start.items()}
     params["c"] = torch.nn.Parameter(torch.tensor(start["c"].T).t())  # a non-contiguous layout
     opt = Amos(list(params.items()), lr=0.05, eta=0.5, clip_value=1.0, momentum=0.5,
-               slot_shape=lambda n, s: s if slots[n] is None else slots[n], foreach=foreach)
+               slot_shape=lambda n, s: s if slots[n] is None else slots[n], **kwargs)
     oracles = {n: NumpyAmos(eta=0.5, slot_shape=slots[n], clip_value=1.0, momentum=0.5)
                for n in shapes}
     want = dict(start)
@@ -163,6 +167,12 @@ def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
         opt.step()
     for n, p in params.items():
         np.testing.assert_allclose(p.detach().numpy(), want[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_clipping_of_several_large_tensors_matches_numpy(foreach: bool) -> None:
+    """Large clipped gradients go through one scratch buffer per step (see ``_clip``)."""
+    check_large_tensors_against_numpy(foreach=foreach)
 
 
 @pytest.mark.parametrize("shape, slot_shape", [((3, 70001), None), ((1000, 300), (1000, 1))])
