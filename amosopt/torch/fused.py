@@ -100,12 +100,18 @@ def _update_momentum(theta: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: T
 
 
 @functools.cache
-def _kernel(fn: Callable, *variant: object) -> Callable:
+def _compiled(fn: Callable, *variant: object) -> Callable:
     """``fn`` compiled for one variant (dtypes, layout, options), on its own copy of ``fn``'s
     code: dynamo caps recompilations per code object (8), and a model with several layouts
     and dtypes would hit that cap and fall back to eager with one code object for all."""
     code_copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
     return _compile(code_copy)
+
+
+def _kernel(fn: Callable, *variant: object) -> Callable:
+    """The compiled ``fn`` for ``variant``; ``fn`` itself inside a region that is being
+    compiled already (a user's ``torch.compile`` of the training step), which fuses it."""
+    return fn if torch.compiler.is_compiling() else _compiled(fn, *variant)
 
 
 @torch.no_grad()

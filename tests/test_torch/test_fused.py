@@ -177,3 +177,33 @@ def test_unavailable_compiler_fails_at_construction(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match=r"fused=True.*'cpu'.*no cc.*use fused=False"):
         Amos([param], lr=0.1, eta=0.5, fused=True)
     Amos([param], lr=0.1, eta=0.5)  # the default needs no compiler
+
+
+def test_inside_a_compiled_training_step(fused_calls) -> None:
+    """A user's ``torch.compile`` of the whole step traces the kernels' Python instead of
+    calling them compiled, and gives the eager numbers."""
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(1024, 600), torch.nn.ReLU(),
+                                    torch.nn.Linear(600, 4))
+        opt = Amos(model.named_parameters(), lr=0.01, eta=0.5, clip_value=1.0, fused=True,
+                   slot_shape={r".*weight": "(SHAPE[0], 1)", r".*": "()"})
+        return model, opt
+
+    def step(model, opt, x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    (model, opt), (eager_model, eager_opt) = make(), make()
+    compiled = torch.compile(step)
+    for t in range(3):
+        gen = torch.Generator().manual_seed(t)
+        x, y = torch.randn(16, 1024, generator=gen), torch.randn(16, 4, generator=gen)
+        compiled(model, opt, x, y)
+        step(eager_model, eager_opt, x, y)
+    assert fused_calls["update"]  # the eager optimizer ran the compiled kernels
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
