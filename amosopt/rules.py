@@ -269,13 +269,23 @@ class Rules:
     def __repr__(self) -> str:
         return f"Rules({self.pairs!r})"
 
-    def match(self, name: Name, shape: Sequence[int]) -> tuple[str, Any]:
-        """Returns ``(pattern, resolved value)`` of the first rule matching ``name``."""
+    def find(self, name: Name, shape: Sequence[int]) -> tuple[str, Any] | None:
+        """``(pattern, resolved value)`` of the first rule matching ``name``, or ``None``."""
         joined = _join(name, self.name_sep)
         shape = tuple(int(d) for d in shape)
         for regex, (pattern, value) in zip(self._compiled, self.pairs):
             if regex.match(joined):
                 return pattern, _resolve(value, shape)
+        return None
+
+    def match(self, name: Name, shape: Sequence[int]) -> tuple[str, Any]:
+        """Returns ``(pattern, resolved value)`` of the first rule matching ``name``; raises
+        ``ValueError`` naming the parameter, its shape and the rules if none does."""
+        found = self.find(name, shape)
+        if found is not None:
+            return found
+        joined = _join(name, self.name_sep)
+        shape = tuple(int(d) for d in shape)
         patterns = ", ".join(repr(pattern) for pattern, _ in self.pairs)
         raise ValueError(
             f"No rule matches parameter {joined!r} with shape {shape}; rules tried, in order: "

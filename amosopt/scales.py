@@ -39,7 +39,6 @@ optimizer-state memory arithmetic used by ``amos inspect``.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -355,12 +354,12 @@ def _override(
     notes = []
     eta, slot = scale.eta, scale.slot_shape
     if eta_rules is not None:
-        matched = _try_match(eta_rules, name, shape)
+        matched = eta_rules.find(name, shape)
         if matched is not None:
             eta = check_eta(matched[1], _join(name), shape)
             notes.append(f"override eta {_fmt(eta)} by {matched[0]!r}")
     if shape_rules is not None:
-        matched = _try_match(shape_rules, name, shape)
+        matched = shape_rules.find(name, shape)
         if matched is not None:
             slot = validate_slot_shape(_join(name), shape, matched[1])
             notes.append(f"override slot {slot} by {matched[0]!r}")
@@ -368,14 +367,6 @@ def _override(
         return scale
     return replace(scale, eta=eta, slot_shape=slot,
                    reason="; ".join(notes) + f" (automatic: {scale.reason})")
-
-
-def _try_match(rules: Rules, name: Hashable, shape: Shape) -> tuple[str, Any] | None:
-    """``(pattern, value)`` of the first matching rule, or None (unmatched keeps automatic)."""
-    joined = _join(name)
-    if any(re.match(pattern, joined) for pattern, _ in rules.pairs):
-        return rules.match(joined, shape)
-    return None
 
 
 @dataclass(frozen=True)

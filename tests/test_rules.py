@@ -239,3 +239,12 @@ def test_tables_with_their_own_lookups():
     assert rules.as_shape_fn(table)("w", (3, 4)) == (3, 1)
     with pytest.raises(ValueError, match="'w'"):
         rules.as_shape_fn(Table(w=(0.25, (2, 1))))("w", (3, 4))
+
+
+def test_find_returns_none_where_match_raises() -> None:
+    rules = Rules({r"encoder/.*kernel": "sqrt(1 / SHAPE[0])", r"decoder": 0.5})
+    assert rules.find(("encoder", "layer", "kernel"), (16, 4)) == (r"encoder/.*kernel", 0.25)
+    assert rules.find("decoder/bias", (3,)) == ("decoder", 0.5)
+    assert rules.find("head/kernel", (2, 2)) is None
+    with pytest.raises(ValueError, match=r"No rule matches parameter 'head/kernel'"):
+        rules.match("head/kernel", (2, 2))
