@@ -168,20 +168,24 @@ def additive_scale(kind: str) -> Scale:
     return Scale(0.5, (), f"{kind} (additive): 0.5")
 
 
-def fallback_scale(shape: Sequence[int]) -> Scale:
+def fallback_scale(shape: Sequence[int], *, out_first: bool = True) -> Scale:
     """The documented guess for a variable no rule knows, by rank.
 
-    >= 2-d: a kernel whose first axis is the output, fan-in ``prod(shape[1:])``, k = 1, one slot
-    per output row; 1-d and scalars: additive, 0.5, scalar slot. The reason starts with
-    ``"guessed"`` so callers can warn once (:func:`warn_guessed`).
+    >= 2-d: a kernel, k = 1, one slot per output unit; its output axis is the first (torch
+    layout, fan-in ``prod(shape[1:])``) or, with ``out_first=False``, the last (flax layout
+    ``(..., in, out)``, fan-in ``prod(shape[:-1])``). 1-d and scalars: additive, 0.5, scalar
+    slot. The reason starts with ``"guessed"`` so callers can warn once (:func:`warn_guessed`).
     """
     shape = tuple(int(d) for d in shape)
     if len(shape) >= 2:
-        fan_in = math.prod(shape[1:])
+        ones = (1,) * (len(shape) - 1)
+        if out_first:
+            fan_in, slot, layout = math.prod(shape[1:]), (shape[0],) + ones, "out first"
+        else:
+            fan_in, slot, layout = math.prod(shape[:-1]), ones + (shape[-1],), "..., in, out"
         return Scale(
-            math.sqrt(1 / fan_in),
-            (shape[0],) + (1,) * (len(shape) - 1),
-            f"guessed: unknown {len(shape)}-d variable as a kernel (out first), "
+            math.sqrt(1 / fan_in), slot,
+            f"guessed: unknown {len(shape)}-d variable as a kernel ({layout}), "
             f"fan-in {fan_in}: sqrt(1/{fan_in})",
         )
     return Scale(0.5, (), f"guessed: unknown {len(shape)}-d variable as additive: 0.5")

@@ -48,14 +48,17 @@ def test_embedding_gain_additive():
     assert additive_scale("Linear bias").slot_shape == ()
 
 
-@pytest.mark.parametrize("shape, eta, slot", [
-    ((6, 4, 5), math.sqrt(1 / 20), (6, 1, 1)),
-    ((3, 9), 1 / 3, (3, 1)),
-    ((7,), 0.5, ()),
-    ((), 0.5, ()),
+@pytest.mark.parametrize("shape, out_first, eta, slot", [
+    ((6, 4, 5), True, math.sqrt(1 / 20), (6, 1, 1)),
+    ((3, 9), True, 1 / 3, (3, 1)),
+    ((6, 4, 5), False, math.sqrt(1 / 24), (1, 1, 5)),  # flax layout (..., in, out)
+    ((9, 3), False, 1 / 3, (1, 3)),
+    ((7,), True, 0.5, ()),
+    ((7,), False, 0.5, ()),
+    ((), True, 0.5, ()),
 ])
-def test_fallback_by_rank(shape, eta, slot):
-    scale = fallback_scale(shape)
+def test_fallback_by_rank(shape, out_first, eta, slot):
+    scale = fallback_scale(shape, out_first=out_first)
     assert scale.eta == pytest.approx(eta)
     assert scale.slot_shape == slot
     assert scale.reason.startswith("guessed")

@@ -56,6 +56,7 @@ from amosopt.scales import (
     build_table,
     additive_scale,
     embedding_scale,
+    fallback_scale,
     gain_scale,
     is_activation,
     kernel_scale,
@@ -289,13 +290,7 @@ def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None) -> tuple[Scal
         else:  # not traced, or used where the trace does not look (inside scan / while)
             activation = "an activation (MLP output, by name)" if _mlp_output(name) else None
         return kernel_scale(kind, fan_in, _slot(shape, contracting), activation), False
-    if len(shape) >= 2:
-        contracting = tuple(range(len(shape) - 1))
-        fan_in = math.prod(shape[:-1])
-        return Scale(math.sqrt(1 / fan_in), _slot(shape, contracting),
-                     f"guessed: unknown {len(shape)}-d variable as a kernel (..., in, out), "
-                     f"fan-in {fan_in}: sqrt(1/{fan_in})"), True
-    return Scale(0.5, (), f"guessed: unknown {len(shape)}-d variable as additive: 0.5"), True
+    return fallback_scale(shape, out_first=False), True
 
 
 # ------------------------------------------------------------------------------------------------
