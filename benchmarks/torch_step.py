@@ -66,6 +66,7 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
         "Amos fused +mom no clip": amos(True, 0.9, clip=None, fused=True),
         "Amos fused": amos(True, 0.0, fused=True),
         "Amos fused +mom": amos(True, 0.9, fused=True),
+        "Amos fused full slots": amos(True, 0.0, factored=False, fused=True),
     }
     try:
         from pytorch_optimizer import Amos as KozistrAmos

@@ -12,12 +12,14 @@ mean square :math:`M(\mathrm{clip}(g_t)^2)` two more. Each is one arithmetic-bou
 so their number, not the memory traffic, sets the step time. Here each becomes one generated
 kernel (Inductor: C++/OpenMP on CPU, Triton on CUDA) that reads every input once.
 
-The kernels see every parameter as a matrix ``(R, C)`` whose slot-shaped factors (``decay``,
-``step``, the mean square) are ``(R, 1)``, ``(1, C)`` or ``(1, 1)``: one slot per leading block of
-axes ("rows", e.g. a ``Linear`` or ``Conv`` kernel's output units), per trailing block ("cols",
-e.g. Hugging Face ``Conv1D``), or a scalar slot. Other layouts (full-size slots, a slot that keeps
-a middle axis, non-contiguous or sharded tensors) keep the eager code. Shapes are dynamic, so one
-compiled kernel serves every matrix of the same layout and dtype.
+The kernels see every parameter with factored slots as a matrix ``(R, C)`` whose slot-shaped
+factors (``decay``, ``step``, the mean square) are ``(R, 1)``, ``(1, C)`` or ``(1, 1)``: one slot
+per leading block of axes ("rows", e.g. a ``Linear`` or ``Conv`` kernel's output units), per
+trailing block ("cols", e.g. Hugging Face ``Conv1D``), or a scalar slot. With full-size slots
+(the reference's default) the slot update, some twenty element-wise operations, goes into the
+same kernel as the parameter's (:func:`full_slot_update`). Other layouts (a slot that keeps a
+middle axis, non-contiguous or sharded tensors) keep the eager code. Shapes are dynamic, so one
+compiled kernel serves every tensor of the same layout and dtype.
 
 Results equal the eager path's up to floating-point rounding (the generated code may contract a
 multiply and an add into one instruction, and sums in another order), not bit for bit.
@@ -33,8 +35,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_available", "clipped_mean_square", "fusable", "matrix_shape", "update",
-           "worth_fusing"]
+__all__ = ["check_available", "clipped_mean_square", "full_slot_update", "fusable",
+           "matrix_shape", "update", "worth_fusing"]
 
 Shape = tuple[int, ...]
 
@@ -99,6 +101,28 @@ def _update_momentum(theta: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: T
     theta.copy_(x + m_t)
 
 
+def _full_slot_update(theta: Tensor, g: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor],
+                      clip: Optional[float], beta: float, xi_sq: float, c_scale: float,
+                      init_lr: float, d_scale: float, bias_correction: float, extra_l2: float,
+                      epsilon: float, mu: float, sign: float) -> None:
+    # the eager _mean_square and _slot_coefficients, element-wise (M(g^2) = clip(g)^2 here)
+    g_c = (g if clip is None else g.clamp(-clip, clip)).to(v.dtype)
+    g2 = g_c * g_c
+    v_t = v * beta + g2 * (1.0 - beta)
+    rcpl_v_hat = bias_correction / v_t.clamp_min(epsilon)  # 1 / v_hat_t
+    c_t = torch.rsqrt(1.0 + b * c_scale)  # from b_{t-1}
+    gamma = c_t * xi_sq * rcpl_v_hat * g2
+    d_t = 1.0 / (1.0 + b * d_scale)  # from b_{t-1}
+    v.copy_(v_t)
+    b.copy_(b + gamma * (b + 1.0))
+    decay = (gamma * 0.5 + extra_l2) * d_t
+    step = torch.sqrt(rcpl_v_hat) * d_t * init_lr
+    if m is None:
+        _update(theta, g, decay, step, clip, sign)
+    else:
+        _update_momentum(theta, g, decay, step, m, clip, mu, sign)
+
+
 @functools.cache
 def _compiled(fn: Callable, *variant: object) -> Callable:
     """``fn`` compiled for one variant (dtypes, layout, options), on its own copy of ``fn``'s
@@ -140,6 +164,22 @@ def update(p: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor], *,
     else:
         kernel = _kernel(_update_momentum, p.dtype, g.dtype, m.dtype, axis, clip is None)
         kernel(theta, g, decay, step, m.view(rows, cols), clip, float(mu), float(sign))
+
+
+@torch.no_grad()
+def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], *,
+                     clip: Optional[float], mu: float, sign: float, xi: float, beta: float,
+                     c_coef: float, init_lr: float, d_scale: float, bias_correction: float,
+                     extra_l2: float, epsilon: float) -> None:
+    r"""Slots and parameter of a parameter with full-size slots (``v``, ``b`` shaped like it)
+    in one kernel, the mean square :math:`M(\mathrm{clip}(g)^2)` included: the eager
+    ``_mean_square``, ``_slot_coefficients`` and ``_apply_update``, whose some twenty
+    element-wise passes become one that reads the gradient, the parameter and the slots once."""
+    flat = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
+    kernel = _kernel(_full_slot_update, p.dtype, p.grad.dtype, v.dtype, m is None, clip is None)
+    kernel(*flat, None if clip is None else float(clip), float(beta), float(xi * xi),
+           float(c_coef * math.sqrt(xi)), float(init_lr), float(d_scale),
+           float(bias_correction), float(extra_l2), float(epsilon), float(mu), float(sign))
 
 
 def fusable(p: Tensor, m: Optional[Tensor] = None) -> bool:

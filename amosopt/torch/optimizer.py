@@ -224,6 +224,16 @@ def _fused_matrix(p: Tensor, slot_shape: Shape, m: Optional[Tensor] = None, *,
     return fused_lib.matrix_shape(tuple(p.shape), tuple(slot_shape))
 
 
+def _peak_square(grad: Tensor, clip: Optional[float], dtype: torch.dtype) -> Tensor:
+    """``max clip(g)^2`` (0-d): finite exactly when every entry of ``clip(g)^2`` is (NaN
+    propagates; an inf gradient is clipped, or makes the peak inf)."""
+    low, high = torch.aminmax(grad)  # vectorised; vector_norm(ord=inf) measured 20x slower
+    peak = torch.maximum(-low, high).to(dtype)
+    if clip is not None:
+        peak = peak.clamp_max(clip)
+    return peak * peak
+
+
 def _slot_coefficients(
     g2: Tensor, v: Tensor, b: Tensor, *, xi: float, init_lr: float | Tensor,
     d_scale: float | Tensor, bias_correction: float | Tensor, beta: float, c_coef: float,
@@ -372,28 +382,47 @@ class Amos(Optimizer):
             eta, slot_shape = self._resolve(group, group_index, i, p)
             records.append(dict(p=p, eta=eta, slot_shape=slot_shape, index=i, clip=clip,
                                 workspace=workspace))
+        # A full-size-slot kernel computes M(g^2) = clip(g)^2 itself: here only its peak, for
+        # the finiteness check, so that no parameter-sized g2 is written and read back.
+        in_kernel = [r for r in records if self._takes_full_slot_kernel(group, r)]
+        for r in in_kernel:
+            r["g2"], r["check"] = None, _peak_square(r["p"].grad, clip, _slot_dtype(r["p"]))
+        rest = [r for r in records if "check" not in r]
         if clip is None:
-            g2 = _mean_squares([r["p"].grad for r in records], [r["slot_shape"] for r in records],
-                               [_slot_dtype(r["p"]) for r in records])
+            g2 = _mean_squares([r["p"].grad for r in rest], [r["slot_shape"] for r in rest],
+                               [_slot_dtype(r["p"]) for r in rest])
         else:  # one clipped temporary alive at a time (see _clip)
-            _reserve(workspace, (r["p"].grad for r in records))
+            _reserve(workspace, (r["p"].grad for r in rest))
             g2 = [_clipped_mean_square(r["p"], clip, r["slot_shape"], workspace, group["fused"])
-                  for r in records]
-        for r, x in zip(records, g2):
-            r["g2"] = x
+                  for r in rest]
+        for r, x in zip(rest, g2):
+            r["g2"] = r["check"] = x
         return records
 
+    def _takes_full_slot_kernel(self, group: dict[str, Any], r: dict[str, Any]) -> bool:
+        """Whether a parameter with full-size slots is updated by one fused kernel (see
+        :func:`amosopt.torch.fused.full_slot_update`): large enough, everything contiguous."""
+        p = r["p"]
+        if (not group["fused"] or tuple(r["slot_shape"]) != tuple(p.shape) or _is_dtensor(p)
+                or not fused_lib.worth_fusing(p.numel(), group["clip_value"], group["momentum"])):
+            return False
+        state = self.state.get(p, {})
+        m = state.get("momentum_buffer") if group["momentum"] > 0 else None
+        slots = [state[key] for key in ("v", "b") if key in state]
+        return fused_lib.fusable(p, m) and all(x.is_contiguous() for x in slots)
+
     def _raise_if_not_finite(self, checked: list[tuple[dict, int, list[dict]]]) -> None:
-        """One host sync per device: are all M(g^2) finite? If not, name the first culprit."""
+        """One host sync per device: are all M(g^2) finite (``r["check"]``: M(g^2), or the
+        peak of clip(g)^2 where a kernel computes M(g^2))? If not, name the first culprit."""
         by_device: dict[torch.device, list[Tensor]] = {}
         peaks_by_device: dict[torch.device, list[Tensor]] = {}
         for _, _, records in checked:
             for r in records:
-                if _is_dtensor(r["g2"]):  # full_tensor is a collective: every rank decides alike
-                    peak = r["g2"].amax().full_tensor()
+                if _is_dtensor(r["check"]):  # full_tensor is a collective: all ranks decide alike
+                    peak = r["check"].amax().full_tensor()
                     peaks_by_device.setdefault(peak.device, []).append(peak)
                 else:
-                    by_device.setdefault(r["g2"].device, []).append(r["g2"])
+                    by_device.setdefault(r["check"].device, []).append(r["check"])
         for device, g2 in by_device.items():
             # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
             peaks = ([x.amax() for x in g2] if torch.compiler.is_compiling()
@@ -404,7 +433,7 @@ class Amos(Optimizer):
             return
         for group, group_index, records in checked:
             for r in records:
-                peak = r["g2"].amax()
+                peak = r["check"].amax()
                 if _is_dtensor(peak):
                     peak = peak.full_tensor()
                 if not bool(torch.isfinite(peak)):
@@ -422,8 +451,12 @@ class Amos(Optimizer):
             state["step"] = torch.zeros((), dtype=torch.float32)
             state["eta"] = float(r["eta"])
             state["slot_shape"] = tuple(r["slot_shape"])
-            state["v"] = torch.zeros_like(r["g2"])  # slot shape, slot dtype, g2's placement
-            state["b"] = torch.zeros_like(r["g2"])
+            # slot shape, slot dtype, g2's placement (a full-size slot whose M(g^2) a fused
+            # kernel computes has none: the parameter's shape, contiguous for the kernel)
+            like = r["g2"] if r["g2"] is not None else torch.empty_like(
+                r["p"], dtype=_slot_dtype(r["p"]), memory_format=torch.contiguous_format)
+            state["v"] = torch.zeros_like(like)
+            state["b"] = torch.zeros_like(like)
         if momentum > 0 and "momentum_buffer" not in state:
             p = r["p"]
             state["momentum_buffer"] = torch.zeros_like(
@@ -609,16 +642,22 @@ def _multi_tensor_amos(
         # Large full-size slots block by block, each with its parameter; small slots (factored
         # or scalar) as one concatenated vector: one kernel per op instead of one per tensor;
         # other large or sharded slots as lists.
-        blocked = {j for j in range(len(v)) if _blockable(params[j], g2[j], v[j], b[j])}
-        for j in sorted(blocked):
+        # Those that phase 1 gave to a fused kernel (``g2`` is None) get it instead.
+        in_kernel = {j for j in range(len(v)) if g2[j] is None}
+        blocked = {j for j in range(len(v))
+                   if j not in in_kernel and _blockable(params[j], g2[j], v[j], b[j])}
+        for j in sorted(in_kernel | blocked):
             m = states[ks[j]]["momentum_buffer"] if momentum > 0 else None
-            _blocked_full_slot_update(
-                params[j], g2[j], v[j], b[j], m, clip=records[ks[j]]["clip"], mu=momentum,
-                sign=sign, xi=xi, beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon,
-                **{key: values[j] for key, values in scalars.items()})
+            args = (params[j], v[j], b[j], m) if j in in_kernel else (params[j], g2[j], v[j],
+                                                                       b[j], m)
+            update = fused_lib.full_slot_update if j in in_kernel else _blocked_full_slot_update
+            update(*args, clip=records[ks[j]]["clip"], mu=momentum, sign=sign, xi=xi,
+                   beta=beta, c_coef=c_coef, extra_l2=extra_l2, epsilon=epsilon,
+                   **{key: values[j] for key, values in scalars.items()})
+        done = in_kernel | blocked
         flat = [j for j, x in enumerate(v)
-                if x.numel() <= _FLAT_MAX and not _is_dtensor(x) and j not in blocked]
-        listed = sorted(set(range(len(v))) - set(flat) - blocked)
+                if x.numel() <= _FLAT_MAX and not _is_dtensor(x) and j not in done]
+        listed = sorted(set(range(len(v))) - set(flat) - done)
         decay, step = [None] * len(v), [None] * len(v)
         for fn, js in ((_flat_slot_coefficients, flat), (_foreach_slot_coefficients, listed)):
             if js:
@@ -632,7 +671,7 @@ def _multi_tensor_amos(
         # faster on CPU than op-by-op over all tensors); small ones together, to save launches.
         small = []
         for j, p in enumerate(params):
-            if j in blocked:
+            if j in done:
                 continue
             m = states[ks[j]]["momentum_buffer"] if momentum > 0 else None
             clip = records[ks[j]]["clip"]
@@ -752,10 +791,11 @@ Args:
         as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
     maximize: maximise the objective instead of minimising it.
     fused: update each large parameter (from 2**19 entries with clipping or momentum, else
-        2**20; slots shared along leading or trailing axes, or scalar) with one kernel
-        generated by ``torch.compile`` instead of two to five eager passes, and compute its
-        clipped mean square with one more (default ``False``). Up to twice as fast on such
-        tensors; equal to the eager result up to rounding, not bit for bit. The first step
+        2**20; slots shared along leading or trailing axes, scalar, or full-size) with one
+        kernel generated by ``torch.compile`` instead of two to five eager passes (some twenty
+        with full-size slots), and compute its clipped mean square with one more (default
+        ``False``). Up to twice as fast on factored tensors, about five times with full-size
+        slots; equal to the eager result up to rounding, not bit for bit. The first step
         compiles (seconds); needs a C++ compiler on CPU, Triton on CUDA, checked at
         construction. See :mod:`amosopt.torch.fused`.
 

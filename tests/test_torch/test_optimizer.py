@@ -135,9 +135,9 @@ def test_foreach_equals_loop_with_large_and_small_tensors(momentum: float) -> No
 
 #: name -> (shape, slot shape or None for full size) of large tensors for the NumPy checks:
 #: e has full-size slots, updated block by block; f, g, h are factored along leading, middle
-#: and trailing axes (f and h are large enough for the fused kernels)
+#: and trailing axes (e, f and h are large enough for the fused kernels)
 LARGE = {"a": ((300, 256), (300, 1)), "b": ((70000,), ()), "c": ((256, 300), None),
-         "d": ((3, 200, 120), (1, 200, 1)), "e": ((3, 100000), None),
+         "d": ((3, 200, 120), (1, 200, 1)), "e": ((6, 100000), None),
          "f": ((1000, 600), (1000, 1)), "g": ((700, 20, 30), (700, 1, 30)),
          "h": ((1000, 600), (1, 600))}
 
