@@ -153,7 +153,8 @@ def check_large_tensors_against_numpy(**kwargs) -> None:
     rng = np.random.default_rng(0)
     start = {n: rng.normal(size=s) for n, s in shapes.items()}
     params = {n: torch.nn.Parameter(torch.tensor(x)) for n, x in start.items()}
-    params["c"] = torch.nn.Parameter(torch.tensor(start["c"].T).t())  # a non-contiguous layout
+    params["c"] = torch.nn.Parameter(torch.tensor(np.ascontiguousarray(start["c"].T)).t())
+    assert not params["c"].is_contiguous()
     opt = Amos(list(params.items()), lr=0.05, eta=0.5, clip_value=1.0, momentum=0.5,
                slot_shape=lambda n, s: s if slots[n] is None else slots[n], **kwargs)
     oracles = {n: NumpyAmos(eta=0.5, slot_shape=slots[n], clip_value=1.0, momentum=0.5)
