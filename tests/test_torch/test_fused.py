@@ -231,3 +231,13 @@ def test_inside_a_compiled_training_step(fused_calls) -> None:
     assert fused_calls["update"]  # the eager optimizer ran the compiled kernels
     for a, b in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_group_switched_to_the_loop_still_steps(fused_calls) -> None:
+    """Setting ``foreach=False`` on a fused group after construction runs the eager loop."""
+    opt = _run(True, torch.float64, steps=1, clip_value=1.0)
+    opt.param_groups[0]["foreach"] = False
+    calls = len(fused_calls["full_slot_update"])
+    opt.step()
+    assert len(fused_calls["full_slot_update"]) == calls
+    assert all(torch.isfinite(p).all() for p in opt.param_groups[0]["params"])
