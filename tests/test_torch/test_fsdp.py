@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -79,6 +80,13 @@ def _worker(rank: int, port: int, out: str) -> None:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
+    # All work is done and saved. The interpreter's own teardown then sometimes aborts in
+    # gloo's background threads ("terminate called without an active exception", SIGABRT
+    # with no Python frame; seen in about 1 run in 4 here), which spawn reports as a failure:
+    # skip that teardown. A failure above raises before this line and is reported as usual.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _check_non_finite_on_one_rank_raises_on_all(model, opt: Amos, rank: int) -> None:
