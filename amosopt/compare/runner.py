@@ -169,9 +169,9 @@ def _compare(task: Task, config: CompareConfig, results: dict) -> None:
         return model
 
     if config.batch_size > task.train_examples:
-        raise data_lib.DataError(f"invalid --batch-size: {config.batch_size} is larger than the "
-                        f"{task.train_examples} training examples; use at most "
-                        f"{task.train_examples}")
+        raise data_lib.DataError(
+            f"invalid --batch-size: {config.batch_size} is larger than the "
+            f"{task.train_examples} training examples; use at most {task.train_examples}")
     _warm_up(task, init_model)
     suggestion = suggest(task.train_examples, config.batch_size, "mean")
     scales = train.amos_scales(init_model, task, task.batch(0)[0])
