@@ -4,6 +4,7 @@ Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbe
 ``from amosopt.optax import amos``.
 """
 
+from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.sharding import slot_partition_spec, state_sharding
 from amosopt.optax.transform import (
     ScaleByAmosState,
@@ -21,6 +22,7 @@ __all__ = [
     "scale_by_amos",
     "slot_partition_spec",
     "state_sharding",
+    "wsd_schedule",
 ]
 
 # auto-scales exports (issue 4)
