@@ -30,7 +30,7 @@ test: install-test
 	$(PY) -m pytest --doctest-modules tests amosopt
 
 demo: install-demo
-	$(VENV)/bin/amos compare --quick
+	$(VENV)/bin/amos compare --quick --jobs 2
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

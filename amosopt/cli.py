@@ -12,16 +12,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from amosopt.commands import CommandError
+
 #: sub-command -> (module under amosopt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("compare", "train one model with Amos and with tuned AdamW, and report"),
+    "compare": ("compare", "study Amos against tuned AdamW and its peers across budgets and "
+                           "seeds, and report"),
     "suggest": ("suggest", "print the paper's recommended global rate, beta and clip value"),
     "inspect": ("inspect", "print the automatic eta / slot-shape table of a model"),
 }
-
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

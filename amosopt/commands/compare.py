@@ -1,9 +1,10 @@
-"""amos compare: train one model from the same initialisation with Amos and with AdamW.
+"""amos compare: a study of Amos against tuned AdamW and its peers, across budgets and seeds.
 
-Amos uses automatic per-parameter scales and a constant global rate from the paper's guidance
-(see ``amos suggest``); AdamW uses the paper's baseline recipe (linear warm-up, linear decay to
-zero at the step budget, weight decay 0.01) with its learning rate picked by a sweep on the same
-budget. Writes results.json, loss.png and report.md to --out (default ./amos-results/TASK/).
+Every run of a seed starts from the same initialisation and sees the same batches; each budget
+is its own set of runs, judged at its own end. Learning-rate optimizers are tuned on a log grid
+with as many trials as Amos's xi grid ({0.5, 1, 2} x the suggested xi). Writes results.json,
+report.md, frontier.png and loss_BUDGET.png to --out (default ./amos-results/TASK/); running
+the same command again skips the runs already done there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 TASK_NAMES = ("lm", "digits")
+OPTIMIZER_NAMES = ("amos", "amos-wsd", "adamw", "adamw-wsd", "adafactor", "schedulefree")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,25 +25,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the language model on this text file instead (the last 10%% "
                              "is validation)")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run (a few minutes on 2 cores): fewer steps, smaller sweep")
-    parser.add_argument("--steps", type=int, help="step budget of every run "
-                        "(default: lm 2000, digits 1500; --quick 400)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="initialisation and batch order (default 0)")
+                        help="a short study (a few minutes on 2 cores): budgets 200,400, Amos at "
+                             "the suggested xi only")
+    parser.add_argument("--budgets", metavar="N,N,...",
+                        help="step budgets, each its own set of runs (default: lm 500,1000,2000; "
+                             "digits 400,1500; --quick 200,400)")
+    parser.add_argument("--steps", type=int, help="one budget: the same as --budgets N")
+    parser.add_argument("--seeds", metavar="S,S,...",
+                        help="seeds: initialisation and batch order (default 0)")
+    parser.add_argument("--seed", type=int, help="one seed: the same as --seeds S")
+    parser.add_argument("--optimizers", metavar="NAME,...",
+                        help=f"from {', '.join(OPTIMIZER_NAMES)} (default amos,amos-wsd,adamw)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel processes, one torch thread each (default 1)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default ./amos-results/TASK)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--adamw-lrs", metavar="LR,LR,...",
-                        help="AdamW learning rates to sweep (default: lm 5e-4..8e-3, digits "
-                             "1e-3..1e-1; --quick: lm 3e-4,1e-3,3e-3,1e-2, digits "
-                             "3e-3,1e-2,3e-2,1e-1)")
-    parser.add_argument("--adamw-warmup", type=float, default=0.05, metavar="FRACTION",
-                        help="AdamW linear warm-up as a fraction of the budget (default 0.05)")
+                        help="the learning-rate grid of adamw and adamw-wsd")
+    parser.add_argument("--lrs", metavar="NAME=LR,LR,...", action="append", default=[],
+                        help="the learning-rate grid of one optimizer (repeatable), e.g. "
+                             "adafactor=5e-3,1e-2,2e-2")
+    parser.add_argument("--xi-multipliers", metavar="M,M,...",
+                        help="Amos's grid, multiples of the suggested xi (default 0.5,1,2; "
+                             "--quick 1)")
+    parser.add_argument("--warmup-fraction", "--adamw-warmup", type=float, default=0.05,
+                        dest="warmup_fraction", metavar="FRACTION",
+                        help="linear warm-up of AdamW, Adafactor and schedule-free, as a "
+                             "fraction of the budget (default 0.05)")
     parser.add_argument("--amos-warmup", type=int, default=0, metavar="STEPS",
                         help="linear warm-up steps of Amos's global rate (default 0)")
     parser.add_argument("--amos-momentum", type=float, default=0.9,
                         help="Amos momentum (default 0.9, the paper's BERT/T5 setting; 0 = off)")
+    parser.add_argument("--amos-beta", type=float,
+                        help="Amos beta (default: as amos suggest gives it)")
+    parser.add_argument("--amos-slots", choices=("factored", "full"), default="factored",
+                        help="Amos slot shapes: automatic factored slots (default) or full-size")
+    parser.add_argument("--amos-eta", type=float, metavar="ETA",
+                        help="one eta for every parameter instead of the automatic scales")
+    parser.add_argument("--cooldown-fraction", type=float, default=0.2, metavar="FRACTION",
+                        help="WSD runs: cooldown length as a fraction of the budget (default 0.2)")
+    parser.add_argument("--cooldown", choices=("linear", "1-sqrt"), default="linear",
+                        help="WSD runs: cooldown shape (default linear)")
     parser.add_argument("--evals", type=int, help="validation evaluations per run")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, less the cores "
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads with --jobs 1 (default: torch's, less the cores "
                              "that other processes keep busy)")
     parser.add_argument("--seq-len", type=int, default=128, help="lm: bytes per sequence")
     parser.add_argument("--width", type=int, default=128, help="lm: model width")
@@ -50,45 +77,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _parse_lrs(text: str | None) -> list[float] | None:
-    from amosopt.cli import CommandError
+def _parse_numbers(flag: str, text: str | None, kind: type = float, positive: bool = True
+                   ) -> list | None:
+    from amosopt.commands import CommandError
 
     if text is None:
         return None
+    example = "1e-3,3e-3" if kind is float else "0,1,2"
     try:
-        lrs = [float(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise CommandError(f"invalid --adamw-lrs {text!r}: expected numbers separated by "
-                           "commas, e.g. 1e-3,3e-3") from None
-    if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise CommandError(f"invalid --adamw-lrs {text!r}: give one or more positive learning "
-                           "rates, e.g. 1e-3,3e-3")
-    return lrs
+        raise CommandError(f"invalid {flag} {text!r}: expected numbers separated by commas, "
+                           f"e.g. {example}") from None
+    bad = [v for v in values if not math.isfinite(v) or (v <= 0 if positive else v < 0)]
+    if not values or bad:
+        raise CommandError(f"invalid {flag} {text!r}: give one or more "
+                           f"{'positive' if positive else 'non-negative'} numbers, e.g. "
+                           f"{example}")
+    return values
+
+
+def _parse_grids(args: argparse.Namespace) -> dict[str, list[float]]:
+    from amosopt.commands import CommandError
+
+    grids = {}
+    lrs = _parse_numbers("--adamw-lrs", args.adamw_lrs)
+    if lrs is not None:
+        grids["adamw"] = grids["adamw-wsd"] = lrs
+    for item in args.lrs:
+        name, sep, values = item.partition("=")
+        if not sep or name not in OPTIMIZER_NAMES or name.startswith("amos"):
+            raise CommandError(f"invalid --lrs {item!r}: expected NAME=LR,LR,... with NAME one "
+                               f"of {', '.join(n for n in OPTIMIZER_NAMES if n[:4] != 'amos')} "
+                               "(Amos's grid is --xi-multipliers)")
+        grids[name] = _parse_numbers(f"--lrs {name}", values)
+    return grids
+
+
+def _parse_optimizers(text: str | None) -> list[str] | None:
+    from amosopt.commands import CommandError
+    from amosopt.compare.optimizers import OPTIMIZERS
+
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in OPTIMIZER_NAMES]
+    if not names or unknown:
+        raise CommandError(f"invalid --optimizers {text!r}: choose from "
+                           f"{', '.join(OPTIMIZER_NAMES)}")
+    if len(set(names)) != len(names):
+        raise CommandError(f"invalid --optimizers {text!r}: a name is repeated")
+    missing = [n for n in names if not OPTIMIZERS[n].available()]
+    if missing:
+        raise CommandError(f"--optimizers {missing[0]} needs the {OPTIMIZERS[missing[0]].module}"
+                           f" package: pip install 'amosopt[study]'")
+    return names
 
 
 def _check(args: argparse.Namespace) -> None:
     """Every user error, before anything heavy is imported or any data is read."""
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     if args.task not in TASK_NAMES:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     if args.text is not None and args.task != "lm":
         raise CommandError("--text trains the language model: use it with --task lm")
+    if args.steps is not None and args.budgets is not None:
+        raise CommandError("give --budgets or --steps, not both")
+    if args.seed is not None and args.seeds is not None:
+        raise CommandError("give --seeds or --seed, not both")
     positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--evals": args.evals,
                 "--threads": args.threads, "--seq-len": args.seq_len, "--width": args.width,
-                "--layers": args.layers, "--heads": args.heads}
+                "--layers": args.layers, "--heads": args.heads, "--jobs": args.jobs}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise CommandError(f"invalid {flag} {value}: it must be a positive integer")
+    if args.seed is not None and args.seed < 0:
+        raise CommandError(f"invalid --seed {args.seed}: it must be >= 0")
     if args.width % args.heads:
         raise CommandError(f"invalid --width {args.width}: it must be divisible by --heads "
                            f"({args.heads})")
-    if not 0 <= args.adamw_warmup < 1:
-        raise CommandError(f"invalid --adamw-warmup {args.adamw_warmup}: a fraction in [0, 1)")
+    if not 0 <= args.warmup_fraction < 1:
+        raise CommandError(f"invalid --warmup-fraction {args.warmup_fraction}: a fraction in "
+                           "[0, 1)")
+    if not 0 <= args.cooldown_fraction <= 1:
+        raise CommandError(f"invalid --cooldown-fraction {args.cooldown_fraction}: a fraction "
+                           "in [0, 1]")
     if args.amos_warmup < 0:
         raise CommandError(f"invalid --amos-warmup {args.amos_warmup}: steps must be >= 0")
     if not 0 <= args.amos_momentum < 1:
         raise CommandError(f"invalid --amos-momentum {args.amos_momentum}: use 0 <= m < 1")
+    if args.amos_beta is not None and not 0 < args.amos_beta < 1:
+        raise CommandError(f"invalid --amos-beta {args.amos_beta}: use 0 < beta < 1")
+    if args.amos_eta is not None and not (math.isfinite(args.amos_eta) and args.amos_eta > 0):
+        raise CommandError(f"invalid --amos-eta {args.amos_eta}: a positive number")
     if args.text is not None:
         path = Path(args.text)
         if not path.is_file():
@@ -99,48 +181,75 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"--out {args.out}: exists and is not a folder")
 
 
+def _config(args: argparse.Namespace):
+    from amosopt.commands import CommandError
+    from amosopt.compare import CompareConfig
+    from amosopt.schedules import WSD
+
+    budgets = ([args.steps] if args.steps is not None else
+               _parse_numbers("--budgets", args.budgets, int))
+    seeds = ([args.seed] if args.seed is not None else
+             _parse_numbers("--seeds", args.seeds, int, positive=False) or [0])
+    for budget in budgets or []:
+        try:  # the WSD runs' schedule must fit every budget
+            WSD(budget, round(args.warmup_fraction * budget),
+                round(args.cooldown_fraction * budget))
+            WSD(budget, min(args.amos_warmup, budget), None)
+        except ValueError as error:
+            raise CommandError(f"budget {budget}: {error} (from --warmup-fraction, "
+                               "--amos-warmup and --cooldown-fraction)") from None
+    return CompareConfig(
+        task=args.task, text=args.text, budgets=budgets, seeds=seeds,
+        optimizers=_parse_optimizers(args.optimizers) or ["amos", "amos-wsd", "adamw"],
+        quick=args.quick, out=args.out, batch_size=args.batch_size, grids=_parse_grids(args),
+        xi_multipliers=_parse_numbers("--xi-multipliers", args.xi_multipliers),
+        warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
+        amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
+        amos_eta=args.amos_eta, cooldown_fraction=args.cooldown_fraction,
+        cooldown=args.cooldown, evals=args.evals, threads=args.threads, jobs=args.jobs,
+        seq_len=args.seq_len, width=args.width, layers=args.layers, heads=args.heads,
+        progress=not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     _check(args)
-    lrs = _parse_lrs(args.adamw_lrs)
-    from amosopt.compare import CompareConfig, run_compare
+    config = _config(args)
+    from amosopt.compare import run_compare
     from amosopt.compare.data import DataError
+    from amosopt.compare.study import StudyError
 
-    config = CompareConfig(
-        task=args.task, text=args.text, steps=args.steps, seed=args.seed, quick=args.quick,
-        out=args.out, batch_size=args.batch_size, adamw_lrs=lrs, adamw_warmup=args.adamw_warmup,
-        amos_warmup=args.amos_warmup, amos_momentum=args.amos_momentum, evals=args.evals,
-        threads=args.threads, seq_len=args.seq_len, width=args.width, layers=args.layers,
-        heads=args.heads, progress=not args.no_progress,
-    )
     try:
         results = run_compare(config)
-    except DataError as error:
+    except (DataError, StudyError) as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        print(f"\namos compare: interrupted; partial results (marked INCOMPLETE) in "
-              f"{Path(config.out) / 'report.md'}")
+        print(f"\namos compare: interrupted; the runs finished so far are kept, and the report "
+              f"covers them: {Path(config.out) / 'report.md'}. Run the same command again to "
+              "finish.")
         return 130
     _print_summary(results, Path(config.out))
     return 0
 
 
 def _print_summary(results: dict, out: Path) -> None:
-    from amosopt.compare.report import summarize
-
-    s = summarize(results)
+    summary = results["summary"]
     print()
-    print(f"AdamW (best of sweep, {s.get('adamw')}): final validation loss "
-          f"{s.get('adamw_final_val_loss', float('nan')):.4f}")
-    amos_loss = s.get("amos_final_val_loss")
-    print(f"Amos: final validation loss {amos_loss:.4f}" if amos_loss is not None
-          else "Amos: no final loss (diverged)")
-    pct = s.get("amos_reaches_adamw_percent")
-    print("Amos reaches AdamW's final loss: " +
-          ("not within the budget" if pct is None else
-           f"step {s['amos_reaches_adamw_at_step']} ({pct:.0f}% of AdamW's steps)"))
-    memory = s.get("state_bytes", {})
+    for budget, s in summary["budgets"].items():
+        print(f"budget {budget} steps (reference: {s['reference'] or 'none'}):")
+        for entry in s["entries"]:
+            loss = ("diverged" if entry["mean"] is None else
+                    f"{entry['mean']:.4f} ± {entry['sd']:.4f} (n={entry['n']})")
+            reach = entry.get("reach") or {}
+            reached = ("" if not reach.get("seeds") else
+                       "; reaches the reference: " + (
+                           "no" if not reach["reached"] else
+                           f"{reach['percent_mean']:.0f}% of the steps"
+                           + ("" if reach["reached"] == reach["seeds"] else
+                              f" ({reach['reached']} of {reach['seeds']} seeds)")))
+            print(f"  {entry['label']:<26} {loss}{reached}")
+    memory = results.get("probe_state_bytes", {})
     if memory.get("adamw"):
         parts = [f"{k.replace('amos_momentum_', 'Amos momentum ')} "
                  f"{100 * v / memory['adamw']:.2f}%" for k, v in memory.items() if k != "adamw"]

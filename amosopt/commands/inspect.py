@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_factory(target: str) -> Any:
     """Imports ``package.module:callable`` (the attribute may be dotted)."""
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
@@ -59,7 +59,7 @@ def load_factory(target: str) -> Any:
 
 
 def parse_kwargs(text: str) -> dict[str, Any]:
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     try:
         kwargs = json.loads(text)
@@ -72,7 +72,7 @@ def parse_kwargs(text: str) -> dict[str, Any]:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     try:
         shape = tuple(int(part) for part in text.split(","))
@@ -104,7 +104,7 @@ def format_memory(memory: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
 
     factory = load_factory(args.target)
     kwargs = parse_kwargs(args.kwargs)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amosopt.cli import CommandError
+    from amosopt.commands import CommandError
     from amosopt.suggest import suggest
 
     try:

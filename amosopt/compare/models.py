@@ -1,9 +1,6 @@
-"""Models of ``amos compare`` and their explicit Amos rule tables.
+"""Models of ``amos compare``: a small byte-level transformer and a small CNN.
 
-The rule tables follow the paper's practice (``paper.md`` §2): a kernel with fan-in ``n`` gets
-``eta = sqrt(k/n)`` (``k = 2`` after ReLU/GELU, else 1) and one slot per output row; embeddings
-``sqrt(2/d)`` with one slot per row; norm gains 1.0; biases 0.5 with a scalar slot. They are the
-fallback when ``amosopt.torch.auto_scales`` is not available.
+Amos's per-parameter ``eta`` and slot shapes come from :func:`amosopt.torch.auto_scales`.
 """
 
 from __future__ import annotations
@@ -15,35 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 VOCAB = 256  # bytes
-
-# torch names (``named_parameters()``); first match (re.match) wins.
-LM_ETA_RULES = [
-    (r"(tok|pos)_emb\.weight$", "sqrt(2 / SHAPE[1])"),
-    (r".*norm.*\.weight$", 1.0),
-    (r".*\.bias$", 0.5),
-    (r".*mlp\.proj\.weight$", "sqrt(2 / SHAPE[1])"),  # its input comes after GELU
-    (r".*\.weight$", "sqrt(1 / SHAPE[1])"),  # input normalised (LayerNorm) or linear
-]
-LM_SLOT_RULES = [
-    (r"(tok|pos)_emb\.weight$", "(SHAPE[0], 1)"),  # one slot per row (token / position)
-    (r".*norm.*", ()),
-    (r".*\.bias$", ()),
-    (r".*\.weight$", "(SHAPE[0], 1)"),  # one slot per output unit, fan-in shared
-]
-
-DIGITS_ETA_RULES = [
-    (r"conv1\.weight$", "sqrt(1 / prod(SHAPE[1:]))"),  # standardised pixels
-    (r"conv2\.weight$", "sqrt(2 / prod(SHAPE[1:]))"),  # after ReLU
-    (r"fc1\.weight$", "sqrt(2 / SHAPE[1])"),  # after ReLU
-    (r"fc2\.weight$", "sqrt(1 / SHAPE[1])"),  # logits, as the authors' MNIST Dense_1
-    (r".*\.bias$", 0.5),
-]
-DIGITS_SLOT_RULES = [
-    (r"conv\d\.weight$", "(SHAPE[0], 1, 1, 1)"),  # one slot per output channel
-    (r"fc1\.weight$", "(SHAPE[0], 1)"),
-    (r"fc2\.weight$", ()),  # small logits layer: one scalar, as the authors' MNIST
-    (r".*\.bias$", ()),
-]
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,114 +1,268 @@
-"""Outputs of ``amos compare``: ``results.json``, ``loss.png`` and ``report.md``."""
+"""Outputs of ``amos compare``: ``results.json``, ``report.md``, ``frontier.png`` and one
+``loss_BUDGET.png`` per budget.
+
+Tuning rule: for each budget and optimizer, the grid value with the lowest final validation loss
+averaged over the seeds is "tuned" (one value for all seeds, not a pick per seed). Amos is
+reported twice: at the suggested ``xi`` (multiplier 1, no tuning) and tuned. The reference is
+the better of tuned ``adamw`` and ``adamw-wsd``; "reaches" is the first evaluation at or below
+the reference's final loss *of the same seed*, and the paired test compares final losses seed by
+seed.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
+REFERENCES = ("adamw", "adamw-wsd")
+AMOS = ("amos", "amos-wsd")
 
-def _run_dict(run: Any) -> dict:
-    return run.as_dict() if hasattr(run, "as_dict") else run
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(results: dict) -> dict:
-    """The headline numbers: best AdamW of the sweep, Amos's final loss, the step where Amos
-    first reaches AdamW's final validation loss, state memory and time per step."""
-    runs = [_run_dict(r) for r in results.get("runs", [])]
-    amos = next((r for r in runs if r["optimizer"].startswith("amosopt")), None)
-    sweep = [r for r in runs if r["optimizer"].startswith("torch.optim.AdamW")]
-    finished = [r for r in sweep if r["complete"] and r["final_val_loss"] is not None
-                and math.isfinite(r["final_val_loss"])]
-    best = min(finished, key=lambda r: r["final_val_loss"]) if finished else None
-    summary: dict[str, Any] = {"amos": amos and amos["label"], "adamw": best and best["label"]}
-    if best is not None:
-        lrs = sorted(r["settings"]["lr"] for r in sweep)
-        summary["adamw_lr"] = best["settings"]["lr"]
-        summary["adamw_lr_at_sweep_edge"] = len(lrs) > 1 and best["settings"]["lr"] in (
-            lrs[0], lrs[-1])
-        summary["adamw_final_val_loss"] = best["final_val_loss"]
-        summary["adamw_steps"] = best["steps"]
-    if amos is not None:
-        summary["amos_final_val_loss"] = amos["final_val_loss"]
-        summary["amos_complete"] = amos["complete"]
-        summary["amos_diverged_at"] = amos["diverged_at"]
-    if amos is not None and best is not None:
-        target = best["final_val_loss"]
-        reach = next((step for step, val in zip(amos["eval_steps"], amos["val"])
-                      if val["loss"] <= target), None)
-        summary["amos_reaches_adamw_at_step"] = reach
-        summary["amos_reaches_adamw_percent"] = (
-            None if reach is None else 100.0 * reach / best["steps"])
-        summary["seconds_per_step"] = {"amos": amos["seconds_per_step"],
-                                       "adamw": best["seconds_per_step"]}
-        summary["optimizer_seconds_per_step"] = {"amos": amos["optimizer_seconds_per_step"],
-                                                 "adamw": best["optimizer_seconds_per_step"]}
-        other = results.get("amos_state_bytes_other_momentum", {})
-        memory = {"adamw": best["state_bytes"],
-                  f"amos_momentum_{amos['settings']['momentum']:g}": amos["state_bytes"]}
-        if other:
-            memory[f"amos_momentum_{other['momentum']:g}"] = other["state_bytes"]
-        summary["state_bytes"] = memory
+def _final(record: dict) -> float:
+    """A run's final loss for ranking: a diverged run counts as infinitely bad."""
+    loss = record.get("final_val_loss")
+    return math.inf if loss is None else loss
+
+
+def _finished(record: dict) -> bool:
+    return record.get("complete") or record.get("diverged_at") is not None
+
+
+def _entry(label: str, name: str, value: float, records: dict[int, dict], budget: int) -> dict:
+    losses = {seed: r.get("final_val_loss") for seed, r in records.items()}
+    finite = [x for x in losses.values() if x is not None]
+    mean, sd = _mean_sd(finite)
+    steps = [r["seconds_per_step"] for r in records.values() if r.get("seconds_per_step")]
+    state = [r["state_bytes"] for r in records.values() if r.get("state_bytes")]
+    return {"label": label, "optimizer": name, "value": value, "budget": budget,
+            "losses": {str(k): v for k, v in losses.items()}, "mean": mean, "sd": sd,
+            "n": len(finite), "diverged": len(losses) - len(finite),
+            "median_step_seconds": statistics.median(steps) if steps else None,
+            "state_bytes": max(state) if state else None}
+
+
+def _optimizer_summary(name: str, grid: list[float], by_value: dict[float, dict[int, dict]],
+                       budget: int) -> dict:
+    """Per-value means over the seeds that finished every grid value, and the tuned value."""
+    seeds = sorted(set.intersection(*(
+        {seed for seed, r in by_value.get(v, {}).items() if _finished(r)} for v in grid)))
+    values = {}
+    for value in grid:
+        records = {seed: by_value[value][seed] for seed in seeds}
+        scores = [_final(r) for r in records.values()]
+        values[value] = (statistics.fmean(scores) if scores else math.inf, records)
+    summary: dict[str, Any] = {"grid": grid, "seeds": seeds,
+                               "mean_by_value": {f"{v:g}": (None if math.isinf(m) else m)
+                                                 for v, (m, _) in values.items()}}
+    if not seeds:
+        return summary
+    best = min(grid, key=lambda v: values[v][0])
+    summary["tuned_value"] = best
+    summary["tuned_at_grid_edge"] = len(grid) > 1 and best in (min(grid), max(grid))
+    summary["tuned"] = _entry(f"{name} (tuned)", name, best, values[best][1], budget)
+    if name in AMOS and 1.0 in values:
+        summary["suggested"] = _entry(f"{name} (suggested xi)", name, 1.0, values[1.0][1],
+                                      budget)
     return summary
 
 
-def write_outputs(results: dict, out: Path) -> None:
+def _reach(entry: dict, reference: dict, runs: dict, budget: int) -> dict:
+    """Per seed, the first evaluation at or below the reference's final loss of that seed."""
+    steps = []
+    for seed, target in reference["losses"].items():
+        record = runs.get((entry["optimizer"], entry["value"], budget, int(seed)))
+        if target is None or record is None:
+            continue
+        step = next((s for s, v in zip(record["eval_steps"], record["val"])
+                     if v["loss"] <= target), None)
+        steps.append(step)
+    reached = [s for s in steps if s is not None]
+    return {"seeds": len(steps), "reached": len(reached),
+            "percent_mean": (statistics.fmean(100 * s / budget for s in reached)
+                             if reached else None)}
+
+
+def _paired_test(entry: dict, reference: dict) -> dict | None:
+    pairs = [(entry["losses"][s], reference["losses"][s]) for s in entry["losses"]
+             if entry["losses"].get(s) is not None and reference["losses"].get(s) is not None]
+    result = {"test": "paired t-test, two-sided, on final validation losses paired by seed",
+              "n": len(pairs), "vs": reference["label"],
+              "mean_difference": statistics.fmean(a - b for a, b in pairs) if pairs else None,
+              "t": None, "p": None}
+    if len(pairs) >= 2:
+        from scipy import stats
+
+        differences = [a - b for a, b in pairs]
+        if any(d != differences[0] for d in differences):
+            test = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
+            result["t"], result["p"] = float(test.statistic), float(test.pvalue)
+    return result
+
+
+def summarize(results: dict) -> dict:
+    """Per budget: every optimizer's tuned entry (and Amos's suggested one), the reference,
+    steps to reach it, the paired tests; the anytime Amos curve."""
+    config = results["config"]
+    runs = {(r["optimizer"], r["value"], r["budget"], r["seed"]): r
+            for r in results.get("runs", [])}
+    budgets: dict[str, Any] = {}
+    for budget in config["budgets"]:
+        per_optimizer = {}
+        for name in config["optimizers"]:
+            grid = config["xi_multipliers"] if name in AMOS else config["grids"][name]
+            by_value = {v: {seed: runs[(name, v, budget, seed)] for seed in config["seeds"]
+                            if (name, v, budget, seed) in runs} for v in grid}
+            per_optimizer[name] = _optimizer_summary(name, list(grid), by_value, budget)
+        entries = []
+        for name, s in per_optimizer.items():
+            entries += [s[k] for k in ("suggested", "tuned") if k in s]
+        candidates = [per_optimizer[n]["tuned"] for n in REFERENCES
+                      if "tuned" in per_optimizer.get(n, {})]
+        reference = min(candidates, key=lambda e: e["mean"] if e["mean"] is not None
+                        else math.inf) if candidates else None
+        for entry in entries:
+            if reference is not None:
+                entry["reach"] = _reach(entry, reference, runs, budget)
+                if entry["optimizer"] in AMOS:
+                    entry["paired_test"] = _paired_test(entry, reference)
+        budgets[str(budget)] = {"optimizers": per_optimizer, "entries": entries,
+                                "reference": reference and reference["label"]}
+    return {"budgets": budgets, "anytime": _anytime(results, runs)}
+
+
+def _anytime(results: dict, runs: dict) -> dict | None:
+    """The constant-xi Amos run at the largest budget (suggested xi), averaged over seeds."""
+    config = results["config"]
+    if "amos" not in config["optimizers"]:
+        return None
+    budget = max(config["budgets"])
+    records = [runs[("amos", 1.0, budget, s)] for s in config["seeds"]
+               if ("amos", 1.0, budget, s) in runs and runs[("amos", 1.0, budget, s)]["complete"]]
+    if not records:
+        return None
+    steps = records[0]["eval_steps"]
+    curves = [[v["loss"] for v in r["val"]] for r in records]
+    return {"budget": budget, "seeds": [r["seed"] for r in records], "steps": steps,
+            "mean": [statistics.fmean(c[i] for c in curves) for i in range(len(steps))]}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def write_results(results: dict, out: Path) -> None:
+    """results.json (with the summary); cheap enough to call after every run."""
     out.mkdir(parents=True, exist_ok=True)
-    results = dict(results, runs=[_run_dict(r) for r in results.get("runs", [])])
     results["summary"] = summarize(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    plot(results, out / "loss.png")
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    """results.json, report.md, frontier.png and loss_BUDGET.png."""
+    write_results(results, out)
+    plot_frontier(results, out / "frontier.png")
+    for budget in results["config"]["budgets"]:
+        plot_curves(results, budget, out / f"loss_{budget}.png")
     (out / "report.md").write_text(markdown(results))
 
 
-def plot(results: dict, path: Path) -> None:
-    """Validation loss against steps: Amos, the best AdamW (bold) and the rest of the sweep
-    (faint); AdamW's final loss as a horizontal line; Amos's first step at or below it."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib import pyplot as plt
 
+    return plt
+
+
+_COLORS = {"amos": "C0", "amos-wsd": "C3", "adamw": "C1", "adamw-wsd": "C2",
+           "adafactor": "C4", "schedulefree": "C5"}
+
+
+def plot_frontier(results: dict, path: Path) -> None:
+    """Final validation loss against budget: one line per optimizer (tuned; Amos also at the
+    suggested xi, dashed) with its spread over seeds, and the anytime Amos curve."""
+    plt = _pyplot()
     summary = results["summary"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    top = []
-    others = iter(f"C{i}" for i in range(2, 100))
-    for run in results["runs"]:
-        if not run["val"]:
-            continue
-        losses = [v["loss"] for v in run["val"]]
-        main = run["label"] in (summary.get("amos"), summary.get("adamw"))
-        color = ("C0" if run["label"] == summary.get("amos") else
-                 "C1" if run["label"] == summary.get("adamw") else next(others))
-        ax.plot(run["eval_steps"], losses, label=run["label"], marker="o" if main else None,
-                color=color, markersize=3, linewidth=2 if main else 1,
-                alpha=1 if main else 0.35)
-        if main and len(losses) > 1:
-            top.append(max(losses[1:]))
-    target = summary.get("adamw_final_val_loss")
-    if target is not None:
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1,
-                   label=f"AdamW final {target:.3f}")
-    reach = summary.get("amos_reaches_adamw_at_step")
-    if reach is not None:
-        ax.axvline(reach, color="green", linestyle=":", linewidth=1)
-        ax.plot([reach], [target], marker="*", color="green", markersize=12,
-                label=f"Amos reaches it: step {reach} "
-                      f"({summary['amos_reaches_adamw_percent']:.0f}%)")
-    if top:
-        # the first evaluation (at init) is far above the rest; keep the interesting part
-        bottom = min(min(v["loss"] for v in r["val"]) for r in results["runs"] if r["val"])
-        ax.set_ylim(bottom - 0.02 * abs(bottom), max(top) * 1.02)
-    title = f"amos compare: {results['task']['name']}"
-    if not results.get("complete"):
-        title += " (INCOMPLETE)"
-    ax.set(title=title, xlabel="step", ylabel="validation loss")
+    budgets = [int(b) for b in summary["budgets"]]
+    lows = []
+    for name in results["config"]["optimizers"]:
+        for kind, style in (("tuned", "-"), ("suggested", "--")):
+            points = [(b, summary["budgets"][str(b)]["optimizers"][name].get(kind))
+                      for b in budgets]
+            points = [(b, e) for b, e in points if e and e["mean"] is not None]
+            if not points:
+                continue
+            xs = [b for b, _ in points]
+            ax.errorbar(xs, [e["mean"] for _, e in points], yerr=[e["sd"] for _, e in points],
+                        label=f"{name} ({kind})" if name in AMOS else name, marker="o",
+                        linestyle=style, color=_COLORS.get(name), capsize=3, markersize=4)
+            lows += [e["mean"] for _, e in points]
+    anytime = summary.get("anytime")
+    if anytime:
+        steps, mean = anytime["steps"][1:], anytime["mean"][1:]  # step 0 is the init loss
+        ax.plot(steps, mean, color=_COLORS["amos"], alpha=0.4, linewidth=1,
+                label=f"amos anytime run ({anytime['budget']} steps, suggested xi)")
+    if lows:
+        span = max(lows) - min(lows)
+        ax.set_ylim(min(lows) - 0.15 * span - 1e-3, max(lows) + 0.6 * span + 1e-3)
+    ax.set(title=f"amos compare: {results['task']['name']}, final loss per budget",
+           xlabel="budget (steps)", ylabel="final validation loss")
+    ax.set_xticks(budgets)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_curves(results: dict, budget: int, path: Path) -> None:
+    """Validation loss against steps at one budget: each tuned optimizer's mean over seeds,
+    with the range over seeds shaded."""
+    plt = _pyplot()
+    summary = results["summary"]["budgets"][str(budget)]
+    runs = {(r["optimizer"], r["value"], r["budget"], r["seed"]): r for r in results["runs"]}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    tops, bottoms = [], []
+    for entry in summary["entries"]:
+        records = [runs[(entry["optimizer"], entry["value"], budget, int(s))]
+                   for s, loss in entry["losses"].items() if loss is not None]
+        if not records:
+            continue
+        steps = records[0]["eval_steps"]
+        curves = [[v["loss"] for v in r["val"]] for r in records]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(len(steps))]
+        dashed = entry["label"].endswith("(suggested xi)")
+        ax.plot(steps, mean, color=_COLORS.get(entry["optimizer"]),
+                linestyle="--" if dashed else "-",
+                label=f"{entry['label']} [{entry['value']:g}]")
+        ax.fill_between(steps, [min(c[i] for c in curves) for i in range(len(steps))],
+                        [max(c[i] for c in curves) for i in range(len(steps))],
+                        color=_COLORS.get(entry["optimizer"]), alpha=0.12)
+        if len(mean) > 2:
+            tops.append(mean[len(mean) // 4])
+        bottoms.append(min(mean))
+    if tops:
+        ax.set_ylim(min(bottoms) - 0.02 * abs(min(bottoms)), max(tops))
+    ax.set(title=f"amos compare: {results['task']['name']}, budget {budget} steps",
+           xlabel="step", ylabel="validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -121,112 +275,105 @@ def _fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
+def _loss_cell(entry: dict) -> str:
+    if entry["mean"] is None:
+        return f"diverged ({entry['diverged']} of {entry['diverged'] + entry['n']})"
+    text = f"{entry['mean']:.4f} ± {entry['sd']:.4f} (n={entry['n']})"
+    return text + (f", {entry['diverged']} diverged" if entry["diverged"] else "")
+
+
+def _reach_cell(entry: dict) -> str:
+    reach = entry.get("reach")
+    if not reach or not reach["seeds"]:
+        return "n/a"
+    if reach["reached"] == 0:
+        return "not reached"
+    text = f"{reach['percent_mean']:.0f}%"
+    return text if reach["reached"] == reach["seeds"] else (
+        f"{text} on {reach['reached']} of {reach['seeds']} seeds")
+
+
+def _value_cell(entry: dict, optimizer_summary: dict) -> str:
+    hyper = "xi x" if entry["optimizer"] in AMOS else "lr"
+    text = f"{hyper} {entry['value']:g}"
+    if entry["label"].endswith("(tuned)") and optimizer_summary.get("tuned_at_grid_edge"):
+        text += " (**grid edge**)"
+    return text
+
+
+def _budget_section(results: dict, budget: str, s: dict, adamw_bytes: int | None) -> list[str]:
+    lines = [f"## Budget {budget} steps", "",
+             f"Reference (best AdamW): {s['reference'] or 'none'}.", "",
+             "| optimizer | value | final val loss (mean ± sd) | reaches reference | "
+             "state | median step |", "|---|---|---|---|---|---|"]
+    for entry in s["entries"]:
+        state = _fmt_bytes(entry["state_bytes"])
+        if adamw_bytes and entry["state_bytes"]:
+            state += f" ({100 * entry['state_bytes'] / adamw_bytes:.1f}%)"
+        step = ("n/a" if entry["median_step_seconds"] is None
+                else f"{1000 * entry['median_step_seconds']:.0f} ms")
+        lines.append(f"| {entry['label']} | "
+                     f"{_value_cell(entry, s['optimizers'][entry['optimizer']])} | "
+                     f"{_loss_cell(entry)} | {_reach_cell(entry)} | {state} | {step} |")
+    tests = [e for e in s["entries"] if e.get("paired_test")]
+    if tests:
+        lines += ["", "Amos against the reference, " + tests[0]["paired_test"]["test"] + ":", ""]
+        for entry in tests:
+            test = entry["paired_test"]
+            if test["mean_difference"] is None:
+                continue
+            p = "n/a (needs 2+ seeds)" if test["p"] is None else f"{test['p']:.3g}"
+            lines.append(f"- {entry['label']}: mean difference {test['mean_difference']:+.4f} "
+                         f"(negative: Amos lower), n = {test['n']}, p = {p}")
+    lines += ["", f"![loss curves](loss_{budget}.png)", ""]
+    return lines
 
 
 def markdown(results: dict) -> str:
-    s = results["summary"]
-    task, config = results["task"], results["config"]
-    lines = [f"# amos compare: `{task['name']}`" + ("" if results.get("complete") else
-                                                     " (INCOMPLETE: interrupted)"), ""]
-    if not results.get("complete"):
-        lines += ["**INCOMPLETE**: the run was interrupted; the numbers below cover only what "
-                  "finished.", ""]
+    config, summary, task = results["config"], results["summary"], results["task"]
+    planned, runs = results.get("planned", []), results.get("runs", [])
+    lines = [f"# amos compare: `{task['name']}`", ""]
+    if len(runs) < len(planned) or not results.get("complete"):
+        lines += [f"**INCOMPLETE**: {len(runs)} of {len(planned)} planned runs are done; "
+                  "run the same command again to finish (done runs are skipped).", ""]
     data = task["data"]
     lines += [
         f"Data: {data.get('source')}; {data.get('split')}. Model: {task['parameters']:,} "
-        f"parameters. Budget: {task['steps']} steps of batch {task['batch_size']}, seed "
-        f"{config['seed']}, the same initialisation and batch order for every run.",
-        "",
-        "## Result",
-        "",
-    ]
-    target, reach = s.get("adamw_final_val_loss"), s.get("amos_reaches_adamw_at_step")
-    if target is not None and s.get("amos_final_val_loss") is not None:
-        reached = ("not reached within the budget" if reach is None else
-                   f"step {reach} = **{s['amos_reaches_adamw_percent']:.0f}%** of AdamW's "
-                   f"{s['adamw_steps']} steps")
-        lines += [f"- Amos reaches AdamW's final validation loss ({target:.4f}): {reached}."]
-    if s.get("amos_diverged_at") is not None:
-        lines += [f"- Amos **diverged** (non-finite loss) at step {s['amos_diverged_at']}."]
-    lines += ["", "| optimizer | final val loss | wall-clock / step (median) | optimizer.step() | "
-                  "state memory | % of AdamW |", "|---|---|---|---|---|---|"]
-    memory = s.get("state_bytes", {})
-    adamw_bytes = memory.get("adamw")
-    by_label = {r["label"]: r for r in results["runs"]}
-    for key in ("amos", "adamw"):
-        run = by_label.get(s.get(key))
-        if run is None:
-            continue
-        pct = ("" if not adamw_bytes or run["state_bytes"] is None
-               else f"{100 * run['state_bytes'] / adamw_bytes:.2f}%")
-        lines.append(f"| {run['label']} | {_fmt(run['final_val_loss'])} | "
-                     f"{1000 * run['seconds_per_step']:.1f} ms | "
-                     f"{1000 * run['optimizer_seconds_per_step']:.2f} ms | "
-                     f"{_fmt_bytes(run['state_bytes'])} | {pct} |")
-    if memory and adamw_bytes:
-        lines += ["", "Optimizer state, measured from the optimizers' state tensors after "
-                      "training (slots and step counters):", ""]
-        for name, value in memory.items():
-            pct = f" = {100 * value / adamw_bytes:.2f}% of AdamW" if name != "adamw" else ""
-            lines.append(f"- {name.replace('_', ' ')}: {_fmt_bytes(value)} ({value:,} bytes)"
-                         f"{pct}")
-    lines += _amos_section(results) + _sweep_section(results, s) + _notes(results)
+        f"parameters, batch {task['batch_size']}. Budgets {config['budgets']} steps, seeds "
+        f"{config['seeds']}: every run of a seed starts from the same initialisation and sees "
+        "the same batches; each budget's runs are judged at their own end.", "",
+        "Tuning: " + "; ".join(
+            f"{name} {('xi x ' if name in AMOS else 'lr ')}{_grid(config, name)}"
+            for name in config["optimizers"])
+        + ". The same number of trials per optimizer, budget and seed; the tuned value has "
+          "the lowest final loss averaged over seeds.", "",
+        f"Amos: xi = {results['suggestion']['xi']:.4g} suggested, beta = "
+        f"{config['amos_beta'] or results['suggestion']['beta']:g}, clip "
+        f"{results['suggestion']['clip_value']:g}, momentum {config['amos_momentum']:g}; "
+        f"scales from {results['scales']['source']}. WSD runs cool down over the last "
+        f"{config['cooldown_fraction']:.0%} ({config['cooldown']}).", "",
+        "![frontier](frontier.png)", ""]
+    adamw_bytes = results.get("probe_state_bytes", {}).get("adamw")
+    for budget, s in summary["budgets"].items():
+        lines += _budget_section(results, budget, s, adamw_bytes)
+    memory = results.get("probe_state_bytes", {})
+    if adamw_bytes:
+        lines += ["## Optimizer state", ""] + [
+            f"- {name.replace('_', ' ')}: {_fmt_bytes(value)}"
+            + (f" = {100 * value / adamw_bytes:.2f}% of AdamW" if name != "adamw" else "")
+            for name, value in memory.items()] + [""]
+    machine = results["machine"]
+    lines += ["## Notes", "",
+              "- Evaluations are evenly spaced, so 'reaches reference' is resolved to the "
+              "evaluation interval.",
+              "- Step time is forward + backward + optimizer step, median over the run; runs "
+              f"share the machine ({machine['cpu_count']} CPUs, "
+              f"{machine.get('torch_threads_per_run')} torch thread(s) per run), so it is "
+              "noisy: `benchmarks/torch_step.py` measures the optimizers side by side.",
+              f"- Versions and the command are in `results.json`."]
     return "\n".join(lines) + "\n"
 
 
-def _amos_section(results: dict) -> list[str]:
-    amos = next((r for r in results["runs"] if r["optimizer"].startswith("amosopt")), None)
-    if amos is None:
-        return []
-    settings = amos["settings"]
-    lines = ["", "## Amos settings", "",
-             f"`amosopt.torch.Amos(lr={settings['lr (xi)']:.4g}, beta={settings['beta']:g}, "
-             f"clip_value={settings['clip_value']:g}, momentum={settings['momentum']:g})`, "
-             f"constant rate" + (f" after {settings['warmup_steps']} warm-up steps"
-                                 if settings["warmup_steps"] else " (no warm-up)")
-             + f"; per-parameter eta and slot shapes from {settings['scales']}.",
-             "",
-             "Momentum 0.9 is what the paper's BERT and T5 runs used; it adds a parameter-sized "
-             "slot (see the memory lines above for both variants).",
-             "",
-             "From `amos suggest` (the paper's guidance):", ""]
-    lines += [f"- {line}" for line in results["suggestion"]["reasoning"]]
-    return lines
-
-
-def _sweep_section(results: dict, s: dict) -> list[str]:
-    sweep = [r for r in results["runs"] if r["optimizer"].startswith("torch.optim.AdamW")]
-    if not sweep:
-        return []
-    first = sweep[0]["settings"]
-    lines = ["", "## AdamW learning-rate sweep (same budget)", "",
-             f"Linear warm-up over {first['warmup_steps']} steps, then linear decay to zero at "
-             f"step {sweep[0]['steps']}; weight decay {first['weight_decay']}, betas "
-             f"{tuple(first['betas'])}.", "", "| lr | final val loss | status |", "|---|---|---|"]
-    for run in sweep:
-        status = ("diverged at step %d" % run["diverged_at"] if run["diverged_at"] is not None
-                  else "complete" if run["complete"] else f"stopped at step {run['steps_done']}")
-        mark = " (best)" if run["label"] == s.get("adamw") else ""
-        lines.append(f"| {run['settings']['lr']:g}{mark} | {_fmt(run['final_val_loss'])} | "
-                     f"{status} |")
-    if s.get("adamw_lr_at_sweep_edge"):
-        lines += ["", "The best rate is at the edge of the sweep: widen it with `--adamw-lrs` "
-                      "for a fairer baseline."]
-    return lines
-
-
-def _notes(results: dict) -> list[str]:
-    machine = results["machine"]
-    return [
-        "", "## Notes", "",
-        "- Validation loss is evaluated at the steps in the plot, so the step at which Amos "
-        "reaches AdamW's loss is resolved to the evaluation interval.",
-        "- Wall-clock per step is forward + backward + optimizer step (evaluation excluded); "
-        "on a shared machine it is noisy: see `benchmarks/torch_step.py` for interleaved "
-        "timings.",
-        f"- Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
-        f"{machine['torch_threads']} torch threads; versions in `results.json`.",
-        "", "![validation loss](loss.png)",
-    ]
+def _grid(config: dict, name: str) -> str:
+    grid = config["xi_multipliers"] if name in AMOS else config["grids"][name]
+    return "{" + ", ".join(f"{v:g}" for v in grid) + "}"

@@ -1,92 +1,200 @@
-"""``amos compare``: Amos against a tuned AdamW on one task, same model, init and data order."""
+"""``amos compare``: a study of optimizers across step budgets and seeds, on one task.
+
+Every run of a seed starts from the same initialisation and sees the same batches in the same
+order; a budget's runs are judged at their own end. :func:`run_compare` plans the runs, skips the
+ones already in ``OUT/runs/``, runs the rest (``jobs`` at a time), and writes ``results.json``,
+``report.md`` and the plots (:mod:`amosopt.compare.report`).
+"""
 
 from __future__ import annotations
 
 import datetime
+import functools
+import math
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from amosopt.compare import data as data_lib
-from amosopt.compare import report, train
+from amosopt.compare import optimizers, report, study
 from amosopt.compare.models import count_parameters
 from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
 
-#: per task: (full, quick) settings; the command-line flags override them. The AdamW sweeps
-#: bracket the best rate seen on every seed we ran (a best rate at an edge of the sweep is
-#: flagged in the report).
+#: Amos's grid: multiples of the xi that ``amos suggest`` gives
+XI_MULTIPLIERS = [0.5, 1.0, 2.0]
+
+#: per task: (full, quick) settings; the command-line flags override them. Every optimizer with
+#: a learning rate gets a log grid of the same length as Amos's xi grid (3 trials), placed
+#: around the best rates seen in earlier runs (a best value at an edge is flagged).
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {
-        # 2000 steps, seed 0, with 5e-4..8e-3 the best was 8e-3, at the top edge: moved up
-        "full": {"steps": 2000, "adamw_lrs": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2], "evals": 20,
-                 "eval_batches": 8},
-        "quick": {"steps": 400, "adamw_lrs": [3e-4, 1e-3, 3e-3, 1e-2], "evals": 16,
-                  "eval_batches": 4},
+        "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
+                 "xi_multipliers": XI_MULTIPLIERS,
+                 "grids": {"adamw": [3e-3, 6e-3, 1.2e-2], "adamw-wsd": [3e-3, 6e-3, 1.2e-2],
+                           "adafactor": [1e-2, 2e-2, 4e-2],
+                           "schedulefree": [3e-3, 6e-3, 1.2e-2]}},
+        "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
+                  "xi_multipliers": [1.0],
+                  "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
+                            "adafactor": [5e-3, 1e-2, 2e-2],
+                            "schedulefree": [1e-3, 3e-3, 1e-2]}},
     },
     "digits": {
-        "full": {"steps": 1500, "adamw_lrs": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "evals": 30,
-                 "eval_batches": 0},
-        "quick": {"steps": 400, "adamw_lrs": [3e-3, 1e-2, 3e-2, 1e-1], "evals": 20,
-                  "eval_batches": 0},
+        "full": {"budgets": [400, 1500], "evals": 20, "eval_batches": 0,
+                 "xi_multipliers": XI_MULTIPLIERS,
+                 "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
+                           "adafactor": [1e-2, 3e-2, 1e-1],
+                           "schedulefree": [3e-3, 1e-2, 3e-2]}},
+        "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 0,
+                  "xi_multipliers": [1.0],
+                  "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
+                            "adafactor": [1e-2, 3e-2, 1e-1],
+                            "schedulefree": [3e-3, 1e-2, 3e-2]}},
     },
 }
+DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]
+#: the settings that change what a run computes: a resumed study must keep them
+FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "heads", "channels",
+               "evals", "eval_batches", "warmup_fraction", "amos_warmup", "amos_momentum",
+               "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
 
 
 @dataclass
 class CompareConfig:
-    """Every setting of a comparison (written to results.json)."""
+    """Every setting of a study (written to results.json)."""
 
     task: str = "lm"
     text: str | None = None
-    steps: int | None = None
-    seed: int = 0
+    budgets: list[int] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    optimizers: list[str] = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))
     quick: bool = False
     out: str | None = None
     batch_size: int = 32
-    adamw_lrs: list[float] | None = None
-    adamw_warmup: float = 0.05
+    grids: dict[str, list[float]] = field(default_factory=dict)  # overrides of the defaults
+    xi_multipliers: list[float] | None = None
+    warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     amos_warmup: int = 0
     amos_momentum: float = 0.9
+    amos_beta: float | None = None  # None: as amos suggest gives it
+    amos_slots: str = "factored"  # or "full"
+    amos_eta: float | None = None  # None: automatic scales; a number: one eta for all
+    cooldown_fraction: float = 0.2
+    cooldown: str = "linear"
     evals: int | None = None
     eval_batches: int | None = None
     threads: int | None = None
+    jobs: int = 1
     seq_len: int = 128
     width: int = 128
     layers: int = 2
     heads: int = 4
     channels: int = 16
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def resolve(self) -> CompareConfig:
         """Fills the task's defaults (full or quick) into the unset fields."""
         defaults = DEFAULTS[self.task]["quick" if self.quick else "full"]
-        for key, value in defaults.items():
+        for key in ("budgets", "evals", "eval_batches", "xi_multipliers"):
             if getattr(self, key) is None:
+                value = defaults[key]
                 setattr(self, key, list(value) if isinstance(value, list) else value)
+        self.grids = {**{k: list(v) for k, v in defaults["grids"].items()}, **self.grids}
         if self.out is None:
             self.out = str(Path("amos-results") / ("text" if self.text else self.task))
         return self
 
+    def grid(self, optimizer: str) -> list[float]:
+        if optimizers.OPTIMIZERS[optimizer].hyper == "xi multiplier":
+            return list(self.xi_multipliers)
+        return list(self.grids[optimizer])
 
-def build_task(config: CompareConfig) -> Task:
+    def fingerprint(self) -> dict:
+        return {key: getattr(self, key) for key in FINGERPRINT}
+
+
+def plan(config: CompareConfig) -> list[study.RunSpec]:
+    """Every run, smallest budget first (so that a partial study has whole budgets)."""
+    return sorted(study.RunSpec(budget, seed, rank, name, float(value))
+                  for budget in config.budgets for seed in config.seeds
+                  for rank, name in enumerate(config.optimizers)
+                  for value in config.grid(name))
+
+
+# --------------------------------------------------------------------------------------------
+# The task, its initial weights and Amos's settings, per (seed, budget)
+
+_TEXT: dict[Any, Any] = {}  # per process: the loaded data
+
+
+def build_task(config: CompareConfig, seed: int, budget: int) -> Task:
     if config.task == "lm":
         min_bytes = config.seq_len + 1
-        if config.text:
-            text = data_lib.load_text_file(config.text, min_bytes)
-        else:
-            text = data_lib.load_stdlib_text(min_bytes)
-        return LMTask(text, steps=config.steps, seed=config.seed, batch_size=config.batch_size,
-                      seq_len=config.seq_len, width=config.width, layers=config.layers,
-                      heads=config.heads, eval_batches=config.eval_batches)
-    return DigitsTask(data_lib.load_digits_data(), steps=config.steps, seed=config.seed,
-                      batch_size=config.batch_size, channels=config.channels)
+        if ("text", config.text) not in _TEXT:
+            _TEXT[("text", config.text)] = (data_lib.load_text_file(config.text, min_bytes)
+                                            if config.text else
+                                            data_lib.load_stdlib_text(min_bytes))
+        return LMTask(_TEXT[("text", config.text)], steps=budget, seed=seed,
+                      batch_size=config.batch_size, seq_len=config.seq_len, width=config.width,
+                      layers=config.layers, heads=config.heads,
+                      eval_batches=config.eval_batches)
+    if "digits" not in _TEXT:
+        _TEXT["digits"] = data_lib.load_digits_data()
+    return DigitsTask(_TEXT["digits"], steps=budget, seed=seed, batch_size=config.batch_size,
+                      channels=config.channels)
+
+
+def _amos_scales(config: CompareConfig, model: torch.nn.Module, example: Any):
+    """(eta, slot_shape, table) for Amos: automatic, or the ablations' overrides."""
+    from amosopt.torch import auto_scales
+
+    scales = auto_scales(model, example_inputs=example)
+    eta = scales.eta if config.amos_eta is None else float(config.amos_eta)
+    slot_shape = scales.slot_shape if config.amos_slots == "factored" else None
+    table = [{"name": name, "shape": list(p.shape),
+              "eta": float(scales[name].eta if config.amos_eta is None else config.amos_eta),
+              "slot_shape": list(scales[name].slot_shape if slot_shape else p.shape),
+              "reason": (str(scales[name].reason) if config.amos_eta is None
+                         else f"one eta for all (--amos-eta {config.amos_eta:g})")}
+             for name, p in model.named_parameters()]
+    return eta, slot_shape, table
+
+
+def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext:
+    """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
+    config = CompareConfig(**config_dict)
+    task = build_task(config, seed, budget)
+    torch.manual_seed(seed)
+    model = task.make_model()
+    _warm_up(task, model)
+    suggestion = suggest(task.train_examples, config.batch_size, "mean")
+    eta, slot_shape, _ = _amos_scales(config, model, task.batch(0)[0])
+    settings = optimizers.RunSettings(
+        budget=budget, xi=suggestion.xi, beta=suggestion.beta,
+        clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
+        amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
+        amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
+        cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown)
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    return study.SeedContext(task, init_state, settings, config.evals)
+
+
+def _warm_up(task: Task, model: torch.nn.Module) -> None:
+    """A few untimed forward/backward passes, so one-time costs (thread pools, kernel
+    selection) do not land on the first run's clock."""
+    for step in range(3):
+        inputs, targets = task.batch(step)
+        task.loss(model, inputs, targets).backward()
+    model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def default_threads() -> int:
@@ -106,112 +214,107 @@ def environment() -> dict:
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "numpy": numpy.__version__}
-    for module in ("amosopt", "tqdm", "matplotlib", "sklearn"):
+    for module in ("amosopt", "tqdm", "matplotlib", "sklearn", "schedulefree"):
         try:
             versions[module] = __import__(module).__version__
-        except ImportError:
+        except (ImportError, AttributeError):
             versions[module] = None
     return {
         "versions": versions,
         "machine": {
             "platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         },
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
 
 
-def run_compare(config: CompareConfig) -> dict:
-    """Runs the AdamW sweep and Amos, writes results.json, loss.png and report.md to
-    ``config.out``, and returns the results. On KeyboardInterrupt the results so far are
-    written, marked ``"complete": false``, and the interrupt is re-raised."""
-    config.resolve()
-    torch.set_num_threads(config.threads or default_threads())
-    out = Path(config.out)
-    results: dict[str, Any] = {"complete": False, "config": asdict(config),
-                               "started": _now(), **environment()}
-    try:
-        task = build_task(config)
-        _compare(task, config, results)
-        results["complete"] = True
-    except KeyboardInterrupt:
-        results["interrupted"] = True
-        raise
-    finally:
-        if "task" in results:  # the data loaded: there is something to report
-            results["finished"] = _now()
-            report.write_outputs(results, out)
-    return results
+def _describe(config: CompareConfig) -> dict:
+    """The task, the suggestion, the scales and the state sizes (seed 0's model) for the
+    report."""
+    from amosopt.compare.train import probe_state_bytes
 
-
-def _warm_up(task: Task, model: torch.nn.Module) -> None:
-    """A few untimed forward/backward passes, so one-time costs (thread pools, kernel
-    selection) do not land on the first optimizer's clock."""
-    for step in range(3):
-        inputs, targets = task.batch(step)
-        task.loss(model, inputs, targets).backward()
-    model.zero_grad(set_to_none=True)
+    budget = max(config.budgets)
+    task = build_task(config, config.seeds[0], budget)
+    if config.batch_size > task.train_examples:
+        raise data_lib.DataError(
+            f"invalid --batch-size: {config.batch_size} is larger than the "
+            f"{task.train_examples} training examples; use at most {task.train_examples}")
+    context = seed_context(asdict(config), config.seeds[0], budget)
+    model = task.make_model()
+    model.load_state_dict(context.init_state)
+    _, _, table = _amos_scales(config, model, task.batch(0)[0])
+    memory = {}
+    for name, momentum in (("amos_momentum_0", 0.0), ("amos_momentum_0.9", 0.9),
+                           ("adamw", None)):
+        settings = replace(context.settings, amos_momentum=momentum or 0.0)
+        memory[name] = probe_state_bytes(task, model, functools.partial(
+            optimizers.build, "adamw" if momentum is None else "amos", value=1e-3,
+            run=settings))
+    source = "amosopt.torch.auto_scales"
+    if config.amos_eta is not None:
+        source += f", eta overridden to {config.amos_eta:g}"
+    if config.amos_slots != "factored":
+        source += ", full-size slots"
+    return {
+        "task": {"name": task.name, "data": task.description,
+                 "parameters": count_parameters(model), "train_examples": task.train_examples,
+                 "batch_size": config.batch_size},
+        "suggestion": suggest(task.train_examples, config.batch_size, "mean").as_dict(),
+        "scales": {"source": source, "table": table},
+        "probe_state_bytes": memory,
+    }
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _compare(task: Task, config: CompareConfig, results: dict) -> None:
-    torch.manual_seed(config.seed)
-    init_model = task.make_model()
-    init_state = {k: v.clone() for k, v in init_model.state_dict().items()}
+def run_compare(config: CompareConfig) -> dict:
+    """Runs the study of ``config`` (skipping runs already in ``config.out``), writes
+    results.json, report.md and the plots, and returns the results. On KeyboardInterrupt the
+    outputs cover the runs finished so far, marked incomplete, and the interrupt is re-raised.
+    """
+    config.resolve()
+    out = Path(config.out)
+    study.check_fingerprint(out, config.fingerprint())
+    threads = 1 if config.jobs > 1 else (config.threads or default_threads())
+    torch.set_num_threads(threads)
+    specs = plan(config)
+    runs_dir = out / "runs"
+    done = study.load_done(runs_dir)
+    todo = [s for s in specs if s.key not in done]
+    results: dict[str, Any] = {"complete": False, "config": asdict(config), "started": _now(),
+                               **environment(), **_describe(config)}
+    results["machine"]["torch_threads_per_run"] = threads
+    results["planned"] = [s.key for s in specs]
+    skipped = len(specs) - len(todo)
+    if skipped:
+        print(f"amos compare: {skipped} of {len(specs)} runs are already done in {out}: "
+              "skipping them", flush=True)
 
-    def fresh_model() -> torch.nn.Module:
-        model = task.make_model()
-        model.load_state_dict(init_state)
-        return model
+    def on_done(record: dict) -> None:
+        done[record["key"]] = record
+        results["runs"] = [done[s.key] for s in specs if s.key in done]
+        report.write_results(results, out)
 
-    if config.batch_size > task.train_examples:
-        raise data_lib.DataError(
-            f"invalid --batch-size: {config.batch_size} is larger than the "
-            f"{task.train_examples} training examples; use at most {task.train_examples}")
-    _warm_up(task, init_model)
-    suggestion = suggest(task.train_examples, config.batch_size, "mean")
-    scales = train.amos_scales(init_model, task, task.batch(0)[0])
-    results["task"] = {"name": task.name, "data": task.description,
-                       "parameters": count_parameters(init_model),
-                       "train_examples": task.train_examples,
-                       "batch_size": config.batch_size, "steps": config.steps}
-    results["suggestion"] = suggestion.as_dict()
-    results["scales"] = {"source": scales.source, "table": scales.table}
-    runs: list[dict] = []
-    results["runs"] = runs
+    results["runs"] = [done[s.key] for s in specs if s.key in done]
+    try:
+        study.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
+                      config.jobs, on_done, config.progress)
+        results["complete"] = True
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        raise
+    finally:
+        results["finished"] = _now()
+        report.write_outputs(results, out)
+    return results
 
-    amos_settings = {"lr (xi)": suggestion.xi, "beta": suggestion.beta,
-                     "clip_value": suggestion.clip_value, "momentum": config.amos_momentum,
-                     "warmup_steps": config.amos_warmup, "scales": scales.source}
 
-    def make_amos(model: torch.nn.Module, momentum: float = config.amos_momentum):
-        return train.make_amos(model, scales, suggestion.xi, suggestion.beta, momentum,
-                               suggestion.clip_value, config.amos_warmup)
-
-    # Amos first: its curve is what the user came for; then the AdamW sweep.
-    amos_run = train.Run("Amos", "amosopt.torch.Amos", amos_settings, config.steps)
-    runs.append(amos_run)  # type: ignore[arg-type]
-    model = fresh_model()
-    optimizer, schedule = make_amos(model)
-    train.train(task, model, optimizer, schedule, amos_run, config.evals, config.progress)
-    other_momentum = 0.0 if config.amos_momentum > 0 else 0.9
-    results["amos_state_bytes_other_momentum"] = {
-        "momentum": other_momentum,
-        "state_bytes": train.probe_state_bytes(task, init_model,
-                                               lambda m: make_amos(m, other_momentum)),
-    }
-    warmup = round(config.adamw_warmup * config.steps)
-    for lr in config.adamw_lrs:
-        run = train.Run(f"AdamW lr={lr:g}", "torch.optim.AdamW(fused=True)",
-                        {"lr": lr, "betas": list(train.ADAMW_BETAS),
-                         "weight_decay": train.ADAMW_WEIGHT_DECAY, "warmup_steps": warmup,
-                         "schedule": "linear warm-up, then linear decay to 0 at the budget"},
-                        config.steps)
-        runs.append(run)  # type: ignore[arg-type]
-        model = fresh_model()
-        optimizer, schedule = train.make_adamw(model, lr, config.steps, warmup)
-        train.train(task, model, optimizer, schedule, run, config.evals, config.progress)
+def check_values(config: CompareConfig) -> None:
+    """Rejects grids with values that are not finite and positive (ValueError)."""
+    for name, grid in {**config.grids, "xi multipliers": config.xi_multipliers or []}.items():
+        if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in grid):
+            raise ValueError(f"invalid grid for {name}: {grid}; give positive numbers")

@@ -27,8 +27,6 @@ class Task:
     batch_size: int
     steps: int
     seed: int
-    eta_rules: list = field(default_factory=list)
-    slot_rules: list = field(default_factory=list)
     description: dict = field(default_factory=dict)
     #: for amosopt.suggest: training examples, and labels per example for a summed loss
     train_examples: int = 0
@@ -53,8 +51,7 @@ class LMTask(Task):
 
     def __init__(self, text: data_lib.TextData, *, steps: int, seed: int, batch_size: int,
                  seq_len: int, width: int, layers: int, heads: int, eval_batches: int):
-        super().__init__("lm", batch_size, steps, seed, models.LM_ETA_RULES,
-                         models.LM_SLOT_RULES)
+        super().__init__("lm", batch_size, steps, seed)
         self.seq_len, self.width, self.layers, self.heads = seq_len, width, layers, heads
         self.train = torch.from_numpy(text.train.astype(np.int64))
         val = torch.from_numpy(text.val.astype(np.int64))
@@ -98,8 +95,7 @@ class DigitsTask(Task):
 
     def __init__(self, digits: data_lib.DigitsData, *, steps: int, seed: int, batch_size: int,
                  channels: int):
-        super().__init__("digits", batch_size, steps, seed, models.DIGITS_ETA_RULES,
-                         models.DIGITS_SLOT_RULES)
+        super().__init__("digits", batch_size, steps, seed)
         self.channels = channels
         self.x_train = torch.from_numpy(digits.x_train)
         self.y_train = torch.from_numpy(digits.y_train)

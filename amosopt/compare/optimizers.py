@@ -1,0 +1,193 @@
+"""The optimizers that ``amos compare`` can put side by side, and how each is built for a run.
+
+Each has one tuned hyper-parameter, searched on a grid with the same number of trials:
+
+* ``amos``: the paper's recipe, ``amosopt.torch.Amos`` at a constant ``xi`` (the anytime run);
+* ``amos-wsd``: the same with a warmup-stable-decay cooldown (:func:`amosopt.torch.wsd_schedule`);
+* ``adamw``: ``torch.optim.AdamW``, linear warm-up then linear decay to 0 (the paper's baseline);
+* ``adamw-wsd``: AdamW with the same WSD schedule as ``amos-wsd``;
+* ``adafactor``: ``torch.optim.Adafactor`` (factored second moments: the small-state peer),
+  with AdamW's warm-up and linear decay;
+* ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (Defazio et al. 2024, arXiv 2405.15682;
+  the anytime peer), with its own warm-up and its train/eval modes.
+
+Amos's grid is over multiples of the ``xi`` that :func:`amosopt.suggest.suggest` gives; the
+others' grids are learning rates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
+
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_WEIGHT_DECAY = 0.01
+
+
+@dataclass
+class Built:
+    """A run's optimizer, its scheduler (or None) and the mode switches it needs."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    #: called before training steps / before evaluation (schedule-free averages the weights)
+    train_mode: Callable[[], None] = lambda: None
+    eval_mode: Callable[[], None] = lambda: None
+
+    def lr(self) -> float:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return float(lr)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every run of one study shares (besides the model and data)."""
+
+    budget: int
+    xi: float  # suggested global rate
+    beta: float  # suggested, unless amos_beta is set
+    clip_value: float
+    eta: Callable[[str, tuple], float] | float
+    slot_shape: Callable[[str, tuple], tuple] | None
+    amos_momentum: float = 0.9
+    amos_beta: float | None = None
+    amos_warmup: int = 0
+    warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
+    cooldown_fraction: float = 0.2  # the WSD runs
+    cooldown: str = "linear"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_fraction * self.budget)
+
+    @property
+    def cooldown_steps(self) -> int:
+        return round(self.cooldown_fraction * self.budget)
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    name: str
+    hyper: str  # the tuned hyper-parameter: "xi multiplier" or "lr"
+    description: str
+    module: str | None = None  # an optional package it needs
+
+    def available(self) -> bool:
+        return self.module is None or importlib.util.find_spec(self.module) is not None
+
+
+OPTIMIZERS: dict[str, OptimizerInfo] = {
+    info.name: info for info in (
+        OptimizerInfo("amos", "xi multiplier",
+                      "Amos, constant xi from amos suggest (the paper's recipe; no budget)"),
+        OptimizerInfo("amos-wsd", "xi multiplier",
+                      "Amos with a warmup-stable-decay cooldown to 0 at the budget"),
+        OptimizerInfo("adamw", "lr", "AdamW, linear warm-up then linear decay to 0"),
+        OptimizerInfo("adamw-wsd", "lr", "AdamW with the same warmup-stable-decay schedule"),
+        OptimizerInfo("adafactor", "lr",
+                      "torch.optim.Adafactor (factored state), linear warm-up and decay to 0"),
+        OptimizerInfo("schedulefree", "lr",
+                      "schedulefree.AdamWScheduleFree (no schedule; weight averaging)",
+                      module="schedulefree"),
+    )
+}
+
+
+def _linear_warmup_decay(warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier after ``s`` updates: ``(s+1)/warmup`` while warming up, then a linear decay
+    that reaches 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> Built:
+    from amosopt.torch import Amos, wsd_schedule
+
+    optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
+                     slot_shape=run.slot_shape,
+                     beta=run.beta if run.amos_beta is None else run.amos_beta,
+                     momentum=run.amos_momentum, clip_value=run.clip_value)
+    if wsd:
+        scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
+                                 cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
+    elif run.amos_warmup:  # constant after a warm-up: the anytime run knows no budget
+        warmup = run.amos_warmup
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    else:
+        scheduler = None
+    return Built(optimizer, scheduler)
+
+
+def _adamw(model: nn.Module, lr: float, run: RunSettings, wsd: bool) -> Built:
+    from amosopt.torch import wsd_schedule
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS,
+                                  weight_decay=ADAMW_WEIGHT_DECAY, fused=True)
+    if wsd:
+        scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
+                                 cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _linear_warmup_decay(run.warmup_steps, run.budget))
+    return Built(optimizer, scheduler)
+
+
+def _adafactor(model: nn.Module, lr: float, run: RunSettings) -> Built:
+    optimizer = torch.optim.Adafactor(model.parameters(), lr=lr,
+                                      weight_decay=ADAMW_WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _linear_warmup_decay(run.warmup_steps, run.budget))
+    return Built(optimizer, scheduler)
+
+
+def _schedulefree(model: nn.Module, lr: float, run: RunSettings) -> Built:
+    import schedulefree
+
+    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=lr, betas=ADAMW_BETAS,
+                                               weight_decay=ADAMW_WEIGHT_DECAY,
+                                               warmup_steps=run.warmup_steps)
+    return Built(optimizer, None, train_mode=optimizer.train, eval_mode=optimizer.eval)
+
+
+def build(name: str, model: nn.Module, value: float, run: RunSettings) -> Built:
+    """The optimizer ``name`` for ``model`` with its tuned hyper-parameter at ``value``."""
+    if name in ("amos", "amos-wsd"):
+        return _amos(model, value, run, wsd=name == "amos-wsd")
+    if name in ("adamw", "adamw-wsd"):
+        return _adamw(model, value, run, wsd=name == "adamw-wsd")
+    if name == "adafactor":
+        return _adafactor(model, value, run)
+    if name == "schedulefree":
+        return _schedulefree(model, value, run)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def schedule_description(name: str, run: RunSettings) -> str:
+    """One line for the report: how the rate moves over the budget."""
+    wsd = (f"WSD: {run.cooldown} cooldown over the last {run.cooldown_steps} steps "
+           f"({run.cooldown_fraction:.0%}) to 0")
+    if name == "amos":
+        return ("constant xi" + (f" after {run.amos_warmup} warm-up steps" if run.amos_warmup
+                                 else "") + "; Amos's own decay only")
+    if name == "amos-wsd":
+        return (f"{run.amos_warmup} warm-up steps, " if run.amos_warmup else "") + wsd
+    if name == "adamw-wsd":
+        return f"{run.warmup_steps} warm-up steps, {wsd}"
+    if name == "schedulefree":
+        return f"{run.warmup_steps} warm-up steps, then constant (schedule-free averaging)"
+    return f"{run.warmup_steps} warm-up steps, then linear decay to 0 at the budget"
+

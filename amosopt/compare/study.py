@@ -1,0 +1,243 @@
+"""The runs of an ``amos compare`` study: planned, executed in parallel, resumable.
+
+A study is every (budget, seed, optimizer, grid value) combination. Each run trains a fresh model
+from the seed's initialisation on the seed's batch order for exactly its budget, and is judged at
+its own end. A finished run is written to ``OUT/runs/KEY.json`` (atomically) the moment it ends,
+so an interrupted study loses at most the runs in flight, and running the same command again
+skips what is done. ``--jobs N`` runs N runs at once in separate processes, one torch thread
+each; the main process draws the progress bars from their reports.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue as queue_lib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amosopt.compare import optimizers
+from amosopt.compare.tasks import Task
+from amosopt.compare.train import Run, train
+
+__all__ = ["RunSpec", "StudyError", "execute", "load_done", "run_all"]
+
+
+class StudyError(ValueError):
+    """An output folder that holds a study with other settings."""
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One run of the study; ``key`` names its result file."""
+
+    budget: int
+    seed: int
+    rank: int  # the optimizer's position in --optimizers (for ordering only)
+    optimizer: str
+    value: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.optimizer}_{self.value:g}_b{self.budget}_s{self.seed}"
+
+
+def load_done(runs_dir: Path) -> dict[str, dict]:
+    """The finished runs already in ``runs_dir`` (unreadable files are ignored and redone)."""
+    done = {}
+    for path in sorted(runs_dir.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        done[record["key"]] = record
+    return done
+
+
+def check_fingerprint(out: Path, fingerprint: dict) -> None:
+    """Records the settings that every run of ``out`` shares, or checks them on a resume."""
+    path = out / "study.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+        if changed:
+            what = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
+                             changed.items())
+            raise StudyError(f"--out {out} holds a study with other settings ({what}); resume "
+                             "it with the same settings or choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# One run (in the main process or a worker)
+
+#: per process: the task of each (seed, budget), with its initial weights and Amos settings
+_CACHE: dict[Any, Any] = {}
+_REPORTS: Any = None  # the queue a worker sends its progress to
+
+
+@dataclass
+class SeedContext:
+    task: Task
+    init_state: dict
+    settings: optimizers.RunSettings
+    evals: int  # validation evaluations per run
+
+
+def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs_dir: str,
+            progress: Callable[[str, int, float], None] | None = None) -> dict:
+    """Trains one run, writes ``runs_dir/KEY.json`` and returns its record."""
+    key = (spec.seed, spec.budget)
+    if key not in _CACHE:
+        _CACHE.clear()  # one (seed, budget) at a time keeps a worker's memory flat
+        _CACHE[key] = make_context(spec.seed, spec.budget)
+    context: SeedContext = _CACHE[key]
+    model = context.task.make_model()
+    model.load_state_dict(context.init_state)
+    built = optimizers.build(spec.optimizer, model, spec.value, context.settings)
+    run = Run(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
+              {"schedule": optimizers.schedule_description(spec.optimizer, context.settings),
+               "hyper": optimizers.OPTIMIZERS[spec.optimizer].hyper,
+               "lr": built.lr() if spec.optimizer.startswith("amos") else spec.value})
+    if _REPORTS is not None:  # a worker: the main process draws the bars
+        def callback(done: int, loss: float) -> None:
+            _REPORTS.put((spec.key, done, loss))
+    elif progress is not None:
+        def callback(done: int, loss: float) -> None:
+            progress(spec.key, done, loss)
+    else:
+        callback = None
+    train(context.task, model, built, run, context.evals, callback)
+    record = run.as_dict()
+    _write_atomically(Path(runs_dir) / f"{spec.key}.json", json.dumps(record) + "\n")
+    return record
+
+
+def _init_worker(reports: Any) -> None:
+    global _REPORTS
+    _REPORTS = reports
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Many runs, with progress bars
+
+
+class _Bars:
+    """One overall bar (steps of the whole study, with its time estimate) and one per run."""
+
+    def __init__(self, specs: list[RunSpec], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self._tqdm, self.enabled = tqdm, enabled
+        self.total = tqdm(total=sum(s.budget for s in specs), desc="study", unit="step",
+                          disable=not enabled, dynamic_ncols=True, position=0,
+                          postfix={"runs": f"0/{len(specs)}"})
+        self.runs: dict[str, Any] = {}
+        self.positions: dict[str, int] = {}
+        self.done_steps: dict[str, int] = {}
+        self.closed: set[str] = set()
+        self.finished, self.count = 0, len(specs)
+
+    def update(self, key: str, done: int, loss: float, budget: int) -> None:
+        if key in self.closed:  # a report that arrived after the run's result
+            return
+        if key not in self.runs:
+            taken = set(self.positions.values())
+            self.positions[key] = min(p for p in range(1, len(taken) + 2) if p not in taken)
+            self.runs[key] = self._tqdm(total=budget, desc=key, unit="step", leave=False,
+                                        disable=not self.enabled, dynamic_ncols=True,
+                                        position=self.positions[key])
+            self.done_steps[key] = 0
+        bar = self.runs[key]
+        bar.update(done - self.done_steps[key])
+        self.total.update(done - self.done_steps[key])
+        self.done_steps[key] = done
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def finish(self, spec: RunSpec) -> None:
+        bar = self.runs.pop(spec.key, None)
+        self.positions.pop(spec.key, None)
+        self.closed.add(spec.key)
+        self.total.update(spec.budget - self.done_steps.pop(spec.key, 0))
+        if bar is not None:
+            bar.close()
+        self.finished += 1
+        self.total.set_postfix(runs=f"{self.finished}/{self.count}")
+
+    def close(self) -> None:
+        for bar in self.runs.values():
+            bar.close()
+        self.total.close()
+
+
+def run_all(specs: list[RunSpec], make_context: Callable[[int, int], SeedContext],
+            runs_dir: Path, jobs: int, on_done: Callable[[dict], None],
+            progress: bool = True) -> None:
+    """Runs ``specs`` (``jobs`` at a time) and calls ``on_done(record)`` after each one.
+
+    ``make_context`` must be picklable (a module-level function or a ``functools.partial`` of
+    one) when ``jobs > 1``. A KeyboardInterrupt stops the runs in flight and is re-raised;
+    every finished run is on disk already.
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    bars = _Bars(specs, progress)
+    budgets = {s.key: s.budget for s in specs}
+    try:
+        if jobs <= 1:
+            for spec in specs:
+                on_done(execute(spec, make_context, str(runs_dir),
+                                lambda key, done, loss: bars.update(key, done, loss,
+                                                                    budgets[key])))
+                bars.finish(spec)
+        else:
+            _run_pool(specs, make_context, runs_dir, jobs, on_done, bars, budgets)
+    finally:
+        bars.close()
+
+
+def _run_pool(specs: Iterable[RunSpec], make_context: Callable, runs_dir: Path, jobs: int,
+              on_done: Callable[[dict], None], bars: _Bars, budgets: dict[str, int]) -> None:
+    context = multiprocessing.get_context("spawn")  # no fork of torch's thread pools
+    reports = context.Queue()
+    pool = context.Pool(jobs, initializer=_init_worker, initargs=(reports,))
+    try:
+        pending = {spec: pool.apply_async(execute, (spec, make_context, str(runs_dir)))
+                   for spec in specs}
+        while pending:
+            _drain(reports, bars, budgets, wait=0.2)
+            for spec in [s for s, result in pending.items() if result.ready()]:
+                record = pending.pop(spec).get()  # re-raises a worker's error here
+                _drain(reports, bars, budgets, wait=0)
+                on_done(record)
+                bars.finish(spec)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _drain(reports: Any, bars: _Bars, budgets: dict[str, int], wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            key, done, loss = reports.get(timeout=max(0.0, deadline - time.monotonic()))
+        except (queue_lib.Empty, OSError, EOFError):
+            return
+        bars.update(key, done, loss, budgets[key])

@@ -1,0 +1,118 @@
+"""amosopt.compare.optimizers: each optimizer of the study, its schedule against the closed form,
+and the scales of the study's model against the paper's explicit rules."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amosopt.compare import optimizers  # noqa: E402
+from amosopt.compare.optimizers import OPTIMIZERS, RunSettings, build  # noqa: E402
+
+SETTINGS = RunSettings(budget=20, xi=0.01, beta=0.98, clip_value=1.0, eta=0.5, slot_shape=None,
+                       warmup_fraction=0.1, cooldown_fraction=0.25)
+
+
+def _rates(name: str, value: float, steps: int = 22) -> list[float]:
+    model = torch.nn.Linear(3, 2)
+    built = build(name, model, value, SETTINGS)
+    rates = []
+    for _ in range(steps):
+        rates.append(built.lr())
+        model.weight.grad = torch.ones_like(model.weight)
+        model.bias.grad = torch.ones_like(model.bias)
+        built.optimizer.step()
+        if built.scheduler is not None:
+            built.scheduler.step()
+    return rates
+
+
+def _wsd(s: int, total: int, warmup: int, cooldown: int) -> float:
+    if s >= total:
+        return 0.0
+    if s >= total - cooldown:
+        return (total - s) / cooldown
+    return min(1.0, (s + 1) / warmup) if warmup else 1.0
+
+
+def test_amos_is_constant_at_multiplier_times_suggested_xi():
+    assert _rates("amos", 2.0, 20) == pytest.approx([0.02] * 20, rel=1e-12)
+
+
+def test_amos_wsd_cools_down_over_the_last_fraction():
+    want = [0.01 * _wsd(s, 20, 0, 5) for s in range(22)]
+    assert _rates("amos-wsd", 1.0) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_linear_warmup_then_linear_decay_to_zero(name):
+    # warm-up 2 steps (10% of 20): (s+1)/2, then (20 - s) / 18, 0 at the budget
+    want = [3e-3 * ((s + 1) / 2 if s < 2 else max(0.0, (20 - s) / 18)) for s in range(22)]
+    assert _rates(name, 3e-3) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_adamw_wsd_has_the_same_cooldown_as_amos_wsd():
+    want = [3e-3 * _wsd(s, 20, 2, 5) for s in range(22)]
+    assert _rates("adamw-wsd", 3e-3) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_schedulefree_switches_modes():
+    pytest.importorskip("schedulefree")
+    model = torch.nn.Linear(3, 2)
+    built = build("schedulefree", model, 1e-2, SETTINGS)
+    built.train_mode()
+    for _ in range(3):
+        model.weight.grad = torch.ones_like(model.weight)
+        model.bias.grad = torch.ones_like(model.bias)
+        built.optimizer.step()
+    trained = model.weight.detach().clone()
+    built.eval_mode()  # the averaged weights: differ from the training iterate
+    assert not torch.equal(model.weight, trained)
+    built.train_mode()
+    assert torch.allclose(model.weight, trained)
+
+
+def test_every_optimizer_builds_and_names_its_hyper_parameter():
+    for name, info in OPTIMIZERS.items():
+        if not info.available():
+            continue
+        built = build(name, torch.nn.Linear(3, 2), 1.0 if info.hyper != "lr" else 1e-3,
+                      SETTINGS)
+        assert isinstance(built.optimizer, torch.optim.Optimizer)
+        assert info.hyper in ("xi multiplier", "lr")
+        assert optimizers.schedule_description(name, SETTINGS)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        build("sgd", torch.nn.Linear(3, 2), 1.0, SETTINGS)
+
+
+# The paper's explicit rules for a pre-LN transformer (paper.md §2; the authors' T5/BERT
+# configs), written out as the oracle of the automatic scales on the study's language model.
+LM_ETA_RULES = [
+    (r"(tok|pos)_emb\.weight$", "sqrt(2 / SHAPE[1])"),
+    (r".*norm.*\.weight$", 1.0),
+    (r".*\.bias$", 0.5),
+    (r".*mlp\.proj\.weight$", "sqrt(2 / SHAPE[1])"),  # its input comes after GELU
+    (r".*\.weight$", "sqrt(1 / SHAPE[1])"),  # input normalised (LayerNorm) or linear
+]
+LM_SLOT_RULES = [
+    (r"(tok|pos)_emb\.weight$", "(SHAPE[0], 1)"),  # one slot per row (token / position)
+    (r".*norm.*", ()),
+    (r".*\.bias$", ()),
+    (r".*\.weight$", "(SHAPE[0], 1)"),  # one slot per output unit, fan-in shared
+]
+
+
+def test_auto_scales_of_the_study_model_agree_with_the_papers_rules():
+    from amosopt.compare.models import ByteLM
+    from amosopt.rules import Rules
+    from amosopt.torch import auto_scales
+
+    model = ByteLM(seq_len=16, d_model=16, n_layers=1, n_heads=2)
+    scales = auto_scales(model, example_inputs=torch.zeros(2, 16, dtype=torch.long))
+    eta, slot = Rules(LM_ETA_RULES), Rules(LM_SLOT_RULES)
+    for name, p in model.named_parameters():
+        assert scales[name].eta == pytest.approx(eta(name, tuple(p.shape))), name
+        assert tuple(scales[name].slot_shape) == tuple(slot(name, tuple(p.shape))), name
+    assert scales["blocks.0.mlp.proj.weight"].eta == pytest.approx(math.sqrt(2 / 64))
+    assert scales["tok_emb.weight"].eta == pytest.approx(math.sqrt(2 / 16))
