@@ -36,9 +36,9 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {
         "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [3e-3, 6e-3, 1.2e-2], "adamw-wsd": [3e-3, 6e-3, 1.2e-2],
-                           "adafactor": [1e-2, 2e-2, 4e-2],
-                           "schedulefree": [3e-3, 6e-3, 1.2e-2]}},
+                 "grids": {"adamw": [1.5e-3, 3e-3, 6e-3], "adamw-wsd": [1.5e-3, 3e-3, 6e-3],
+                           "adafactor": [2e-2, 4e-2, 8e-2],
+                           "schedulefree": [1.5e-3, 3e-3, 6e-3]}},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
                   "xi_multipliers": [1.0],
                   "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
