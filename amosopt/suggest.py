@@ -20,12 +20,17 @@ import math
 import numbers
 from dataclasses import dataclass
 
-__all__ = ["Suggestion", "suggest"]
+__all__ = ["Suggestion", "decay_onset", "suggest"]
 
 #: 1 - beta is kept in this range: beta = 0.999 (BERT) is the slowest average the authors used,
 #: and an average over fewer than ~10 batches is too noisy to normalise the step.
 ONE_MINUS_BETA_RANGE = (0.001, 0.1)
 LOSS_KINDS = ("mean", "sum")
+#: the share of the budget that a cooldown takes when Amos's own decay does not start in time
+#: (Hägele et al. 2024, arXiv 2405.18392; ``amos compare``'s default)
+COOLDOWN_FRACTION = 0.2
+#: the drop of Amos's step that counts as "its decay has started"
+ONSET_DROP = 0.1
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class Suggestion:
         clip_value: element-wise gradient clip.
         n_batches: ``N = examples / batch_size``, batches in one pass over the training data.
         reasoning: one line of explanation per hyper-parameter.
+        decay_onset: steps until Amos's own decay has cut the step by 10% for a variable with
+            ``eta = 1`` (the earliest; :func:`decay_onset`).
+        steps: the step budget ``T`` if one was given, else None.
+        cooldown_steps: with a budget whose end comes before ``decay_onset``: the length of the
+            cooldown to add (20% of ``T``, :func:`amosopt.torch.wsd_schedule`); else 0.
+        warnings: what the user should act on (empty when nothing).
     """
 
     xi: float
@@ -45,6 +56,10 @@ class Suggestion:
     clip_value: float
     n_batches: float
     reasoning: tuple[str, ...]
+    decay_onset: float = math.inf
+    steps: int | None = None
+    cooldown_steps: int = 0
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {
@@ -52,7 +67,11 @@ class Suggestion:
             "beta": self.beta,
             "clip_value": self.clip_value,
             "n_batches": self.n_batches,
+            "decay_onset": self.decay_onset,
+            "steps": self.steps,
+            "cooldown_steps": self.cooldown_steps,
             "reasoning": list(self.reasoning),
+            "warnings": list(self.warnings),
         }
 
     def format(self) -> str:
@@ -61,10 +80,16 @@ class Suggestion:
             f"xi (global learning rate) = {self.xi:.4g}",
             f"beta                      = {self.beta:.4g}",
             f"clip_value                = {self.clip_value:.4g}",
+        ]
+        if self.steps is not None:
+            lines.append(f"cooldown_steps            = {self.cooldown_steps}"
+                         f"   (budget {self.steps} steps)")
+        lines += [
             "",
             "Why (Tian & Parikh 2022, and the authors' jestimator recipes):",
         ]
         lines += [f"  - {line}" for line in self.reasoning]
+        lines += ["", *(f"Warning: {w}" for w in self.warnings)] if self.warnings else []
         return "\n".join(lines)
 
 
@@ -82,11 +107,54 @@ def round_significant(x: float, digits: int = 1) -> float:
     return round(x, digits - 1 - exponent)
 
 
+def decay_onset(xi: float, eta: float = 1.0, drop: float = ONSET_DROP) -> float:
+    """Steps until Amos's own decay has cut a variable's step by ``drop`` (10%), from ``b = 0``.
+
+    Amos (Tian & Parikh 2022, arXiv 2210.11693, Algorithm 1) scales the step by
+    ``d_t = 1 / (1 + sqrt(xi * eta) b / 4)``, where ``b`` grows by ``b <- b + gamma (1 + b)``
+    with ``gamma = c_t xi^2 g^2 / v_hat`` and ``c_t = (1 + sqrt(xi) b / 4)^(-1/2)``. At stationary
+    gradient statistics (``g^2 / v_hat = 1``, the paper's idealisation; exact for a constant
+    gradient) and in continuous time, with ``k = sqrt(xi) / 4``::
+
+        db/dt = xi^2 (1 + b) / sqrt(1 + k b)
+        => xi^2 t(B) = integral_0^B sqrt(1 + k b) / (1 + b) db
+                     = 2 (u - 1) + a (ln(1 + B) - 2 ln((u + a) / (1 + a))),
+           u = sqrt(1 + k B),  a = sqrt(1 - k)
+
+    (substitute ``u = sqrt(1 + k b)``: the integrand becomes ``2 + 2 a^2 / (u^2 - a^2)``). The
+    step has dropped by ``drop`` when ``d_t = 1 - drop``, that is at
+    ``B = 4 drop / ((1 - drop) sqrt(xi * eta))``. For small ``xi`` this is about
+    ``ln(1 + B) / xi^2``: decay starts after a few epochs (``1/xi^2 ~ N`` steps each), so a
+    budget shorter than that trains at a constant rate unless it adds a cooldown. Gradients
+    that shrink relative to ``v_hat`` (as training converges) make the onset later.
+
+    Args:
+        xi: the global learning rate, ``0 < xi < 16``.
+        eta: the variable's scale; the largest ``eta`` decays first (``1`` is the largest that
+            the automatic scales give).
+        drop: the fraction of the step that counts as the onset, ``0 < drop < 1``.
+
+    Example:
+        >>> round(decay_onset(0.0231, eta=(2 / 3136) ** 0.5, drop=0.5))  # MNIST Dense_0
+        13498
+    """
+    for name, value, high in (("xi", xi, 16.0), ("eta", eta, math.inf), ("drop", drop, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                0 < value < high):
+            raise ValueError(f"Invalid {name}: {value!r}; expected a number in (0, {high:g})")
+    k = math.sqrt(xi) / 4
+    a = math.sqrt(1 - k)
+    target = 4 * drop / ((1 - drop) * math.sqrt(xi * eta))
+    u = math.sqrt(1 + k * target)
+    return (2 * (u - 1) + a * (math.log1p(target) - 2 * math.log((u + a) / (1 + a)))) / xi**2
+
+
 def suggest(
     examples: int,
     batch_size: int,
     loss: str = "mean",
     labels_per_example: int = 1,
+    steps: int | None = None,
 ) -> Suggestion:
     """The paper's recommended ``xi``, ``beta`` and ``clip_value`` for a training set.
 
@@ -102,6 +170,10 @@ def suggest(
         loss: ``"mean"`` if the loss is averaged over the labels, ``"sum"`` if summed.
         labels_per_example: labels ``L`` per example that a summed loss adds up (e.g. target
             tokens per sequence); ignored for a mean loss.
+        steps: the training budget ``T`` in steps, if there is one. When Amos's own decay will
+            not start within it (``T`` < :func:`decay_onset` at ``eta = 1``), the suggestion
+            adds a cooldown over the last 20% of ``T`` and a warning: without one, the run ends
+            at a constant rate and loses to a decayed AdamW.
 
     Returns:
         A :class:`Suggestion`.
@@ -114,6 +186,8 @@ def suggest(
     examples = _positive_int(examples, "examples")
     batch_size = _positive_int(batch_size, "batch_size")
     labels_per_example = _positive_int(labels_per_example, "labels_per_example")
+    if steps is not None:
+        steps = _positive_int(steps, "steps")
     if loss not in LOSS_KINDS:
         raise ValueError(f"Invalid loss: {loss!r}; expected one of {LOSS_KINDS}")
     if batch_size > examples:
@@ -142,7 +216,24 @@ def suggest(
         f"1 - beta of the same order as xi: xi rounded to one digit, kept in [{low}, {high}], "
         f"gives 1 - beta = {one_minus_beta:.3g} (jestimator: 0.98 for xi~0.023, 0.999 for 0.005)",
         clip_why + " (element-wise clipping, applied before the update)",
-        "keep xi constant (optionally a short linear warm-up): Amos decays the step itself, "
-        "so no step budget or decay schedule is needed",
     )
-    return Suggestion(xi, beta, clip_value, n_batches, reasoning)
+    onset = decay_onset(xi)
+    onset_why = (f"Amos's own decay cuts the step by 10% after about {onset:,.0f} steps "
+                 f"(~{onset / n_batches:.1f} epochs) for eta = 1, later for smaller eta")
+    cooldown, warnings = 0, ()
+    if steps is None:
+        reasoning += (onset_why + "; with no budget, keep xi constant (optionally a short "
+                      "linear warm-up): Amos decays the step itself",)
+    elif steps < onset:
+        cooldown = max(1, round(COOLDOWN_FRACTION * steps))
+        reasoning += (onset_why + f", after the budget of {steps:,} steps: cool xi down to 0 "
+                      f"over the last {cooldown} steps (20%, Hägele et al. 2024)",)
+        warnings = (f"Amos's own decay will not start within {steps:,} steps (it starts after "
+                    f"about {onset:,.0f}); add a cooldown: amosopt.torch.wsd_schedule(optimizer, "
+                    f"{steps}, cooldown_steps={cooldown}) or amosopt.optax.wsd_schedule(xi, "
+                    f"{steps}, cooldown_steps={cooldown})",)
+    else:
+        reasoning += (onset_why + f", within the budget of {steps:,} steps: keep xi constant "
+                      "and let Amos decay it",)
+    return Suggestion(xi, beta, clip_value, n_batches, reasoning, onset, steps, cooldown,
+                      warnings)

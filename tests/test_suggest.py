@@ -3,10 +3,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from amosopt.cli import main
-from amosopt.suggest import round_significant, suggest
+from amosopt.suggest import decay_onset, round_significant, suggest
+from tests.oracles import NumpyAmos
 
 
 def test_mnist_recipe():
@@ -89,3 +91,77 @@ def test_cli_bad_input_is_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "--batch-size" in err
+
+
+# ------------------------------------------------------------------------------------------
+# decay onset and the budget (--steps)
+
+
+@pytest.mark.parametrize("xi, eta, simulated", [
+    # paper.md §6.3: steps until d_t < 0.5, simulated with g^2 / v_hat = 1
+    (0.0231, math.sqrt(2 / 3136), 13.5e3),  # MNIST Dense_0
+    (0.005, 1 / math.sqrt(768), 301.6e3),  # BERT-base dense kernel
+    (0.005, 0.5, 199.1e3),  # BERT-base bias
+    (0.01, 512 ** -0.25, 53.3e3),  # LSTM core
+])
+def test_decay_onset_matches_the_simulated_half_lives(xi, eta, simulated):
+    assert decay_onset(xi, eta, drop=0.5) == pytest.approx(simulated, rel=5e-3)
+
+
+@pytest.mark.parametrize("xi, eta, drop", [(0.05, 1.0, 0.1), (0.1, 0.2, 0.1), (0.03, 0.5, 0.3)])
+def test_decay_onset_matches_the_discrete_recursion_with_a_constant_gradient(xi, eta, drop):
+    # a constant gradient makes g^2 / v_hat = 1 exactly (bias-corrected v); the NumPy
+    # transcription of Algorithm 1 gives b, and d_t = 1 / (1 + sqrt(xi eta) b_{t-1} / 4)
+    amos = NumpyAmos(eta=eta, slot_shape=(), beta=0.9)
+    theta, grad = np.zeros(4), np.full(4, 0.3)
+    step = 0
+    while True:
+        step += 1
+        theta = amos.step(theta, grad, xi)  # after it, amos.b is b_step
+        d_next = 1 / (1 + 0.25 * math.sqrt(xi * eta) * float(amos.b))
+        if d_next <= 1 - drop:
+            break  # step + 1 is the first update whose step is cut by `drop`
+    assert decay_onset(xi, eta, drop) == pytest.approx(step + 1, rel=0.02)
+
+
+def test_decay_onset_bad_input():
+    for kwargs, name in (({"xi": 0}, "xi"), ({"xi": 16}, "xi"), ({"xi": 0.1, "eta": -1}, "eta"),
+                         ({"xi": 0.1, "drop": 1.0}, "drop")):
+        with pytest.raises(ValueError, match=f"Invalid {name}"):
+            decay_onset(**kwargs)
+
+
+def test_a_short_budget_gets_a_cooldown_and_a_warning():
+    s = suggest(80000, 32, steps=2000)  # xi = 0.02: onset ~ ln(1 + 4/9/sqrt(xi)) / xi^2
+    assert s.decay_onset == pytest.approx(decay_onset(0.02))
+    assert 3000 < s.decay_onset < 4000
+    assert s.steps == 2000 and s.cooldown_steps == 400
+    assert len(s.warnings) == 1 and "will not start within 2,000 steps" in s.warnings[0]
+    assert "wsd_schedule(optimizer, 2000, cooldown_steps=400)" in s.warnings[0]
+    assert "Warning: " in s.format() and "cooldown_steps            = 400" in s.format()
+
+
+def test_a_long_budget_keeps_xi_constant():
+    s = suggest(80000, 32, steps=50000)
+    assert s.cooldown_steps == 0 and s.warnings == ()
+    assert "keep xi constant" in s.reasoning[-1]
+    none = suggest(80000, 32)
+    assert none.steps is None and none.warnings == () and "Warning" not in none.format()
+
+
+def test_bad_steps():
+    for steps in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="Invalid steps"):
+            suggest(1000, 10, steps=steps)
+
+
+def test_cli_steps(capsys):
+    argv = ["suggest", "--examples", "80000", "--batch-size", "32", "--steps", "2000"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Warning: Amos's own decay will not start within 2,000 steps" in out
+    assert main(argv + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cooldown_steps"] == 400 and data["steps"] == 2000 and data["warnings"]
+    assert main(argv[:-1] + ["0"]) == 2
+    assert "invalid --steps" in capsys.readouterr().err
