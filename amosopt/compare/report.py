@@ -352,6 +352,7 @@ def markdown(results: dict) -> str:
         f"{results['suggestion']['clip_value']:g}, momentum {config['amos_momentum']:g}; "
         f"scales from {results['scales']['source']}. WSD runs cool down over the last "
         f"{config['cooldown_fraction']:.0%} ({config['cooldown']}).", "",
+        *_onset_lines(results),
         "![frontier](frontier.png)", ""]
     adamw_bytes = results.get("probe_state_bytes", {}).get("adamw")
     for budget, s in summary["budgets"].items():
@@ -372,6 +373,24 @@ def markdown(results: dict) -> str:
               "noisy: `benchmarks/torch_step.py` measures the optimizers side by side.",
               f"- Versions and the command are in `results.json`."]
     return "\n".join(lines) + "\n"
+
+
+def onset_sentence(results: dict) -> str | None:
+    """When Amos's own decay starts, against the budgets (``amosopt.suggest.decay_onset``)."""
+    onset = results.get("suggestion", {}).get("decay_onset")
+    if onset is None:
+        return None
+    budgets = results["config"]["budgets"]
+    where = ("after every budget here: without a cooldown, Amos trains at a constant rate "
+             "throughout" if onset > max(budgets) else
+             "within " + ("every budget" if onset <= min(budgets) else "the longer budgets"))
+    return (f"Amos's own decay cuts the step by 10% after about {onset:,.0f} steps (eta = 1; "
+            f"later for smaller eta), {where}.")
+
+
+def _onset_lines(results: dict) -> list[str]:
+    sentence = onset_sentence(results)
+    return [sentence, ""] if sentence else []
 
 
 def _grid(config: dict, name: str) -> str:

@@ -161,6 +161,8 @@ def test_end_to_end_lm_and_resume(capsys, tmp_path):
     stdout = capsys.readouterr().out
     assert f"Report: {(out / 'report.md').resolve()}" in stdout
     assert "budget 6 steps" in stdout and "budget 8 steps" in stdout
+    assert "Amos's own decay cuts the step by 10% after about" in stdout
+    assert "after every budget here" in stdout
     results = _check_outputs(out, "lm")
     runs = results["runs"]
     # 2 budgets x 2 seeds x (amos 2 + amos-wsd 2 + adamw 2)
