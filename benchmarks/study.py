@@ -1,0 +1,287 @@
+"""The multi-budget study of the README: Amos against tuned AdamW and its peers, with ablations.
+
+Every stage is one ``amos compare`` command into its own folder under ``--root`` (default
+``benchmarks/results/study``). ``amos compare`` is resumable, so running this script again goes
+on where it stopped; a stage that is finished is skipped in seconds. Then ``--summary`` reads
+every stage's ``results.json`` and writes ``summary.json`` and ``summary.md``: the per-budget
+table, the targets of the study (met or not, with the numbers) and the ablations.
+
+    .venv/bin/python benchmarks/study.py --list                  # the stages and their commands
+    nohup .venv/bin/python benchmarks/study.py --jobs 2 &        # run (or resume) all of them
+    .venv/bin/python benchmarks/study.py --only digits --jobs 2  # one stage
+    .venv/bin/python benchmarks/study.py --summary               # the tables, from what is done
+
+Compute (2 cores, one torch thread per run): an lm step takes about 0.23 s, so the lm stage is
+about 54 runs x 3500 steps (about 6 hours with ``--jobs 2``), the ablations about 1.5 hours,
+digits about 15 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amosopt.cli import main as amos_main  # noqa: E402
+from amosopt.compare.report import summarize  # noqa: E402
+
+ALL = "amos,amos-wsd,adamw,adamw-wsd,adafactor,schedulefree"
+LM_BUDGETS = [500, 1000, 2000]
+ABLATION_BUDGET = 1000
+ABLATION_SEEDS = "0,1"
+
+#: (stage, output folder, arguments of amos compare), in the order they run. The lm study is
+#: split so that its short budgets, the ablations and digits finish before its longest budget.
+STAGES: list[tuple[str, str, list[str]]] = [
+    ("lm-short", "lm", ["--task", "lm", "--budgets", "500,1000", "--seeds", "0,1,2",
+                        "--optimizers", ALL]),
+    ("digits", "digits", ["--task", "digits", "--budgets", "400,1500", "--seeds", "0,1,2",
+                          "--optimizers", ALL]),
+    *[(f"ablation-{name}", f"ablation-{name}",
+       ["--task", "lm", "--budgets", str(ABLATION_BUDGET), "--seeds", ABLATION_SEEDS,
+        "--optimizers", "amos-wsd", *flags])
+      for name, flags in [
+          ("full-slots", ["--amos-slots", "full"]),
+          ("constant-eta", ["--amos-eta", "0.1"]),
+          ("beta-0.99", ["--amos-beta", "0.99"]),
+          ("beta-0.999", ["--amos-beta", "0.999"]),
+          ("cooldown-0.1", ["--cooldown-fraction", "0.1"]),
+          ("cooldown-0.3", ["--cooldown-fraction", "0.3"]),
+          ("cooldown-1-sqrt", ["--cooldown", "1-sqrt"]),
+      ]],
+    # Amos without momentum (0.6% of AdamW's state) against Adafactor, at every lm budget; its
+    # 1000-step runs are also the momentum ablation
+    ("lm-momentum-0", "lm-momentum-0", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds",
+                                        ABLATION_SEEDS, "--optimizers", "amos-wsd",
+                                        "--amos-momentum", "0"]),
+    ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
+                  "--optimizers", ALL]),
+]
+#: what each ablation changes, against the baseline (the lm study's amos-wsd at 1000 steps)
+ABLATIONS = {
+    "full-slots": "full-size slots (150% of AdamW's state) instead of factored",
+    "constant-eta": "one eta = 0.1 for every tensor instead of the automatic scales",
+    "momentum-0": "momentum 0 instead of 0.9",
+    "beta-0.99": "beta 0.99 instead of the suggested 0.98",
+    "beta-0.999": "beta 0.999 instead of the suggested 0.98",
+    "cooldown-0.1": "cooldown over the last 10% instead of 20%",
+    "cooldown-0.3": "cooldown over the last 30% instead of 20%",
+    "cooldown-1-sqrt": "1-sqrt cooldown shape instead of linear",
+}
+
+
+def command(folder: str, args: list[str], root: Path, jobs: int) -> list[str]:
+    return ["compare", *args, "--jobs", str(jobs), "--out", str(root / folder), "--no-progress"]
+
+
+def run_stages(root: Path, jobs: int, only: str | None) -> None:
+    for name, folder, args in STAGES:
+        if only is not None and name != only:
+            continue
+        argv = command(folder, args, root, jobs)
+        print(f"== {name}: amos {shlex.join(argv)}", flush=True)
+        status = amos_main(argv)
+        if status != 0:
+            raise SystemExit(status)
+
+
+# --------------------------------------------------------------------------------------------
+# The summary
+
+
+def _load(root: Path, folder: str) -> dict | None:
+    path = root / folder / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _restricted(results: dict, **config: Any) -> dict:
+    """``results`` summarised over a subset of its budgets, seeds or optimizers."""
+    subset = copy.deepcopy(results)
+    subset["config"].update(config)
+    return summarize(subset)
+
+
+def _tuned(summary: dict, budget: int, name: str, which: str = "tuned") -> dict | None:
+    entry = summary["budgets"].get(str(budget), {}).get("optimizers", {}).get(name, {})
+    return entry.get(which)
+
+
+def _fmt(entry: dict | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "not run"
+    return f"{entry['mean']:.4f} ± {entry['sd']:.4f} (n={entry['n']})"
+
+
+def targets(lm: dict, momentum_0: dict | None) -> list[dict]:
+    """The study's targets, each met or not, with its numbers."""
+    summary = lm["summary"]
+    rows = []
+    reach_percent = []
+    for budget in lm["config"]["budgets"]:
+        s = summary["budgets"][str(budget)]
+        amos = _tuned(summary, budget, "amos-wsd")
+        reference = next((e for e in s["entries"] if e["label"] == s["reference"]), None)
+        if not amos or not reference or amos.get("n", 0) < reference.get("n", 0):
+            continue
+        met = amos["mean"] <= reference["mean"]
+        test = amos.get("paired_test") or {}
+        rows.append({"target": f"amos-wsd (tuned) <= best AdamW at {budget} steps",
+                     "met": met, "amos": amos["mean"], "reference": reference["mean"],
+                     "reference_label": reference["label"], "n": amos["n"],
+                     "p": test.get("p"), "difference": amos["mean"] - reference["mean"]})
+        reach = amos.get("reach") or {}
+        if reach.get("reached") == reach.get("seeds") and reach.get("percent_mean") is not None:
+            reach_percent.append((budget, reach["percent_mean"]))
+    if rows:
+        best = min(reach_percent, key=lambda x: x[1]) if reach_percent else None
+        rows.append({"target": "amos-wsd (tuned) reaches the best AdamW's loss in <= 70% of the "
+                               "steps at one budget at least",
+                     "met": bool(best and best[1] <= 70),
+                     "best_budget": best and best[0], "percent": best and best[1]})
+    if momentum_0 is not None:
+        for budget in momentum_0["config"]["budgets"]:
+            amos = _tuned(momentum_0["summary"], budget, "amos-wsd")
+            seeds = momentum_0["config"]["seeds"]
+            adafactor = _tuned(_restricted(lm, seeds=seeds, budgets=[budget]), budget,
+                               "adafactor")
+            if not amos or not adafactor or amos.get("mean") is None:
+                continue
+            rows.append({"target": f"Amos without momentum <= Adafactor at {budget} steps",
+                         "met": amos["mean"] <= adafactor["mean"], "amos": amos["mean"],
+                         "reference": adafactor["mean"], "reference_label": "adafactor (tuned)",
+                         "n": amos["n"], "difference": amos["mean"] - adafactor["mean"]})
+    return rows
+
+
+def ablations(root: Path, lm: dict) -> list[dict]:
+    seeds = [int(s) for s in ABLATION_SEEDS.split(",")]
+    base_summary = _restricted(lm, seeds=seeds, budgets=[ABLATION_BUDGET],
+                               optimizers=["amos-wsd"])
+    base = _tuned(base_summary, ABLATION_BUDGET, "amos-wsd")
+    rows = [{"ablation": "baseline", "change": "factored slots, automatic eta, momentum 0.9, "
+                                               "suggested beta, 20% linear cooldown",
+             "entry": base}]
+    for name, change in ABLATIONS.items():
+        folder = "lm-momentum-0" if name == "momentum-0" else f"ablation-{name}"
+        results = _load(root, folder)
+        entry = None
+        if results is not None:
+            entry = _tuned(_restricted(results, budgets=[ABLATION_BUDGET], seeds=seeds),
+                           ABLATION_BUDGET, "amos-wsd")
+        rows.append({"ablation": name, "change": change, "entry": entry})
+    for row in rows:
+        entry = row["entry"]
+        row["mean"] = entry and entry.get("mean")
+        row["tuned_xi_multiplier"] = entry and entry.get("value")
+        row["difference"] = (None if row["mean"] is None or not base or base["mean"] is None
+                             else row["mean"] - base["mean"])
+        if base and entry and entry.get("losses") and base.get("losses"):
+            row["per_seed_difference"] = {
+                s: entry["losses"][s] - base["losses"][s] for s in entry["losses"]
+                if entry["losses"].get(s) is not None and base["losses"].get(s) is not None}
+    return rows
+
+
+def table(results: dict) -> list[str]:
+    """One row per optimizer entry, one column per budget: mean ± sd and reach."""
+    summary = results["summary"]
+    budgets = results["config"]["budgets"]
+    labels: list[str] = []
+    for budget in budgets:
+        for entry in summary["budgets"][str(budget)]["entries"]:
+            if entry["label"] not in labels:
+                labels.append(entry["label"])
+    lines = ["| optimizer | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for label in labels:
+        cells = []
+        for budget in budgets:
+            s = summary["budgets"][str(budget)]
+            entry = next((e for e in s["entries"] if e["label"] == label), None)
+            cell = _fmt(entry)
+            if entry and label == s["reference"]:
+                cell = f"**{cell}** (reference)"
+            elif entry and (entry.get("reach") or {}).get("reached"):
+                reach = entry["reach"]
+                cell += f"; reaches ref. at {reach['percent_mean']:.0f}%" + (
+                    "" if reach["reached"] == reach["seeds"] else
+                    f" ({reach['reached']}/{reach['seeds']} seeds)")
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_summary(root: Path) -> dict:
+    lm = _load(root, "lm")
+    out: dict[str, Any] = {"tasks": {}, "targets": [], "ablations": []}
+    lines = ["# The multi-budget study: summary", "",
+             "Final validation loss (mean ± sd over seeds) of each optimizer at its tuned value "
+             "(and Amos at the suggested xi), per budget; 'reaches ref.' is the mean share of "
+             "the budget after which a run is at or below the reference's final loss of the "
+             "same seed. Written by `benchmarks/study.py --summary`.", ""]
+    for task in ("lm", "digits"):
+        results = _load(root, task)
+        if results is None:
+            continue
+        done, planned = len(results.get("runs", [])), len(results.get("planned", []))
+        lines += [f"## {task} ({done} of {planned} runs done)", "", *table(results), ""]
+        out["tasks"][task] = {"runs_done": done, "runs_planned": planned,
+                              "summary": results["summary"]}
+    if lm is not None:
+        out["targets"] = targets(lm, _load(root, "lm-momentum-0"))
+        lines += ["## Targets", "", "| target | met | numbers |", "|---|---|---|"]
+        for row in out["targets"]:
+            if "percent" in row:
+                numbers = ("never at every seed" if row["percent"] is None else
+                           f"best: {row['percent']:.0f}% at {row['best_budget']} steps")
+            else:
+                p = "" if row.get("p") is None else f", paired t-test p = {row['p']:.3f}"
+                numbers = (f"{row['amos']:.4f} vs {row['reference']:.4f} "
+                           f"({row['reference_label']}), difference {row['difference']:+.4f}, "
+                           f"n = {row['n']}{p}")
+            lines.append(f"| {row['target']} | {'yes' if row['met'] else 'no'} | {numbers} |")
+        out["ablations"] = ablations(root, lm)
+        lines += ["", f"## Ablations (lm, {ABLATION_BUDGET} steps, seeds {ABLATION_SEEDS}, "
+                      "amos-wsd with its xi tuned on {0.5, 1, 2} x suggested)", "",
+                  "| ablation | change | final loss | vs baseline | tuned xi multiplier |",
+                  "|---|---|---|---|---|"]
+        for row in out["ablations"]:
+            difference = "" if row["difference"] is None else f"{row['difference']:+.4f}"
+            multiplier = ("" if row["tuned_xi_multiplier"] is None else
+                          f"{row['tuned_xi_multiplier']:g}")
+            lines.append(f"| {row['ablation']} | {row['change']} | {_fmt(row['entry'])} | "
+                         f"{difference} | {multiplier} |")
+    (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="benchmarks/results/study", type=Path)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", choices=[name for name, _, _ in STAGES])
+    parser.add_argument("--list", action="store_true", help="print the stages' commands")
+    parser.add_argument("--summary", action="store_true",
+                        help="write summary.md and summary.json from what is done")
+    args = parser.parse_args()
+    if args.list:
+        for name, folder, stage_args in STAGES:
+            print(f"{name}: amos {shlex.join(command(folder, stage_args, args.root, args.jobs))}")
+    elif args.summary:
+        write_summary(args.root)
+    else:
+        run_stages(args.root, args.jobs, args.only)
+        write_summary(args.root)
+
+
+if __name__ == "__main__":
+    main()
