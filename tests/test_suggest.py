@@ -165,3 +165,17 @@ def test_cli_steps(capsys):
     assert data["cooldown_steps"] == 400 and data["steps"] == 2000 and data["warnings"]
     assert main(argv[:-1] + ["0"]) == 2
     assert "invalid --steps" in capsys.readouterr().err
+
+
+def test_readme_console_example(capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("$ amos suggest --examples 80000"):]
+    block = block[:block.index("```")].splitlines()
+    assert main(block[0][len("$ amos "):].split()) == 0
+    out = capsys.readouterr().out.splitlines()
+    shown = [line for line in block[1:] if line and line != "..."]
+    for line in shown:
+        prefix = line[:-len(": ...")] if line.endswith(": ...") else line
+        assert any(o.startswith(prefix) for o in out), line

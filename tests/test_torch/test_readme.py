@@ -1,4 +1,5 @@
-"""The README's PyTorch quick-start runs as written."""
+"""The README's PyTorch code runs as written: the quick start (a budget with a cooldown, the
+anytime cooldown from a checkpoint, fused=True) and the scales section, in one namespace."""
 
 from __future__ import annotations
 
@@ -12,20 +13,37 @@ from amosopt.torch import Amos
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def torch_section() -> str:
+def section(title: str) -> str:
     text = README.read_text()
-    start = text.index("## PyTorch quick-start")
-    return text[start:text.index("\n## ", start + 1)]
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 
 
-def test_torch_quick_start_runs(capsys) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", torch_section(), flags=re.S)
-    assert len(blocks) >= 3
+def python_blocks(title: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", section(title), flags=re.S)
+
+
+def test_torch_quick_start_and_scales_run(capsys) -> None:
+    torch.manual_seed(0)
+    blocks = python_blocks("PyTorch quick start")
+    assert len(blocks) == 3
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-    final_loss = float(capsys.readouterr().out.split()[-1])  # printed after 300 steps
-    assert final_loss < torch.nn.functional.mse_loss(
-        torch.zeros_like(namespace["y"]), namespace["y"]).item()  # below predicting zero
+    printed = [float(v) for v in capsys.readouterr().out.split()]
+    assert len(printed) == 2  # after the 300-step budget, and after the branched cooldown
+    baseline = torch.nn.functional.mse_loss(torch.zeros_like(namespace["y"]),
+                                            namespace["y"]).item()
+    assert all(loss < 0.5 * baseline for loss in printed)  # well below predicting zero
+    assert namespace["cooldown"].get_last_lr() == [0.0]  # the cooldown reached 0
     optimizer = namespace["optimizer"]  # the last block's
     assert isinstance(optimizer, Amos) and optimizer.param_groups[0]["fused"] is True
+
+    (scales_block,) = python_blocks("Scales")
+    exec(compile(scales_block, str(README), "exec"), namespace)  # noqa: S102
+    assert capsys.readouterr().out.strip() == "Linear weight, fan-in 8: sqrt(1/8)"
+    scales = namespace["scales"]
+    assert scales["2.weight"].eta == 1.0 and "override" in str(scales["2.weight"].reason)
+    assert scales["0.weight"].slot_shape == (64, 1) and scales["0.bias"].slot_shape == ()
+    assert isinstance(namespace["optimizer"], Amos)
