@@ -127,3 +127,71 @@ def test_sharded_step_equals_unsharded_on_4_cpu_devices():
     assert report["v_emb"] == str(P("y", None))
     assert report["ema_w"] == str(P("x", "y"))
     assert report["v_w_devices"] == 4 and report["v_w_shard"] == [1, 8]
+
+
+SCRIPT_2D = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from amosopt.optax import amos, auto_scales, state_sharding
+
+    jax.config.update("jax_enable_x64", True)
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    rng = np.random.default_rng(0)
+    params = {"up": {"kernel": jnp.asarray(rng.normal(size=(16, 32)) / 4), "bias": jnp.zeros(32)},
+              "down": {"kernel": jnp.asarray(rng.normal(size=(32, 8)) / 6), "bias": jnp.zeros(8)}}
+    # Megatron-style tensor parallelism: "up" column-wise (output axis over model), "down"
+    # row-wise: its input axis, the one its slot (1, 8) averages over, is split over model
+    specs = {"up": {"kernel": P(None, "model"), "bias": P("model")},
+             "down": {"kernel": P("model", None), "bias": P()}}
+    scales = auto_scales(params)
+    tx = amos(0.05, scales.eta, scales.slot_shape, momentum=0.9, clip_value=1.0)
+
+    def loss(params, x, y):
+        h = jax.nn.relu(x @ params["up"]["kernel"] + params["up"]["bias"])
+        return jnp.mean((h @ params["down"]["kernel"] + params["down"]["bias"] - y) ** 2)
+
+    def step(params, state, x, y):
+        grads = jax.grad(loss)(params, x, y)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    state_sh = state_sharding(jax.eval_shape(tx.init, params), param_sh)
+    batch_sh = NamedSharding(mesh, P("data", None))  # data parallel over the other axis
+    sharded = jax.jit(step, in_shardings=(param_sh, state_sh, batch_sh, batch_sh),
+                      out_shardings=(param_sh, state_sh))
+    plain = jax.jit(step)
+    p1, s1 = jax.device_put(params, param_sh), jax.device_put(tx.init(params), state_sh)
+    p2, s2 = params, tx.init(params)
+    for i in range(20):
+        x = jnp.asarray(rng.normal(size=(32, 16)))
+        y = jnp.asarray(rng.normal(size=(32, 8)))
+        p1, s1 = sharded(p1, s1, jax.device_put(x, batch_sh), jax.device_put(y, batch_sh))
+        p2, s2 = plain(p2, s2, x, y)
+    error = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))))
+    print(json.dumps({
+        "error": error,
+        "moved": float(jnp.max(jnp.abs(p2["down"]["kernel"] - params["down"]["kernel"]))),
+        "v_down": str(s1[1].v["down"]["kernel"].sharding.spec),
+        "v_up": str(s1[1].v["up"]["kernel"].sharding.spec),
+        "slot_down": list(s1[1].v["down"]["kernel"].shape),
+        "ema_down": str(s1[2].ema["down"]["kernel"].sharding.spec),
+    }))
+""")
+
+
+def test_data_and_tensor_parallel_mesh_equals_unsharded():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", SCRIPT_2D], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["error"] <= 1e-12, report
+    assert report["moved"] > 1e-3, report
+    assert report["slot_down"] == [1, 8]  # averaged over the axis that "model" splits
+    assert report["v_down"] == str(P(None, None))
+    assert report["v_up"] == str(P(None, "model"))
+    assert report["ema_down"] == str(P("model", None))
