@@ -500,3 +500,55 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="example_inputs failed"):
         auto_scales(model, torch.zeros(4, 5))
     assert model.training
+
+
+# ------------------------------------------------------------------------------------------
+# engines that flatten parameters: a clear error instead of wrong scales
+
+FSDP1_SCRIPT = """
+import os, warnings, torch, torch.distributed as dist
+warnings.simplefilter("ignore")
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from amosopt.torch import auto_scales
+model = FSDP(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
+             device_id=torch.device("cpu"))
+try:
+    auto_scales(model)
+    print("no error")
+except ValueError as error:
+    print(error)
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp1_flat_parameter_is_refused():
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", FSDP1_SCRIPT], capture_output=True, text=True,
+                            env=dict(os.environ, PORT=str(port), PYTHONPATH=str(root)),
+                            cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.strip().splitlines()[-1]
+    assert "_flat_param" in out and "FlatParameter" in out and "fully_shard" in out, out
+
+
+def test_flattened_parameters_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model[2].weight = torch.nn.Parameter(model[2].weight.detach().flatten())  # a 1-D shard
+    with pytest.raises(ValueError, match=r"'2\.weight' \(shape \(8,\)\) is a 1-D tensor, but a "
+                                         "Linear weight"):
+        auto_scales(model)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    model[0].weight.ds_shape = (4, 8)  # how DeepSpeed ZeRO-3 marks a partitioned parameter
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO partition"):
+        auto_scales(model)
