@@ -35,3 +35,23 @@ def test_jax_quick_start_runs(capsys):
         "hidden": {"kernel": P(None, "model"), "bias": P()},
         "out": {"kernel": P(None, None), "bias": P()},
     }
+
+
+def test_use_with_flax_nnx():
+    nnx = pytest.importorskip("flax.nnx")
+    from tests.test_optax.test_integrations import MLP, data
+
+    text = README.read_text()
+    start = text.index("## Use with your trainer\n")
+    section = text[start:text.index("\n## ", start + 1)]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.S)[-1]
+    x, y = data()
+    namespace = {"nnx_model": MLP(nnx.Rngs(0)), "x_batch": x[:2]}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    model, optimizer = namespace["nnx_model"], namespace["optimizer"]
+    loss = nnx.jit(lambda m: ((m(x) - y) ** 2).mean())
+    before = float(loss(model))
+    for _ in range(50):
+        grads = nnx.grad(lambda m: ((m(x) - y) ** 2).mean())(model)
+        optimizer.update(model, grads)
+    assert float(loss(model)) < 0.3 * before

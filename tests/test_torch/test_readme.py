@@ -47,3 +47,41 @@ def test_torch_quick_start_and_scales_run(capsys) -> None:
     assert scales["2.weight"].eta == 1.0 and "override" in str(scales["2.weight"].reason)
     assert scales["0.weight"].slot_shape == (64, 1) and scales["0.bias"].slot_shape == ()
     assert isinstance(namespace["optimizer"], Amos)
+
+
+def test_use_with_hugging_face_and_lightning(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("transformers")
+    lightning = pytest.importorskip("lightning")
+    from tests.test_torch.test_integrations import MaskedBytes, regression_data, tiny_bert
+
+    hf_block, lightning_block, _ = python_blocks("Use with your trainer")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"model": tiny_bert(), "train_dataset": MaskedBytes()}
+    batch = torch.utils.data.default_collate([MaskedBytes()[i] for i in range(32)])
+
+    def mlm_loss() -> float:
+        with torch.no_grad():
+            return namespace["model"](**batch).loss.item()
+
+    before = mlm_loss()
+    exec(compile(hf_block, str(README), "exec"), namespace)  # noqa: S102
+    assert mlm_loss() < before - 0.3
+    assert isinstance(namespace["trainer"].optimizer.optimizer
+                      if hasattr(namespace["trainer"].optimizer, "optimizer")
+                      else namespace["trainer"].optimizer, Amos)
+
+    namespace = {"torch": torch}
+    exec(compile(lightning_block, str(README), "exec"), namespace)  # noqa: S102
+    torch.manual_seed(0)
+    module = namespace["Regression"]()
+    x, y = regression_data().tensors
+    before = torch.nn.functional.mse_loss(module(x), y).item()
+    trainer = lightning.Trainer(max_steps=150, accelerator="cpu", logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, torch.utils.data.DataLoader(regression_data(), batch_size=16))
+    assert isinstance(trainer.optimizers[0], Amos)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # cooled down at max_steps
+    assert torch.nn.functional.mse_loss(module(x), y).item() < 0.5 * before
