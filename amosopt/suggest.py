@@ -20,6 +20,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from amosopt.diagnostics import steps_until_drop
+
 __all__ = ["Suggestion", "decay_onset", "suggest"]
 
 #: 1 - beta is kept in this range: beta = 0.999 (BERT) is the slowest average the authors used,
@@ -142,11 +144,7 @@ def decay_onset(xi: float, eta: float = 1.0, drop: float = ONSET_DROP) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
                 0 < value < high):
             raise ValueError(f"Invalid {name}: {value!r}; expected a number in (0, {high:g})")
-    k = math.sqrt(xi) / 4
-    a = math.sqrt(1 - k)
-    target = 4 * drop / ((1 - drop) * math.sqrt(xi * eta))
-    u = math.sqrt(1 + k * target)
-    return (2 * (u - 1) + a * (math.log1p(target) - 2 * math.log((u + a) / (1 + a)))) / xi**2
+    return steps_until_drop(xi, eta, 0.0, drop=drop)
 
 
 def suggest(
