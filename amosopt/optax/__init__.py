@@ -4,7 +4,7 @@ Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbe
 ``from amosopt.optax import amos``.
 """
 
-from amosopt.optax.diagnostics import diagnostics
+from amosopt.optax.diagnostics import decay_onset, diagnostics
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.sharding import slot_partition_spec, state_sharding
 from amosopt.optax.transform import (
@@ -16,6 +16,7 @@ from amosopt.optax.transform import (
 )
 
 __all__ = [
+    "decay_onset",
     "diagnostics",
     "ScaleByAmosState",
     "amos",

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from amosopt import diagnostics as shared
 from amosopt.optax.transform import ScaleByAmosState, _eta_function, path_to_name
 
-__all__ = ["diagnostics"]
+__all__ = ["decay_onset", "diagnostics"]
 
 
 def _amos_state(state: Any) -> ScaleByAmosState:
@@ -69,3 +69,13 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
             count=count, v=v, b=b, c_coef=c_coef, d_coef=d_coef, extra_l2=extra_l2,
             epsilon=epsilon, xp=jnp, grad=g, clip_value=clip_value)
     return shared.flatten(per_name, per_parameter, xp=jnp)
+
+
+def decay_onset(state: Any, params: Any, **kwargs: Any) -> dict[str, jax.Array]:
+    """Per variable (``/``-joined name): in how many more steps Amos's own decay will have cut
+    its step by another 10%, at steady gradient statistics; the arguments of
+    :func:`diagnostics` (the counterpart of :func:`amosopt.torch.decay_onset`)."""
+    numbers = diagnostics(state, params, **kwargs)
+    prefix = "decay_onset/"
+    return {key[len(prefix):]: value for key, value in numbers.items()
+            if key.startswith(prefix) and key[len(prefix):] not in ("min", "median", "max")}

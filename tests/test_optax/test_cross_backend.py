@@ -61,3 +61,39 @@ def test_torch_and_optax_trajectories_agree(options):
                                          / max(np.max(np.abs(expected[k])), 1e-300)))
     assert worst <= 1e-12, f"torch vs optax max relative error {worst:.3g}"
     assert np.max(np.abs(torch_path[-1]["w"] - theta0["w"])) > 1e-2  # it moved
+
+
+def test_torch_and_optax_diagnostics_agree():
+    """The same numbers (same keys, names) from both backends' states after the same run."""
+    from amosopt.optax import diagnostics as optax_diagnostics
+    from amosopt.torch.diagnostics import diagnostics as torch_diagnostics
+
+    options = dict(momentum=0.9, clip_value=0.5, beta=0.99, extra_l2=0.01)
+    rng = np.random.default_rng(1)
+    theta0 = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    noises = [{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(40)]
+
+    torch_params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                    for k, v in theta0.items()}
+    optimizer = torch_backend.Amos(list(torch_params.items()), lr=0.03, eta=ETA,
+                                   slot_shape=SLOTS, **options)
+    for noise in noises:
+        for k, p in torch_params.items():
+            p.grad = 2.0 * (p.detach() - 0.3) + torch.from_numpy(noise[k])
+        optimizer.step()
+    ours_torch = torch_diagnostics(optimizer)
+
+    with jax.enable_x64(True):
+        tx = amos(0.03, ETA, SLOTS, **options)
+        params = {k: jnp.asarray(v) for k, v in theta0.items()}
+        state = tx.init(params)
+        for noise in noises:
+            grads = jax.tree.map(lambda t, n: 2.0 * (t - 0.3) + jnp.asarray(n), params, noise)
+            updates, state = tx.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        ours_optax = optax_diagnostics(state, params, learning_rate=0.03, eta_fn=ETA,
+                                       beta=0.99, extra_l2=0.01, clip_value=0.5, grads=grads)
+    assert set(ours_torch) == set(ours_optax)
+    assert {"lr/w", "clip_fraction/emb", "decay_onset/median"} <= set(ours_torch)
+    for key, value in ours_torch.items():
+        np.testing.assert_allclose(float(ours_optax[key]), value, rtol=1e-8, err_msg=key)

@@ -74,3 +74,13 @@ def test_is_jit_able_and_found_in_wrapped_states():
     assert float(diagnostics(wstate, params, learning_rate=0.05, eta_fn=0.3)["b/w"]) > 0
     with pytest.raises(ValueError, match="Invalid state"):
         diagnostics(optax.adam(0.1).init(params), params, learning_rate=0.1, eta_fn=0.3)
+
+
+def test_decay_onset_counterpart():
+    from amosopt.optax import decay_onset
+
+    tx, state, params, grads, _, schedule = run(5)
+    onsets = decay_onset(state, params, learning_rate=schedule, eta_fn=0.3, beta=0.9)
+    numbers = diagnostics(state, params, learning_rate=schedule, eta_fn=0.3, beta=0.9)
+    assert set(onsets) == {"w", "b"}
+    assert all(float(onsets[k]) == float(numbers[f"decay_onset/{k}"]) > 0 for k in onsets)

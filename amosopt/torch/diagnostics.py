@@ -1,0 +1,83 @@
+"""What Amos is doing, from a torch optimizer's state: :func:`diagnostics` and
+:func:`decay_onset` (also :meth:`amosopt.torch.Amos.diagnostics`).
+
+The numbers and their formulas are those of :mod:`amosopt.diagnostics`, equal to
+:func:`amosopt.optax.diagnostics` on the same problem. They read the state after the last
+``step()`` (and ``p.grad`` for ``clip_fraction``, until ``zero_grad``): one host transfer of the
+slot-sized tensors, nothing when not called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from amosopt import diagnostics as shared
+
+__all__ = ["decay_onset", "diagnostics"]
+
+
+def _local(t: torch.Tensor) -> np.ndarray:
+    """A float64 NumPy copy of a tensor (a DTensor's full value)."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _per_parameter(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    index = 0
+    for group in optimizer.param_groups:
+        names = group.get("param_names")
+        xi = float(group["lr"])
+        for i, p in enumerate(group["params"]):
+            name = names[i] if names else str(index)
+            index += 1
+            state = optimizer.state.get(p)
+            if not state or "v" not in state:
+                continue  # no step yet
+            clip = group.get("clip_value")
+            grad = None if p.grad is None or clip is None else _local(p.grad)
+            numbers = shared.variable(
+                xi=xi, eta=float(state["eta"]), beta=group["beta"],
+                count=float(state["step"]), v=_local(state["v"]), b=_local(state["b"]),
+                c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
+                epsilon=group["epsilon"], xp=np, grad=grad, clip_value=clip)
+            out[name] = {key: float(value) for key, value in numbers.items()}
+    return out
+
+
+def diagnostics(optimizer: torch.optim.Optimizer, *, per_parameter: bool = True
+                ) -> dict[str, float]:
+    """Per-parameter diagnostics of :class:`amosopt.torch.Amos`, as a flat dict for loggers.
+
+    Keys: ``"KEY/NAME"`` for each parameter (its ``named_parameters()`` name, or its index when
+    the optimizer was given no names) if ``per_parameter``, and ``"KEY/min"``,
+    ``"KEY/median"``, ``"KEY/max"`` over the parameters, for ``KEY`` in ``lr`` (the effective
+    step ``xi * eta * d_t * sqrt(1 / v_hat)``, mean over the slot), ``weight_decay``
+    (``0.5 * gamma + extra_l2``), ``d_t``, ``c_t``, ``b``, ``decay`` (``1 - d_t``),
+    ``decay_onset`` (steps until the step drops another 10%) and ``clip_fraction``; formulas in
+    :mod:`amosopt.diagnostics`. Parameters that have not been stepped yet are left out.
+
+    Example:
+        >>> import torch
+        >>> from amosopt.torch import Amos
+        >>> w = torch.nn.Parameter(torch.ones(4, 3))
+        >>> opt = Amos([("w", w)], lr=0.1, eta=0.5)
+        >>> w.grad = torch.ones(4, 3)
+        >>> opt.step()
+        >>> numbers = diagnostics(opt)
+        >>> round(numbers["lr/w"], 4), round(numbers["d_t/w"], 6)
+        (0.05, 0.999441)
+    """
+    return shared.flatten(_per_parameter(optimizer), per_parameter)
+
+
+def decay_onset(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Per parameter name (or index): in how many more steps Amos's own decay will have cut
+    its step by another 10%, at steady gradient statistics (the closed form of the ``b``
+    recursion, :func:`amosopt.diagnostics.steps_until_drop`)."""
+    return {name: numbers["decay_onset"]
+            for name, numbers in _per_parameter(optimizer).items()}
