@@ -15,8 +15,10 @@ next step uses
 (the last at steady gradient statistics, :math:`g^2/\hat v = 1`, since the next gradient is not
 known yet). The keys, each the mean over the variable's slot entries:
 
-* ``lr``: :math:`\xi\eta\, d \sqrt{1/\hat v}`, the step per unit of gradient (a gradient entry at
-  the scale of :math:`\sqrt{\hat v}` moves the parameter by :math:`\xi\eta d`);
+* ``lr``: :math:`\xi\eta\, d \sqrt{1/\hat v}`, the step per unit of gradient (large where the
+  gradients are tiny);
+* ``step``: :math:`\xi\eta\, d`, how far an entry moves in one step when its gradient is at its
+  usual scale (:math:`g^2 = \hat v`): the number to watch;
 * ``weight_decay``: :math:`\tfrac12\gamma + \text{extra\_l2}` (the update applies it times
   :math:`d`);
 * ``d_t``, ``c_t``, ``b``: the decay factors and the accumulator;
@@ -35,7 +37,8 @@ from typing import Any
 
 __all__ = ["KEYS", "ONSET_DROP", "flatten", "steps_until_drop", "variable"]
 
-KEYS = ("lr", "weight_decay", "d_t", "c_t", "b", "decay", "decay_onset", "clip_fraction")
+KEYS = ("lr", "step", "weight_decay", "d_t", "c_t", "b", "decay", "decay_onset",
+        "clip_fraction")
 #: the drop of the step that ``decay_onset`` counts to
 ONSET_DROP = 0.1
 
@@ -78,6 +81,7 @@ def variable(*, xi: Any, eta: Any, beta: Any, count: Any, v: Any, b: Any, c_coef
     gamma = c * xi**2
     out = {
         "lr": xp.mean(xi * eta * d * xp.sqrt(r)),
+        "step": xp.mean(xi * eta * d),
         "weight_decay": xp.mean(0.5 * gamma + extra_l2),
         "d_t": xp.mean(d), "c_t": xp.mean(c), "b": xp.mean(b), "decay": xp.mean(1 - d),
         "decay_onset": xp.mean(steps_until_drop(xi, eta, b, c_coef=c_coef, d_coef=d_coef,

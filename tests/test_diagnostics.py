@@ -33,6 +33,7 @@ def test_numbers_of_a_constant_gradient():
     c = (1 + 0.25 * math.sqrt(XI) * b) ** -0.5
     assert float(amos.v) / (1 - BETA**200) == pytest.approx(g * g, rel=1e-12)  # v_hat = g^2
     assert got["lr"] == pytest.approx(XI * ETA * d / g, rel=1e-12)
+    assert got["step"] == pytest.approx(XI * ETA * d, rel=1e-12)
     assert got["d_t"] == pytest.approx(d, rel=1e-12) and got["c_t"] == pytest.approx(c)
     assert got["weight_decay"] == pytest.approx(0.5 * c * XI**2 + 0.01, rel=1e-12)
     assert got["decay"] == pytest.approx(1 - d, rel=1e-12) and got["b"] == pytest.approx(b)

@@ -84,3 +84,55 @@ def test_inspect_errors_are_one_line(capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------
+# --checkpoint: what Amos is doing, from a saved state_dict
+
+
+def _checkpoint(tmp_path, named: bool = True, steps: int = 12):
+    from amosopt.torch import Amos
+
+    torch.manual_seed(0)
+    model = make_mlp()
+    params = model.named_parameters() if named else model.parameters()
+    opt = Amos(params, lr=0.03, eta=0.4, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    return path, opt
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_inspect_checkpoint_prints_the_diagnostics(capsys, tmp_path, named):
+    from amosopt.torch.diagnostics import diagnostics
+
+    path, opt = _checkpoint(tmp_path, named)
+    assert main(["inspect", "tests.test_inspect:make_mlp", "--checkpoint", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint after 12 steps (xi = 0.03)" in out
+    table = out[out.index("checkpoint after"):].splitlines()[3:]
+    rows = {line.split()[0]: line.split()[1:] for line in table}
+    numbers = diagnostics(opt)
+    names = ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
+    assert list(rows) == names  # names from the factory's model when the optimizer had none
+    for i, name in enumerate(names):
+        key = name if named else str(i)
+        assert float(rows[name][0]) == pytest.approx(numbers[f"step/{key}"], rel=1e-3)
+        assert float(rows[name][2]) == pytest.approx(numbers[f"d_t/{key}"], abs=1e-4)
+
+
+def test_inspect_checkpoint_errors(capsys, tmp_path):
+    argv = ["inspect", "tests.test_inspect:make_mlp", "--checkpoint"]
+    assert main(argv + [str(tmp_path / "missing.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    adamw = torch.optim.AdamW(make_mlp().parameters())
+    torch.save(adamw.state_dict(), tmp_path / "adamw.pt")
+    assert main(argv + [str(tmp_path / "adamw.pt")]) == 2
+    assert "not Amos's" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "weights.pt")
+    assert main(argv + [str(tmp_path / "weights.pt")]) == 2
+    assert "no optimizer state_dict" in capsys.readouterr().err

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "positional inputs); enables the data-flow analysis")
     parser.add_argument("--example-input-dtype", choices=_DTYPES, default="float32",
                         help="dtype of the example inputs (int64 for token ids); default float32")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="a saved Amos state_dict (torch.save; also a dict with it under "
+                             "'optimizer', or a Lightning checkpoint): print what Amos is doing "
+                             "for each parameter (effective rate, weight decay, decay so far, "
+                             "steps until it drops another 10%%)")
 
 
 def load_factory(target: str) -> Any:
@@ -136,4 +141,53 @@ def run(args: argparse.Namespace) -> int:
     print(table.format())
     print()
     print(format_memory(table.memory()))
+    if args.checkpoint is not None:
+        print()
+        print(format_checkpoint(load_checkpoint(args.checkpoint), list(table)))
     return 0
+
+
+def load_checkpoint(path: str) -> dict:
+    """The Amos ``state_dict`` in ``path`` (plain, under ``optimizer``, or Lightning's)."""
+    import pickle
+
+    import torch
+
+    from amosopt.commands import CommandError
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CommandError(f"--checkpoint {path}: no such file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise CommandError(f"--checkpoint {path}: cannot be loaded with torch.load(weights_only="
+                           f"True): {str(error).splitlines()[0]}") from None
+    candidates = [saved] if isinstance(saved, dict) else []
+    if isinstance(saved, dict):
+        candidates += [saved.get("optimizer"), *(saved.get("optimizer_states") or [])]
+    for candidate in candidates:
+        if isinstance(candidate, dict) and {"state", "param_groups"} <= set(candidate):
+            if not all("beta" in g and "d_coef" in g for g in candidate["param_groups"]):
+                raise CommandError(f"--checkpoint {path}: the optimizer state there is not "
+                                   "Amos's")
+            return candidate
+    raise CommandError(f"--checkpoint {path}: no optimizer state_dict in it (expected the dict "
+                       "of optimizer.state_dict(), or one under 'optimizer')")
+
+
+def format_checkpoint(state_dict: dict, names: list[str]) -> str:
+    """The diagnostics table of a saved state_dict, one row per stepped parameter."""
+    from amosopt.scales import format_rows
+    from amosopt.torch.diagnostics import from_state_dict
+
+    numbers = from_state_dict(state_dict, names)
+    if not numbers:
+        return "checkpoint: no parameter has been stepped yet"
+    step = max(int(float(s["step"])) for s in state_dict["state"].values() if "step" in s)
+    header = ("name", "step (xi eta d_t)", "weight decay", "d_t", "decay",
+              "decay onset (steps)")
+    rows = [header] + [(name, f"{n['step']:.4g}", f"{n['weight_decay']:.4g}", f"{n['d_t']:.4f}",
+                        f"{100 * n['decay']:.2f}%", f"{n['decay_onset']:,.0f}")
+                       for name, n in numbers.items()]
+    return (f"checkpoint after {step:,} steps (xi = {state_dict['param_groups'][0]['lr']:.4g}):"
+            f"\n" + format_rows(rows))

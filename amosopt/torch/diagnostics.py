@@ -16,7 +16,7 @@ import torch
 
 from amosopt import diagnostics as shared
 
-__all__ = ["decay_onset", "diagnostics"]
+__all__ = ["decay_onset", "diagnostics", "from_state_dict"]
 
 
 def _local(t: torch.Tensor) -> np.ndarray:
@@ -26,27 +26,43 @@ def _local(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-def _per_parameter(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+def _per_parameter(groups: list[dict], state_of: Any, grad_of: Any = None,
+                   names: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """The numbers of every stepped parameter; ``groups`` are param groups (of an optimizer, or
+    of a ``state_dict`` with parameter indices), ``state_of(p)`` its state or None."""
     out: dict[str, dict[str, float]] = {}
     index = 0
-    for group in optimizer.param_groups:
-        names = group.get("param_names")
+    for group in groups:
+        group_names = group.get("param_names")
         xi = float(group["lr"])
         for i, p in enumerate(group["params"]):
-            name = names[i] if names else str(index)
+            name = (group_names[i] if group_names else
+                    names[index] if names and index < len(names) else str(index))
             index += 1
-            state = optimizer.state.get(p)
+            state = state_of(p)
             if not state or "v" not in state:
                 continue  # no step yet
             clip = group.get("clip_value")
-            grad = None if p.grad is None or clip is None else _local(p.grad)
+            grad = grad_of(p) if grad_of is not None and clip is not None else None
             numbers = shared.variable(
                 xi=xi, eta=float(state["eta"]), beta=group["beta"],
                 count=float(state["step"]), v=_local(state["v"]), b=_local(state["b"]),
                 c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
-                epsilon=group["epsilon"], xp=np, grad=grad, clip_value=clip)
+                epsilon=group["epsilon"], xp=np, grad=None if grad is None else _local(grad),
+                clip_value=clip)
             out[name] = {key: float(value) for key, value in numbers.items()}
     return out
+
+
+def _of_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+    return _per_parameter(optimizer.param_groups, optimizer.state.get, lambda p: p.grad)
+
+
+def from_state_dict(state_dict: dict, names: list[str] | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """``{name: {key: value}}`` from a saved ``Amos.state_dict()`` (no optimizer needed);
+    ``names`` in parameter order when the state_dict has none (an unnamed optimizer)."""
+    return _per_parameter(state_dict["param_groups"], state_dict["state"].get, None, names)
 
 
 def diagnostics(optimizer: torch.optim.Optimizer, *, per_parameter: bool = True
@@ -72,7 +88,7 @@ def diagnostics(optimizer: torch.optim.Optimizer, *, per_parameter: bool = True
         >>> round(numbers["lr/w"], 4), round(numbers["d_t/w"], 6)
         (0.05, 0.999441)
     """
-    return shared.flatten(_per_parameter(optimizer), per_parameter)
+    return shared.flatten(_of_optimizer(optimizer), per_parameter)
 
 
 def decay_onset(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -80,4 +96,4 @@ def decay_onset(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     its step by another 10%, at steady gradient statistics (the closed form of the ``b``
     recursion, :func:`amosopt.diagnostics.steps_until_drop`)."""
     return {name: numbers["decay_onset"]
-            for name, numbers in _per_parameter(optimizer).items()}
+            for name, numbers in _of_optimizer(optimizer).items()}
