@@ -1,5 +1,5 @@
-"""Outputs of ``amos compare``: ``results.json``, ``report.md``, ``frontier.png`` and one
-``loss_BUDGET.png`` per budget.
+"""Outputs of ``amos compare``: ``results.json``, ``report.md``, ``frontier.png``,
+``schedules.png`` and one ``loss_BUDGET.png`` per budget.
 
 Tuning rule: for each budget and optimizer, the grid value with the lowest final validation loss
 averaged over the seeds is "tuned" (one value for all seeds, not a pick per seed). Amos is
@@ -171,6 +171,7 @@ def write_outputs(results: dict, out: Path) -> None:
     plot_frontier(results, out / "frontier.png")
     for budget in results["config"]["budgets"]:
         plot_curves(results, budget, out / f"loss_{budget}.png")
+    results["schedules_plot"] = plot_schedules(results, out / "schedules.png")
     (out / "report.md").write_text(markdown(results))
 
 
@@ -260,6 +261,63 @@ def plot_curves(results: dict, budget: int, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def schedule_runs(results: dict) -> dict[str, dict]:
+    """The runs whose schedules ``schedules.png`` draws: at the largest budget and the first
+    seed, Amos and Amos-WSD at the suggested xi and the reference AdamW (tuned)."""
+    budget = max(results["config"]["budgets"])
+    runs = {(r["optimizer"], r["value"], r["budget"], r["seed"]): r for r in results["runs"]
+            if r.get("schedules") and any(r["schedules"])}
+    seed = next((s for s in results["config"]["seeds"]
+                 if any(k[2:] == (budget, s) for k in runs)), None)
+    chosen = {name: runs.get((name, 1.0, budget, seed)) for name in AMOS}
+    reference = results["summary"]["budgets"][str(budget)].get("reference")
+    entry = next((e for e in results["summary"]["budgets"][str(budget)]["entries"]
+                  if e["label"] == reference), None)
+    if entry is not None:
+        chosen[entry["optimizer"]] = runs.get((entry["optimizer"], entry["value"], budget, seed))
+    return {name: run for name, run in chosen.items() if run is not None}
+
+
+def plot_schedules(results: dict, path: Path) -> bool:
+    """What the optimizers do per step over the run: the effective step (how far an entry
+    moves at its usual gradient scale: ``xi eta d_t`` for Amos, the rate for AdamW) and the
+    weight decay per step, for Amos per layer kind (median over its layers) with the range over
+    all layers shaded. Returns False (and draws nothing) without recorded schedules."""
+    chosen = schedule_runs(results)
+    if not chosen:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    styles = ["-", "--", "-.", ":", (0, (3, 1, 1, 1)), (0, (5, 2))]
+    for name, run in chosen.items():
+        points = [(s, n) for s, n in zip(run["eval_steps"], run["schedules"]) if n]
+        steps = [s for s, _ in points]
+        for ax, key in zip(axes, ("step", "weight_decay")):
+            color = _COLORS.get(name)
+            if name not in AMOS:
+                ax.plot(steps, [n["all"][f"{key}_median"] for _, n in points], color=color,
+                        linestyle="--", label=f"{name} [{run['value']:g}]")
+                continue
+            ax.fill_between(steps, [n["all"][f"{key}_min"] for _, n in points],
+                            [n["all"][f"{key}_max"] for _, n in points], color=color, alpha=0.1)
+            kinds = [k for k in points[-1][1] if k != "all"]
+            for kind, style in zip(kinds, styles):
+                ax.plot(steps, [n.get(kind, {}).get(f"{key}_median") for _, n in points],
+                        color=color, linestyle=style, linewidth=1,
+                        label=f"{name}: {kind}" if key == "step" else None)
+    for ax, title in zip(axes, ("effective step per update", "weight decay per update")):
+        ax.set(title=title, xlabel="step", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"amos compare: {results['task']['name']}, what each optimizer does "
+                 f"(budget {max(results['config']['budgets'])}, seed "
+                 f"{next(iter(chosen.values()))['seed']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +412,11 @@ def markdown(results: dict) -> str:
         f"{config['cooldown_fraction']:.0%} ({config['cooldown']}).", "",
         *_onset_lines(results),
         "![frontier](frontier.png)", ""]
+    if results.get("schedules_plot"):
+        lines += ["What the optimizers do per update (Amos per layer kind, the range over all "
+                  "layers shaded; AdamW dashed): the effective step `xi * eta * d_t` and the "
+                  "weight decay `0.5 * gamma + extra_l2` (`amosopt.diagnostics`).", "",
+                  "![schedules](schedules.png)", ""]
     adamw_bytes = results.get("probe_state_bytes", {}).get("adamw")
     for budget, s in summary["budgets"].items():
         lines += _budget_section(results, budget, s, adamw_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class Run:
     val: list[dict] = field(default_factory=list)
     train_loss: list[float | None] = field(default_factory=list)  # mean since the last eval
     lr: list[float] = field(default_factory=list)  # the rate of the next update, at each eval
+    #: at each eval, per layer kind: the effective step and weight decay (schedule_numbers)
+    schedules: list[dict] = field(default_factory=list)
     steps_done: int = 0
     train_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
@@ -73,6 +76,50 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+#: layer kinds for the schedules plot: the first pattern found in the parameter's name
+LAYER_KINDS = (("bias", re.compile(r"bias$")),
+               ("norm", re.compile(r"norm|(^|\.)ln")),
+               ("embedding", re.compile(r"emb|wte|wpe")),
+               ("attention", re.compile(r"attn|attention|qkv|query|key|value")),
+               ("mlp", re.compile(r"mlp|ffn|fc|feed_forward|intermediate|linear")),
+               ("conv", re.compile(r"conv")))
+
+
+def layer_kind(name: str) -> str:
+    return next((kind for kind, pattern in LAYER_KINDS if pattern.search(name.lower())),
+                "other")
+
+
+def schedule_numbers(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+    """What the optimizer does per step, by layer kind (median over the layers of a kind) and
+    over all layers (``all``: min, median, max): ``step``, how far an entry moves at its usual
+    gradient scale, and ``weight_decay`` per step. Amos: :mod:`amosopt.diagnostics` (``xi eta
+    d_t`` and ``0.5 gamma + extra_l2``); the others: their rate and ``lr * weight_decay``."""
+    from amosopt.torch import Amos
+    from amosopt.torch.diagnostics import per_parameter
+
+    if not isinstance(optimizer, Amos):
+        group = optimizer.param_groups[0]
+        lr = float(group["lr"])
+        numbers = {"step": lr, "weight_decay": lr * float(group.get("weight_decay", 0.0))}
+        return {"all": {f"{k}_{s}": v for k, v in numbers.items()
+                        for s in ("min", "median", "max")}}
+    per_name = per_parameter(optimizer)
+    if not per_name:
+        return {}  # before the first step
+    out: dict[str, dict[str, float]] = {}
+    kinds: dict[str, list[dict]] = {}
+    for name, numbers in per_name.items():
+        kinds.setdefault(layer_kind(name), []).append(numbers)
+    for kind, rows in [("all", list(per_name.values())), *sorted(kinds.items())]:
+        out[kind] = {}
+        for key in ("step", "weight_decay"):
+            values = [r[key] for r in rows]
+            out[kind].update({f"{key}_min": min(values), f"{key}_median":
+                              statistics.median(values), f"{key}_max": max(values)})
+    return out
+
+
 def eval_schedule(steps: int, evals: int) -> list[int]:
     """Steps (number of updates done) after which to evaluate: 0, evenly spaced, and ``steps``."""
     evals = max(1, min(evals, steps))
@@ -87,6 +134,7 @@ def _evaluate(task: Task, model: nn.Module, built: Built, run: Run, window: list
     run.eval_steps.append(step)
     run.train_loss.append(sum(window) / len(window) if window else None)  # None: JSON null
     run.lr.append(built.lr())
+    run.schedules.append(schedule_numbers(built.optimizer))
     window.clear()
 
 

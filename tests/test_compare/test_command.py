@@ -185,13 +185,25 @@ def test_end_to_end_lm_and_resume(capsys, tmp_path):
     assert memory["adamw"] == 2 * 4 * params + 4 * n_tensors
     assert memory["amos_momentum_0.9"] >= 4 * params  # the momentum slot
     assert memory["amos_momentum_0"] < 0.25 * memory["adamw"]
+    # what each optimizer does per update, per layer kind (schedules.png)
+    assert (out / "schedules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert amos["schedules"][0] == {}  # no step yet at step 0
+    kinds = set(amos["schedules"][-1])
+    assert {"all", "embedding", "attention", "mlp", "norm", "bias"} <= kinds
+    assert wsd["schedules"][-1]["all"]["step_max"] == 0.0  # cooled down to 0
+    step = amos["schedules"][-1]["all"]
+    assert 0 < step["step_min"] <= step["step_median"] <= step["step_max"]
+    adamw = next(r for r in runs if r["key"] == "adamw_0.01_b8_s0")
+    assert adamw["schedules"][1]["all"]["weight_decay_median"] == pytest.approx(
+        adamw["lr"][1] * 0.01)
     summary = results["summary"]["budgets"]["8"]
     assert summary["reference"] == "adamw (tuned)"
     assert summary["optimizers"]["amos"]["tuned"]["n"] == 2
     assert results["summary"]["anytime"]["budget"] == 8
     text = (out / "report.md").read_text()
     for fragment in ("## Budget 6 steps", "## Budget 8 steps", "mean ± sd",
-                     "reaches reference", "paired t-test", "grid edge", "frontier.png"):
+                     "reaches reference", "paired t-test", "grid edge", "frontier.png",
+                     "schedules.png"):
         assert fragment in text, fragment
 
     # the same command again: nothing to run, the run files untouched

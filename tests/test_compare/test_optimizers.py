@@ -116,3 +116,17 @@ def test_auto_scales_of_the_study_model_agree_with_the_papers_rules():
         assert tuple(scales[name].slot_shape) == tuple(slot(name, tuple(p.shape))), name
     assert scales["blocks.0.mlp.proj.weight"].eta == pytest.approx(math.sqrt(2 / 64))
     assert scales["tok_emb.weight"].eta == pytest.approx(math.sqrt(2 / 16))
+
+
+def test_layer_kinds_of_the_study_models():
+    from amosopt.compare.models import ByteLM
+    from amosopt.compare.train import layer_kind
+
+    kinds = {name: layer_kind(name) for name, _ in
+             ByteLM(seq_len=16, d_model=16, n_layers=1, n_heads=2).named_parameters()}
+    assert kinds["tok_emb.weight"] == kinds["pos_emb.weight"] == "embedding"
+    assert kinds["blocks.0.attn.qkv.weight"] == "attention"
+    assert kinds["blocks.0.mlp.proj.weight"] == "mlp"
+    assert kinds["blocks.0.norm1.weight"] == kinds["norm_f.weight"] == "norm"
+    assert kinds["blocks.0.mlp.fc.bias"] == "bias" and kinds["head.weight"] == "other"
+    assert layer_kind("conv1.weight") == "conv" and layer_kind("fc2.weight") == "mlp"
