@@ -84,8 +84,9 @@ def variable(*, xi: Any, eta: Any, beta: Any, count: Any, v: Any, b: Any, c_coef
         "step": xp.mean(xi * eta * d),
         "weight_decay": xp.mean(0.5 * gamma + extra_l2),
         "d_t": xp.mean(d), "c_t": xp.mean(c), "b": xp.mean(b), "decay": xp.mean(1 - d),
-        "decay_onset": xp.mean(steps_until_drop(xi, eta, b, c_coef=c_coef, d_coef=d_coef,
-                                                xp=xp)),
+        # at xi = 0 (a finished cooldown) nothing moves: the onset is never
+        "decay_onset": xp.where(xi > 0, xp.mean(steps_until_drop(
+            xp.where(xi > 0, xi, 1.0), eta, b, c_coef=c_coef, d_coef=d_coef, xp=xp)), xp.inf),
     }
     if clip_value is not None and grad is not None:
         out["clip_fraction"] = xp.mean(xp.where(xp.abs(grad) > clip_value, 1.0, 0.0))

@@ -67,3 +67,14 @@ def test_flatten_keys_and_summaries():
     assert all(isinstance(v, float) for v in flat.values())
     summary = diagnostics.flatten(per_name, per_parameter=False)
     assert set(summary) == {f"{k}/{s}" for k in ("lr", "b") for s in ("min", "median", "max")}
+
+
+def test_a_finished_cooldown_gives_finite_numbers_and_an_infinite_onset():
+    amos = constant_gradient_run(50)
+    with np.errstate(all="raise"):
+        got = diagnostics.variable(xi=0.0, eta=ETA, beta=BETA, count=amos.t, v=amos.v,
+                                   b=amos.b, c_coef=0.25, d_coef=0.25, extra_l2=0.0,
+                                   epsilon=2**-125, xp=np)
+    assert got["step"] == 0.0 and got["lr"] == 0.0 and got["weight_decay"] == 0.0
+    assert got["decay_onset"] == math.inf
+    assert all(not np.isnan(value) for value in got.values())
