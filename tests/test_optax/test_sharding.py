@@ -113,13 +113,18 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_step_equals_unsharded_on_4_cpu_devices():
+def run_on_4_cpu_devices(script: str) -> dict:
+    """Runs ``script`` in a fresh interpreter with 4 CPU devices; returns its last JSON line."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_step_equals_unsharded_on_4_cpu_devices():
+    report = run_on_4_cpu_devices(SCRIPT)
     assert report["error"] <= 1e-12, report
     assert report["moved"] > 1e-2, report
     assert report["w"] == str(P("x", "y"))
@@ -183,12 +188,7 @@ SCRIPT_2D = textwrap.dedent("""
 
 
 def test_data_and_tensor_parallel_mesh_equals_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", SCRIPT_2D], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_on_4_cpu_devices(SCRIPT_2D)
     assert report["error"] <= 1e-12, report
     assert report["moved"] > 1e-3, report
     assert report["slot_down"] == [1, 8]  # averaged over the axis that "model" splits
