@@ -96,7 +96,7 @@ def schedule_numbers(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, fl
     gradient scale, and ``weight_decay`` per step. Amos: :mod:`amosopt.diagnostics` (``xi eta
     d_t`` and ``0.5 gamma + extra_l2``); the others: their rate and ``lr * weight_decay``."""
     from amosopt.torch import Amos
-    from amosopt.torch.diagnostics import per_parameter
+    from amosopt.torch.diagnostics import numbers_by_name
 
     if not isinstance(optimizer, Amos):
         group = optimizer.param_groups[0]
@@ -104,7 +104,7 @@ def schedule_numbers(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, fl
         numbers = {"step": lr, "weight_decay": lr * float(group.get("weight_decay", 0.0))}
         return {"all": {f"{k}_{s}": v for k, v in numbers.items()
                         for s in ("min", "median", "max")}}
-    per_name = per_parameter(optimizer)
+    per_name = numbers_by_name(optimizer)
     if not per_name:
         return {}  # before the first step
     out: dict[str, dict[str, float]] = {}

@@ -16,7 +16,7 @@ import torch
 
 from amosopt import diagnostics as shared
 
-__all__ = ["decay_onset", "diagnostics", "from_state_dict", "per_parameter"]
+__all__ = ["decay_onset", "diagnostics", "from_state_dict", "numbers_by_name"]
 
 
 def _local(t: torch.Tensor) -> np.ndarray:
@@ -54,7 +54,7 @@ def _per_parameter(groups: list[dict], state_of: Any, grad_of: Any = None,
     return out
 
 
-def per_parameter(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
+def numbers_by_name(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
     """``{name: {key: value}}``: the numbers of :func:`diagnostics`, not flattened."""
     return _per_parameter(optimizer.param_groups, optimizer.state.get, lambda p: p.grad)
 
@@ -89,7 +89,7 @@ def diagnostics(optimizer: torch.optim.Optimizer, *, per_parameter: bool = True
         >>> round(numbers["lr/w"], 4), round(numbers["d_t/w"], 6)
         (0.05, 0.999441)
     """
-    return shared.flatten(per_parameter(optimizer), per_parameter)
+    return shared.flatten(numbers_by_name(optimizer), per_parameter)
 
 
 def decay_onset(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -97,4 +97,4 @@ def decay_onset(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     its step by another 10%, at steady gradient statistics (the closed form of the ``b``
     recursion, :func:`amosopt.diagnostics.steps_until_drop`)."""
     return {name: numbers["decay_onset"]
-            for name, numbers in per_parameter(optimizer).items()}
+            for name, numbers in numbers_by_name(optimizer).items()}
