@@ -103,15 +103,28 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
                  batched=matrix is None and not full and n < _LARGE)
 
 
+def group_signature(group: dict[str, Any]) -> tuple:
+    """What :func:`route` reads of a param group."""
+    return group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0
+
+
+def layout(p: Tensor) -> tuple:
+    """What :func:`route` reads of a parameter that may change between steps (the slots'
+    layout changes only with ``load_state_dict``, which forgets every route)."""
+    return p.shape, p.is_contiguous(), p.grad.is_contiguous()
+
+
 @dataclass(eq=False)
 class Record:
-    """One parameter in one step: phase 1 fills ``g2`` and ``check``, phase 2 ``state``."""
+    """One parameter in the steps: phase 1 fills ``g2`` and ``check``, phase 2 ``state``. Kept
+    from step to step while its ``signature`` (:func:`group_signature`, :func:`layout`) holds."""
 
     p: Tensor
     index: int  # in its param group, to name it in errors
     eta: float
     slot_shape: Shape
     route: Route
+    signature: tuple
     g2: Optional[Tensor] = None  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
     check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
     state: Optional[dict[str, Any]] = None
