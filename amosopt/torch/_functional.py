@@ -79,10 +79,14 @@ def mean_square(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype, keepdim: b
     r""":math:`M(g^2)`: :math:`g^2` averaged over ``axes`` (none: a full-size slot), in
     ``dtype``; ``keepdim=False`` for a scalar slot ``()``.
 
-    A reduced slot takes :math:`\|g\|_2^2 / n` over the axes, which needs no full-size temporary.
+    Eager, a reduced slot takes :math:`\|g\|_2^2 / n` over the axes, which needs no full-size
+    temporary; compiled, the plain mean of squares, which Inductor fuses into one reduction
+    (its ``vector_norm`` measured twice as slow, ``benchmarks/torch_step_ab.py``).
     """
     if not axes:
         return g.to(dtype).square()
+    if torch.compiler.is_compiling():
+        return g.to(dtype).square().mean(axes, keepdim=keepdim)
     norm = torch.linalg.vector_norm(g, dim=axes, keepdim=keepdim, dtype=dtype)
     return norm.square().div_(math.prod(g.shape[a] for a in axes))
 

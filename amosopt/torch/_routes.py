@@ -8,16 +8,17 @@ returns a :class:`Route`, and the rest of the step only follows it. The math is
 way                     taken by
 ======================  ===========================================================================
 loop                    every tensor with ``foreach=False``: one tensor at a time
-flat coefficients       factored or scalar slots of up to ``_FLAT_MAX`` entries: concatenated into
-                        one vector, so each operation of ``slot_coefficients`` is one kernel
-batched update          parameters under ``_LARGE`` entries with factored slots: one
+flat coefficients       slots of up to ``_FLAT_MAX`` entries (full-size: ``_FLAT_MAX_FULL``):
+                        concatenated into one vector, so each operation of ``slot_coefficients``
+                        is one kernel
+batched update          parameters under ``_LARGE`` entries with factored or flat slots: one
                         ``torch._foreach_*`` call per operation of ``apply_update``
 full step               parameters of ``_LARGE`` entries or more with full-size slots: slots and
                         parameter together, block by block so that the some twenty passes stay
                         in the cache; ``M(g^2)`` is recomputed there, phase 1 only checks its peak
 compiled (fused=True)   the full step as one kernel; large factored parameters' update (and
                         clipped mean square) as one kernel each, see ``_fused``
-one by one              the rest (small full-size slots, large or sharded ones)
+one by one              the rest (full-size slots between the two sizes, large or sharded ones)
 ======================  ===========================================================================
 
 The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
@@ -42,9 +43,12 @@ Shape = tuple[int, ...]
 #: parameter entries from which the update runs tensor by tensor: its few full-size passes
 #: then reuse the cache (measured faster on CPU than op-by-op over all tensors)
 _LARGE = 1 << 16
-#: slot entries up to which factored slots are concatenated (copying more costs more than the
-#: kernel launches it saves)
-_FLAT_MAX = 1 << 14
+#: slot entries up to which slots are concatenated, factored and full-size: copying more
+#: costs more than the kernel launches it saves; a full-size slot is parameter-sized, and
+#: larger ones take the loop way, whose some twenty passes then stay in the cache (measured
+#: on 198 tensors of 0.84M parameters: 4096 entries 15% faster than the loop way, 16384 2.3x
+#: slower)
+_FLAT_MAX, _FLAT_MAX_FULL = 1 << 14, 1 << 12
 #: entries per block of the full step (512 KiB of float32: the best on CPU)
 _BLOCK = 1 << 17
 #: smallest parameter that gets compiled kernels, with clipping or momentum, and without: a
@@ -98,9 +102,9 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
         plain = group["clip_value"] is None and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
-    return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix,
-                 flat=not full and not sharded and math.prod(slot_shape) <= _FLAT_MAX,
-                 batched=matrix is None and not full and n < _LARGE)
+    flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
+    return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix, flat=flat,
+                 batched=matrix is None and n < _LARGE and (flat or not full))
 
 
 def group_signature(group: dict[str, Any]) -> tuple:

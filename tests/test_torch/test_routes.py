@@ -40,9 +40,12 @@ def test_small_factored_and_scalar_slots_are_flat_and_batched(foreach) -> None:
 
 
 def test_small_full_size_slots_take_the_loop_way() -> None:
-    """Concatenating full-size slots copies parameter-sized memory: they go one by one."""
+    """Concatenating full-size slots copies parameter-sized memory: above 4096 entries they go
+    one by one; tiny ones (biases, norms) are concatenated like factored slots."""
     assert route_of((64, 256)) == Route(axes=())
     assert route_of((64, 256), fused=True, clip_value=1.0) == Route(axes=())
+    assert route_of((64, 64)) == Route(axes=(), flat=True, batched=True)
+    assert route_of((256,), momentum=0.9) == Route(axes=(), flat=True, batched=True)
 
 
 def test_large_full_size_slots_take_the_full_step() -> None:
