@@ -23,7 +23,7 @@ anything else (fallback)     >= 2-d: kernel with fan-in     >= 2-d: ``(shape[0],
                              else 0.5
 ===========================  =============================  =====================================
 
-Why (paper.md section 2.1, after Su Jianlin's re-derivation): a randomly initialised matrix with
+Why (arXiv 2210.11693, and Su Jianlin's re-derivation of it): a randomly initialised matrix with
 entry std :math:`\\sigma` moves about :math:`\\sqrt{2}\\sigma` per entry, and He/LeCun
 initialisation gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\sqrt{k/n}`
 (k = 2 after ReLU-like units, which zero about half of the inputs). Zero-initialised biases and

@@ -1,4 +1,4 @@
-"""A/B: ``optimizer.step()`` of this checkout's ``amosopt.torch.Amos`` against another git revision's.
+"""A/B: ``optimizer.step()`` of this checkout's ``amosopt.torch.Amos`` against another revision's.
 
 The other revision's ``amosopt`` package is extracted with ``git archive`` into a temporary
 directory and imported first; its modules are then renamed out of the way in ``sys.modules``, so
@@ -119,7 +119,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "torch_step_ab.json"))
+    parser.add_argument("--out",
+                        default=str(ROOT / "benchmarks" / "results" / "torch_step_ab.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -54,8 +54,8 @@ class Amos(Optimizer):
 
     .. math::
         \begin{aligned}
-        & g_t = \mathrm{clip}(\nabla_\theta f_t(\theta_{t-1}), -\text{clip\_value}, \text{clip\_value})
-            \quad (\text{element-wise, optional}) \\
+        & g_t = \mathrm{clip}(\nabla_\theta f_t(\theta_{t-1}), -\text{clip\_value},
+            \text{clip\_value}) \quad (\text{element-wise, optional}) \\
         & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
           \hat v_t = \max(v_t, \epsilon) / (1-\beta^t) \\
         & c_t = (1 + c\sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
@@ -116,7 +116,7 @@ class Amos(Optimizer):
     Reference:
         Ran Tian and Ankur P. Parikh, `Amos: An Adam-style Optimizer with Adaptive Weight Decay
         towards Model-Oriented Scale <https://arxiv.org/abs/2210.11693>`_, 2022.
-"""
+    """
 
     def __init__(
         self,

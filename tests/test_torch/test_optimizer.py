@@ -25,7 +25,7 @@ from tests.test_torch.conftest import (
 )
 from tests.test_torch.parity import run_torch
 
-# ---- the reference's toy problems (shared/paper.md §1.5) -------------------------------------
+# ---- the reference's toy problems (jestimator's amos_test.py) --------------------------------
 
 
 def test_parabola_converges() -> None:
