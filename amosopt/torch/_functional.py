@@ -67,11 +67,13 @@ def per_tensor(h: Hyper, eta: float, t: int) -> tuple[float, float, float]:
     return xi_eta, h.d_coef * math.sqrt(xi_eta), 1.0 - h.beta**t
 
 
-def clip(g: Tensor, h: Hyper) -> Tensor:
+def clip(g: Tensor, h: Hyper, out: Optional[Tensor] = None) -> Tensor:
     """Element-wise clipping to [-clip, clip], as ``optax.clip`` in the reference (an inf
-    becomes ``clip``, a NaN stays NaN). A temporary: callers clip again rather than keep one
-    per parameter between the phases, which would double gradient memory."""
-    return g if h.clip is None else g.clamp(-h.clip, h.clip)
+    becomes ``clip``, a NaN stays NaN), into ``out`` if given. A temporary: callers clip again
+    rather than keep one per parameter between the phases, which would double gradient memory."""
+    if h.clip is None:
+        return g
+    return g.clamp(-h.clip, h.clip) if out is None else torch.clamp(g, -h.clip, h.clip, out=out)
 
 
 def mean_square(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype, keepdim: bool = True

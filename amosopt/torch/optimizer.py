@@ -202,10 +202,10 @@ class Amos(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        checked = []
+        checked, scratch = [], {}
         for group_index, group in enumerate(self.param_groups):
             h = Hyper.of(group)
-            records = self._check_group(group, group_index, h)
+            records = self._check_group(group, group_index, h, scratch)
             if records:
                 checked.append((group, group_index, h, records))
         if not checked:
@@ -220,15 +220,17 @@ class Amos(Optimizer):
             # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
             # measured as fast as the loop for a few large tensors, faster for many small ones
             if group["foreach"] is False:
-                _routes.single_tensor(records, h)
+                _routes.single_tensor(records, h, scratch)
             else:
-                _routes.multi_tensor(records, h)
+                _routes.multi_tensor(records, h, scratch)
             for r in records:  # the kept records must not keep g2 alive
                 r.g2 = r.check = None
         return loss
 
-    def _check_group(self, group: dict[str, Any], group_index: int, h: Hyper) -> list[Record]:
-        """Phase 1 for one group: one record per parameter with a gradient; changes nothing."""
+    def _check_group(self, group: dict[str, Any], group_index: int, h: Hyper,
+                     scratch: _routes.Scratch) -> list[Record]:
+        """Phase 1 for one group: one record per parameter with a gradient; changes nothing
+        (``scratch``: the step's buffer for clipped gradients, see ``_routes.clipped``)."""
         records = []
         group_signature = _routes.group_signature(group)
         for i, p in enumerate(group["params"]):
@@ -246,7 +248,7 @@ class Amos(Optimizer):
                 route = _routes.route(p, slot_shape, group, self.state.get(p, {}))
                 r = self._records[p] = Record(p, i, eta, slot_shape, route, signature)
             records.append(r)
-        _routes.measure(records, h)
+        _routes.measure(records, h, scratch)
         return records
 
     def _init_state(self, r: Record, momentum: float) -> dict[str, Any]:

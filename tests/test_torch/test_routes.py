@@ -84,6 +84,16 @@ def test_fused_thresholds_and_layouts() -> None:
     # too small, a slot that keeps a middle axis, a transposed parameter: eager
     assert not route_of((10, 3), (10, 1), fused=True, clip_value=1.0).compiled
     assert route_of((30, 100, 100), (1, 100, 1), fused=True, clip_value=1.0) == Route(
-        axes=(0, 2), flat=True)
+        axes=(0, 2), flat=True, scratch=True)
     assert route_of((1100, 1000), (1, 1000), transposed=True, fused=True,
-                    clip_value=1.0) == Route(axes=(0,), flat=True)
+                    clip_value=1.0) == Route(axes=(0,), flat=True, scratch=True)
+
+
+def test_large_gradients_clipped_eagerly_use_the_scratch_buffer() -> None:
+    assert route_of((1000, 300), (1000, 1), clip_value=1.0).scratch
+    assert route_of((1000, 300), (1000, 1), clip_value=1.0, foreach=False).scratch
+    assert route_of((3, 70001), clip_value=1.0, foreach=False).scratch
+    assert not route_of((1000, 300), (1000, 1)).scratch  # no clipping
+    assert not route_of((64, 256), (64, 1), clip_value=1.0).scratch  # small
+    assert not route_of((3, 70001), clip_value=1.0).scratch  # the full step clips blocks
+    assert not route_of((1100, 1000), (1100, 1), fused=True, clip_value=1.0).scratch
