@@ -11,25 +11,8 @@ Backends live in submodules so that ``import amosopt`` imports neither torch nor
 * :mod:`amosopt.rules` -- framework-free rule tables: (name, shape) -> eta / slot shape.
 """
 
-from amosopt.rules import (
-    Rules,
-    eta_fn_from_rules,
-    evaluate_shape_expression,
-    lookup,
-    reduced_axes,
-    shape_fn_from_rules,
-    validate_slot_shape,
-)
+from amosopt.rules import Rules, evaluate_shape_expression
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Rules",
-    "eta_fn_from_rules",
-    "evaluate_shape_expression",
-    "lookup",
-    "reduced_axes",
-    "shape_fn_from_rules",
-    "validate_slot_shape",
-    "__version__",
-]
+__all__ = ["Rules", "evaluate_shape_expression", "__version__"]

@@ -23,7 +23,7 @@ anything else (fallback)     >= 2-d: kernel with fan-in     >= 2-d: ``(shape[0],
                              else 0.5
 ===========================  =============================  =====================================
 
-Why (paper.md section 2.1, after Su Jianlin's re-derivation): a randomly initialised matrix with
+Why (arXiv 2210.11693, and Su Jianlin's re-derivation of it): a randomly initialised matrix with
 entry std :math:`\\sigma` moves about :math:`\\sqrt{2}\\sigma` per entry, and He/LeCun
 initialisation gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\sqrt{k/n}`
 (k = 2 after ReLU-like units, which zero about half of the inputs). Zero-initialised biases and
@@ -39,6 +39,7 @@ optimizer-state memory arithmetic used by ``amos inspect``.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -51,6 +52,8 @@ Shape = tuple[int, ...]
 __all__ = [
     "ACTIVATIONS",
     "GATES",
+    "MLP_OUTPUT_NAMES",
+    "RELATIVE_POSITION",
     "Scale",
     "ScaleTable",
     "StateMemory",
@@ -82,6 +85,17 @@ ACTIVATIONS = frozenset({
 #: GLU-style gated product, whose output also counts as k = 2. GELU written out by hand,
 #: ``0.5 * x * (1 + tanh(...))`` or ``x * (1 + erf(x / sqrt(2))) / 2``, is such a product too.
 GATES = frozenset({"sigmoid", "hardsigmoid", "logistic", "tanh", "erf", "erfc"})
+
+#: Module names of an MLP's output projection (GPT-2, LLaMA, T5, BERT, ... and their ports):
+#: the input of such a kernel is the MLP's activation even where the model's code does not
+#: show it (both front ends match on them by name).
+MLP_OUTPUT_NAMES = frozenset({
+    "fc2", "c_proj", "down_proj", "wo", "w2", "linear2", "dense_4h_to_h", "dense2", "fc_out",
+    "lin2",
+})
+
+#: A relative-position table, by the name of the variable or one of its modules.
+RELATIVE_POSITION = re.compile(r"relative|rel_pos|relpos|rel_embed")
 
 
 def canonical_op(name: str) -> str:

@@ -1,7 +1,7 @@
 """The paper's hyper-parameter guidance for Amos, as a function (framework-free).
 
 Tian & Parikh (2022), and the authors' reference code (jestimator ``amos.py`` docstring and
-README), give three rules of thumb (``paper.md`` §4):
+README), give three rules of thumb (arXiv 2210.11693):
 
 * global learning rate ``xi ~ 1/sqrt(N)``, with ``N`` the number of independent batches in the
   training data (``N = examples / batch_size``). MNIST: ``1/sqrt(60000/32) = 0.0231``;

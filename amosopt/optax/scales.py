@@ -41,7 +41,6 @@ flax is imported lazily (only for ``model``); plain nested dicts of arrays work 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,8 @@ import jax
 from amosopt.optax.transform import path_to_name
 from amosopt.scales import (
     GATES,
+    MLP_OUTPUT_NAMES,
+    RELATIVE_POSITION,
     Scale,
     ScaleTable,
     build_table,
@@ -68,11 +69,8 @@ __all__ = ["auto_scales"]
 Name = tuple[str, ...]
 Shape = tuple[int, ...]
 
-_MLP_OUTPUT_NAMES = {"dense2", "fc2", "wo", "w2", "down_proj", "linear2", "fc_out", "c_proj",
-                     "dense_4h_to_h"}
 _MLP_ANCESTORS = ("mlp", "ffn", "feed")
 _QKV = {"query", "key", "value"}
-_RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
 #: primitives that pass their first operand through unchanged in kind
 _PASSTHROUGH = {"scan_slice", "reshape", "transpose", "convert_element_type", "squeeze",
                 "expand_dims", "broadcast_in_dim", "copy", "copy_p", "slice", "dynamic_slice",
@@ -260,14 +258,14 @@ def _slot(shape: Shape, contracting: Sequence[int]) -> Shape:
 
 
 def _mlp_output(name: Name) -> bool:
-    return len(name) >= 2 and name[-2] in _MLP_OUTPUT_NAMES and any(
+    return len(name) >= 2 and name[-2] in MLP_OUTPUT_NAMES and any(
         key in part.lower() for part in name[:-2] for key in _MLP_ANCESTORS)
 
 
 def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None) -> tuple[Scale, bool]:
     """``(Scale, guessed)`` for one leaf."""
     last = name[-1] if name else ""
-    if any(_RELATIVE.search(part) for part in name) and len(shape) >= 1:
+    if any(RELATIVE_POSITION.search(part) for part in name) and len(shape) >= 1:
         return relative_position_scale("relative-position table", shape), False
     if last == "embedding" and len(shape) == 2:
         return embedding_scale("Embed embedding (V, d)", shape), False

@@ -63,6 +63,8 @@ from torch.overrides import TorchFunctionMode
 
 from amosopt.scales import (
     GATES,
+    MLP_OUTPUT_NAMES,
+    RELATIVE_POSITION,
     Scale,
     ScaleTable,
     build_table,
@@ -84,7 +86,6 @@ _NORMS = (
     nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-_RELATIVE = re.compile(r"relative|rel_pos|relpos|rel_embed")
 _LEARNED_VECTORS = re.compile(r"(^|_)token(s)?$|pos(ition)?_emb|embedding")
 _GAIN_NAMES = {"weight", "scale", "gamma", "g", "gain"}
 _ADDITIVE_NAMES = {"bias", "beta", "shift", "b"}
@@ -105,10 +106,6 @@ _SKIP_MODULES = (
     nn.Flatten, nn.Unflatten, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
 )
-_MLP_OUTPUT_NAMES = {
-    "fc2", "c_proj", "down_proj", "wo", "w2", "linear2", "dense_4h_to_h", "dense2", "fc_out",
-    "lin2",
-}
 _PRETTY = {
     "relu": "ReLU", "relu6": "ReLU6", "leakyrelu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU",
     "mish": "Mish", "elu": "ELU", "selu": "SELU", "celu": "CELU", "glu": "GLU", "prelu": "PReLU",
@@ -133,7 +130,7 @@ def _module_rule(module: nn.Module, path: str, local: str, shape: Shape
                  ) -> Scale | _Kernel | None:
     """The rule for parameter ``local`` of ``module`` (at ``path``); None when no rule knows it."""
     cls = type(module).__name__
-    if isinstance(module, nn.Embedding) and _RELATIVE.search(path):
+    if isinstance(module, nn.Embedding) and RELATIVE_POSITION.search(path):
         return relative_position_scale(f"{cls} weight", shape)
     if isinstance(module, (nn.Linear, nn.Bilinear)) and local == "weight":
         return _Kernel(f"{cls} weight", math.prod(shape[1:]), (shape[0],) + (1,) * (len(shape) - 1))
@@ -405,7 +402,7 @@ def _heuristic_sources(model: nn.Module) -> dict[str, str]:
                 _near(leaves[j][0].rpartition(".")[0], parent_name):
             found[name] = f"{type(leaves[j][1]).__name__} (registered before it)"
             continue
-        if local in _MLP_OUTPUT_NAMES:
+        if local in MLP_OUTPUT_NAMES:
             label = _parent_activation(model.get_submodule(parent_name))
             if label is not None:
                 found[name] = f"{label} (MLP output projection, by name)"

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from amosopt.torch import Amos
-from tests.test_torch.test_optimizer import TABLE_ETA, TABLE_SLOT, batch, mlp, snapshot, train
+from tests.test_torch.conftest import (
+    TABLE_ETA,
+    TABLE_SLOT,
+    assert_same,
+    batch,
+    mlp,
+    snapshot,
+    train,
+)
 
 CONSTRUCTION = [
     (dict(lr=-0.1), r"Invalid lr: -0\.1"),
@@ -76,8 +84,6 @@ def _assert_step_fails_cleanly(opt, error, message, steps_before=2, first=None):
     before = snapshot(opt)
     with pytest.raises(error, match=message):
         opt.step()
-    from tests.test_torch.test_optimizer import assert_same
-
     assert_same(before, snapshot(opt))
 
 

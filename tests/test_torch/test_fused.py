@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from amosopt.torch import Amos
-from amosopt.torch import fused as fused_lib
-from tests.test_torch.test_optimizer import LARGE, check_large_tensors_against_numpy, snapshot
+from amosopt.torch import _fused as fused_lib
+from tests.test_torch.conftest import LARGE, check_large_tensors_against_numpy, snapshot
 
 pytestmark = pytest.mark.slow  # every new layout and dtype compiles a kernel (seconds)
 

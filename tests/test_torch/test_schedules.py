@@ -12,7 +12,7 @@ import torch
 
 from amosopt.schedules import WSD
 from amosopt.torch import Amos, WSDSchedule, wsd_schedule
-from tests.test_torch.test_optimizer import mlp, train
+from tests.test_torch.conftest import mlp, train
 
 
 def rates(opt: torch.optim.Optimizer, sched, steps: int) -> list[float]:

@@ -1,0 +1,152 @@
+r"""The Amos update of one tensor, in the paper's symbols (Tian & Parikh, arXiv 2210.11693).
+
+The numbers are those of the authors' reference code (``jestimator.amos``); the optax backend's
+``_amos_leaf`` is the same update, written functionally. Here the slots ``v``, ``b`` and the
+parameter change in place, and the update is split where the optimizer needs to split it:
+
+* :func:`mean_square` -- :math:`M(g_t^2)`, in phase 1, where a non-finite gradient must be found
+  before anything changes;
+* :func:`slot_coefficients` -- :math:`v_t, b_t` and the slot-shaped factors of the update;
+* :func:`apply_update` -- :math:`\theta_t` (through the momentum EMA :math:`m_t` if any).
+
+Every path of :class:`amosopt.torch.Amos` runs these functions: one tensor at a time, on
+concatenations of small slots, on blocks of a large tensor, on lists of tensors (see
+``_routes.Many``), or compiled by ``torch.compile`` (``fused=True``). Each operation is written
+once, so those paths agree bit for bit (compiled kernels: up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+Shape = tuple[int, ...]
+#: a Python float for one tensor, a per-element tensor for concatenated slots
+Scalar = Union[float, Tensor]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The hyper-parameters of one param group at one step, in the paper's symbols."""
+
+    xi: float  # ξ, the global learning rate (the group's lr, read at every step)
+    beta: float  # β, decay of the running mean v of M(g^2)
+    c_coef: float  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
+    d_coef: float  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
+    extra_l2: float  # λ, the reference's constant L2 term
+    epsilon: float  # ε, the floor on v
+    mu: float  # μ, the momentum EMA of the update (0: none)
+    sign: float  # 1 to minimise, -1 to maximise
+    clip: Optional[float]  # element-wise clipping of g to [-clip, clip], or None
+
+    @classmethod
+    def of(cls, group: dict[str, Any]) -> Hyper:
+        lr = group["lr"]
+        return cls(xi=lr.item() if isinstance(lr, Tensor) else float(lr), beta=group["beta"],
+                   c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
+                   epsilon=group["epsilon"], mu=group["momentum"],
+                   sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"])
+
+
+def slot_dtype(p: Tensor) -> torch.dtype:
+    """Slots are float32 for bf16/fp16 parameters (kept in float32 after loading), else the
+    parameter's dtype."""
+    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+
+def per_tensor(h: Hyper, eta: float, t: int) -> tuple[float, float, float]:
+    r"""The per-tensor numbers of :func:`slot_coefficients`: :math:`\xi\eta`,
+    :math:`d\sqrt{\xi\eta}` and :math:`1-\beta^t`, computed in double precision."""
+    xi_eta = h.xi * eta
+    return xi_eta, h.d_coef * math.sqrt(xi_eta), 1.0 - h.beta**t
+
+
+def clip(g: Tensor, h: Hyper, out: Optional[Tensor] = None) -> Tensor:
+    """Element-wise clipping to [-clip, clip], as ``optax.clip`` in the reference (an inf
+    becomes ``clip``, a NaN stays NaN), into ``out`` if given. A temporary: callers clip again
+    rather than keep one per parameter between the phases, which would double gradient memory."""
+    if h.clip is None:
+        return g
+    return g.clamp(-h.clip, h.clip) if out is None else torch.clamp(g, -h.clip, h.clip, out=out)
+
+
+def mean_square(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype, keepdim: bool = True
+                ) -> Tensor:
+    r""":math:`M(g^2)`: :math:`g^2` averaged over ``axes`` (none: a full-size slot), in
+    ``dtype``; ``keepdim=False`` for a scalar slot ``()``.
+
+    Eager, a reduced slot takes :math:`\|g\|_2^2 / n` over the axes, which needs no full-size
+    temporary; compiled, the plain mean of squares, which Inductor fuses into one reduction
+    (its ``vector_norm`` measured twice as slow, ``benchmarks/torch_step_ab.py``).
+    """
+    if not axes:
+        return g.to(dtype).square()
+    if torch.compiler.is_compiling():
+        return g.to(dtype).square().mean(axes, keepdim=keepdim)
+    norm = torch.linalg.vector_norm(g, dim=axes, keepdim=keepdim, dtype=dtype)
+    return norm.square().div_(math.prod(g.shape[a] for a in axes))
+
+
+def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar,
+                      d_scale: Scalar, bias_correction: Scalar) -> tuple[Tensor, Tensor]:
+    r"""Updates ``v`` and ``b`` in place; returns the slot-shaped ``(decay, step)`` of
+    :math:`\theta_t = \theta_{t-1} - \text{decay}\,\theta_{t-1} - \text{step}\,g_t`:
+
+    .. math::
+        \begin{aligned}
+        & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
+          1/\hat v_t = (1-\beta^t) / \max(v_t, \epsilon) \\
+        & c_t = (1 + c\sqrt{\xi}\, b_{t-1})^{-1/2}, \qquad
+          d_t = (1 + d\sqrt{\xi\eta}\, b_{t-1})^{-1}, \qquad
+          \gamma_t = c_t\, \xi^2 M(g_t^2) / \hat v_t \\
+        & b_t = b_{t-1} + \gamma_t (1 + b_{t-1}), \qquad
+          \text{decay} = d_t (\tfrac12\gamma_t + \lambda), \qquad
+          \text{step} = d_t\, \xi\eta / \sqrt{\hat v_t}
+        \end{aligned}
+
+    ``xi_eta``, ``d_scale`` and ``bias_correction`` are :func:`per_tensor`'s numbers.
+    """
+    v.mul_(h.beta).add_(g2, alpha=1.0 - h.beta)
+    rcpl_v_hat = v.clamp_min(h.epsilon).reciprocal_().mul_(bias_correction)  # 1 / v_hat_t
+    c_t = b.mul(h.c_coef * math.sqrt(h.xi)).add_(1.0).rsqrt_()
+    gamma = c_t.mul_(h.xi * h.xi).mul_(rcpl_v_hat).mul_(g2)
+    d_t = b.mul(d_scale).add_(1.0).reciprocal_()
+    b.addcmul_(gamma, b + 1.0)
+    decay = gamma.mul(0.5).add_(h.extra_l2).mul_(d_t)
+    step = rcpl_v_hat.sqrt_().mul_(d_t).mul_(xi_eta)
+    return decay, step
+
+
+def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor],
+                 h: Hyper) -> None:
+    r""":math:`\theta_t = \theta_{t-1} + \Delta_t` with
+    :math:`\Delta_t = -\text{decay}\,\theta_{t-1} - \text{sign}\cdot\text{step}\,g_t`, or, with
+    momentum, :math:`m_t = \mu m_{t-1} + (1-\mu)\Delta_t` and :math:`\theta_t = \theta_{t-1} + m_t`.
+    A 16-bit parameter is updated in float32 and rounded once."""
+    low = p.dtype in _LOW_PRECISION
+    theta = p.float() if low else p
+    if m is None:
+        theta.mul_(1.0 - decay).addcmul_(g, step, value=-h.sign)
+    else:
+        m.mul_(h.mu).addcmul_(theta, decay, value=h.mu - 1.0)
+        m.addcmul_(g, step, value=h.sign * (h.mu - 1.0))
+        theta.add_(m)
+    if low:
+        p.copy_(theta)
+
+
+def full_slot_step(p: Tensor, grad: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
+                   xi_eta: float, d_scale: float, bias_correction: float) -> None:
+    """The whole step of a tensor with full-size slots, from its raw gradient: there
+    :math:`M(g^2) = g^2` needs no reduction, so phase 1 only checks its peak and this recomputes
+    it, instead of keeping a parameter-sized ``g2`` between the phases."""
+    g = clip(grad, h)
+    decay, step = slot_coefficients(mean_square(g, (), v.dtype), v, b, h, xi_eta, d_scale,
+                                    bias_correction)
+    apply_update(p, g, decay, step, m, h)

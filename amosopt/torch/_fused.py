@@ -1,0 +1,132 @@
+r"""``Amos(fused=True)``: the functions of :mod:`amosopt.torch._functional`, compiled.
+
+In eager PyTorch each operation of the update is one pass over the tensor: some five for the
+parameter update with factored slots, some twenty with full-size slots. ``torch.compile``
+(Inductor: C++/OpenMP on CPU, Triton on CUDA) turns each function below into one generated
+kernel that reads every input once. Nothing here restates the math: the kernels are the
+functional code, traced. Results equal the eager path's up to rounding (a generated kernel may
+contract a multiply and an add, or sum in another order), not bit for bit.
+
+A parameter with factored slots is seen as a matrix ``(R, C)`` whose slot-shaped factors are
+``(R, 1)``, ``(1, C)`` or ``(1, 1)`` (:func:`matrix_shape`), so that one kernel with dynamic
+shapes serves every tensor of a layout and dtype. Which tensors come here is decided by
+``_routes.route``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from amosopt.torch import _functional as F
+from amosopt.torch._functional import Hyper
+
+Shape = tuple[int, ...]
+#: ``((R, C), axis)``: the matrix view, and the axis the slot reduces (1: rows kept, 0: columns
+#: kept, -1: nothing kept, a scalar slot)
+Matrix = tuple[tuple[int, int], int]
+_AXES = {1: (1,), 0: (0,), -1: (0, 1)}
+
+
+def matrix_shape(shape: Shape, slot_shape: Shape) -> Optional[Matrix]:
+    """The parameter as an ``R x C`` matrix whose slot keeps its rows (``axis = 1`` is
+    reduced), its columns (``axis = 0``) or nothing (``axis = -1``, a scalar slot); ``None``
+    for full-size slots or kept and reduced axes interleaved (e.g. slot ``(1, n, 1)``)."""
+    if slot_shape == ():
+        slot_shape = (1,) * len(shape)
+    kept = [s == n for n, s in zip(shape, slot_shape) if n > 1]  # size-1 axes are either
+    if not kept or all(kept):
+        return None
+    big = [n for n in shape if n > 1]
+    if not any(kept):
+        return (1, math.prod(big)), -1
+    split = kept.index(not kept[0])
+    if kept[0] in kept[split:]:
+        return None
+    return (math.prod(big[:split]), math.prod(big[split:])), (1 if kept[0] else 0)
+
+
+def _clipped_mean_square(g: Tensor, h: Hyper, axes: tuple[int, ...], dtype: torch.dtype
+                         ) -> Tensor:
+    return F.mean_square(F.clip(g, h), axes, dtype)
+
+
+def _update(theta: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor],
+            h: Hyper) -> None:
+    F.apply_update(theta, F.clip(g, h), decay, step, m, h)
+
+
+@functools.cache
+def _compiled(fn: Callable, *variant: object) -> Callable:
+    """``fn`` compiled for one variant (dtypes, layout, options), on its own copy of ``fn``'s
+    code: dynamo caps recompilations per code object (8), and a model with several layouts
+    and dtypes would hit that cap and fall back to eager with one code object for all."""
+    code_copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
+    return torch.compile(code_copy, dynamic=True)
+
+
+def _kernel(fn: Callable, *variant: object) -> Callable:
+    """The compiled ``fn`` for ``variant``; ``fn`` itself inside a region that is being
+    compiled already (a user's ``torch.compile`` of the training step), which fuses it."""
+    return fn if torch.compiler.is_compiling() else _compiled(fn, *variant)
+
+
+@torch.no_grad()
+def clipped_mean_square(g: Tensor, matrix: Matrix, slot_shape: Shape, dtype: torch.dtype,
+                        h: Hyper) -> Tensor:
+    r""":math:`M(\mathrm{clip}(g)^2)` in slot shape and ``dtype``, from one pass over ``g``."""
+    (rows, cols), axis = matrix
+    kernel = _kernel(_clipped_mean_square, g.dtype, dtype, axis)
+    return kernel(g.view(rows, cols), h, _AXES[axis], dtype).reshape(slot_shape)
+
+
+@torch.no_grad()
+def update(p: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor], matrix: Matrix,
+           h: Hyper) -> None:
+    """``apply_update(p, clip(p.grad), decay, step, m, h)`` as one kernel."""
+    (rows, cols), axis = matrix
+    factor = {1: (rows, 1), 0: (1, cols), -1: (1, 1)}[axis]
+    kernel = _kernel(_update, p.dtype, p.grad.dtype, decay.dtype, axis, m is None,
+                     h.clip is None)
+    kernel(p.view(rows, cols), p.grad.view(rows, cols), decay.reshape(factor),
+           step.reshape(factor), None if m is None else m.view(rows, cols), h)
+
+
+@torch.no_grad()
+def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
+                     scalars: tuple[float, float, float]) -> None:
+    """:func:`~amosopt.torch._functional.full_slot_step` as one kernel that reads the
+    gradient, the parameter and the slots once (contiguous tensors, seen flat)."""
+    flat = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
+    kernel = _kernel(F.full_slot_step, p.dtype, p.grad.dtype, v.dtype, m is None,
+                     h.clip is None)
+    kernel(*flat, h, *scalars)
+
+
+@functools.cache
+def _probe(device_type: str) -> Optional[str]:
+    try:
+        x = torch.ones(4, 4, device=device_type)
+        h = Hyper(xi=1.0, beta=0.5, c_coef=0.25, d_coef=0.25, extra_l2=0.0, epsilon=1e-30,
+                  mu=0.0, sign=1.0, clip=None)
+        torch.compile(_update, dynamic=True)(x, x.clone(), x[:, :1] * 0.5, x[:1] * 0.25, None, h)
+    except Exception as error:  # noqa: BLE001 (any failure means: not available here)
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+    return None
+
+
+def check_available(device_type: str) -> None:
+    """Compiles a tiny kernel once per process and device type, so that ``fused=True`` fails at
+    construction, with the reason, where ``torch.compile`` cannot work (no C++ compiler for
+    the CPU, no Triton for the GPU), rather than in the middle of a step."""
+    reason = _probe(device_type)
+    if reason is not None:
+        raise RuntimeError(
+            f"Amos(fused=True) needs torch.compile on {device_type!r}, which failed here "
+            f"({reason}). Install a C++ compiler (CPU) or Triton (CUDA), or use fused=False."
+        )

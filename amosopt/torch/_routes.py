@@ -1,0 +1,346 @@
+"""Which way each tensor takes through an Amos step, and the multi-tensor step itself.
+
+:func:`route` is the one place that reads the size thresholds, DTensor and contiguity: it
+returns a :class:`Route`, and the rest of the step only follows it. The math is
+:mod:`amosopt.torch._functional`'s, whatever the way:
+
+======================  ===========================================================================
+way                     taken by
+======================  ===========================================================================
+loop                    every tensor with ``foreach=False``: one tensor at a time
+flat coefficients       slots of up to ``_FLAT_MAX`` entries (full-size: ``_FLAT_MAX_FULL``):
+                        concatenated into one vector, so each operation of ``slot_coefficients``
+                        is one kernel
+batched update          parameters under ``_LARGE`` entries with factored or flat slots: one
+                        ``torch._foreach_*`` call per operation of ``apply_update``
+full step               parameters of ``_LARGE`` entries or more with full-size slots: slots and
+                        parameter together, block by block so that the some twenty passes stay
+                        in the cache; ``M(g^2)`` is recomputed there, phase 1 only checks its peak
+compiled (fused=True)   the full step as one kernel; large factored parameters' update (and
+                        clipped mean square) as one kernel each, see ``_fused``
+one by one              the rest (full-size slots between the two sizes, large or sharded ones)
+======================  ===========================================================================
+
+The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from amosopt.rules import reduced_axes
+from amosopt.torch import _functional as F
+from amosopt.torch import _fused
+from amosopt.torch._functional import Hyper
+
+Shape = tuple[int, ...]
+
+#: parameter entries from which the update runs tensor by tensor: its few full-size passes
+#: then reuse the cache (measured faster on CPU than op-by-op over all tensors)
+_LARGE = 1 << 16
+#: slot entries up to which slots are concatenated, factored and full-size: copying more
+#: costs more than the kernel launches it saves; a full-size slot is parameter-sized, and
+#: larger ones take the loop way, whose some twenty passes then stay in the cache (measured
+#: on 198 tensors of 0.84M parameters: 4096 entries 15% faster than the loop way, 16384 2.3x
+#: slower)
+_FLAT_MAX, _FLAT_MAX_FULL = 1 << 14, 1 << 12
+#: entries per block of the full step (512 KiB of float32: the best on CPU)
+_BLOCK = 1 << 17
+#: smallest parameter that gets compiled kernels, with clipping or momentum, and without: a
+#: compiled call costs some 30 us more than an eager op (dynamo's guards)
+_FUSED_MIN, _FUSED_MIN_PLAIN = 1 << 19, 1 << 20
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed
+    _DTensor = None
+
+
+def is_dtensor(x: Any) -> bool:
+    return _DTensor is not None and isinstance(x, _DTensor)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The way of one tensor through the step (see the module's table); all ``False`` is the
+    loop's way: ``M(g^2)`` in phase 1, then slot coefficients and update, one tensor at a time."""
+
+    axes: tuple[int, ...]  # the axes M(g^2) averages over (none: full-size slots)
+    keepdim: bool = True  # False for a scalar slot ``()``
+    sharded: bool = False  # a DTensor: its M(g^2) and checks involve every rank
+    full_step: bool = False  # phase 1 checks the peak of clip(g)^2; phase 2 does the rest
+    blocks: bool = False  # the full step in blocks of _BLOCK entries (all contiguous)
+    compiled: bool = False  # fused: the full step, or the factored update, as one kernel
+    matrix: Optional[_fused.Matrix] = None  # the compiled kernels' view of a factored tensor
+    flat: bool = False  # slot coefficients concatenated with the other small slots'
+    batched: bool = False  # update batched with the other small tensors'
+    scratch: bool = False  # clipped eagerly and whole, into the step's Scratch buffer
+
+
+def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
+    """How ``p`` (with gradient, slot shape, ``state`` if it has one yet) is stepped."""
+    shape = tuple(p.shape)
+    axes = reduced_axes(shape, slot_shape)
+    keepdim = slot_shape != ()
+    sharded = is_dtensor(p)
+    n = p.numel()
+    scratch = group["clip_value"] is not None and n >= _LARGE and not sharded
+    if group["foreach"] is False:
+        return Route(axes, keepdim, sharded, scratch=scratch)
+    m = state.get("momentum_buffer") if group["momentum"] > 0 else None
+    tensors = (p, p.grad, m, state.get("v"), state.get("b"))
+    contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
+    full = not axes
+    if full and n >= _LARGE and not sharded:
+        return Route(axes, keepdim, full_step=True, blocks=contiguous,
+                     compiled=group["fused"] and contiguous)
+    matrix = None
+    if group["fused"] and contiguous and not full:
+        plain = group["clip_value"] is None and group["momentum"] == 0
+        if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
+            matrix = _fused.matrix_shape(shape, slot_shape)
+    flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
+    return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix, flat=flat,
+                 batched=matrix is None and n < _LARGE and (flat or not full),
+                 scratch=scratch and matrix is None)
+
+
+def group_signature(group: dict[str, Any]) -> tuple:
+    """What :func:`route` reads of a param group."""
+    return group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0
+
+
+def layout(p: Tensor) -> tuple:
+    """What :func:`route` reads of a parameter that may change between steps (the slots'
+    layout changes only with ``load_state_dict``, which forgets every route)."""
+    return p.shape, p.is_contiguous(), p.grad.is_contiguous()
+
+
+@dataclass(eq=False)
+class Record:
+    """One parameter in the steps: phase 1 fills ``g2`` and ``check``, phase 2 ``state``. Kept
+    from step to step while its ``signature`` (:func:`group_signature`, :func:`layout`) holds."""
+
+    p: Tensor
+    index: int  # in its param group, to name it in errors
+    eta: float
+    slot_shape: Shape
+    route: Route
+    signature: tuple
+    g2: Optional[Tensor] = None  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
+    check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
+    state: Optional[dict[str, Any]] = None
+
+    def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(v, b, m)``, ``m`` None without momentum."""
+        s = self.state
+        return s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None)
+
+    def scalars(self, h: Hyper) -> tuple[float, float, float]:
+        return F.per_tensor(h, self.eta, int(self.state["step"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Phase 1
+
+
+#: one flat buffer per (device, dtype), for the step: see :func:`clipped`
+Scratch = dict[tuple[torch.device, torch.dtype], Tensor]
+
+
+def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
+    """``clip(g)`` of ``r``'s gradient; a large one is written into the step's ``scratch``
+    buffer, valid until the next call, rather than into a fresh tensor: that costs an
+    allocation and, on CPU, where the allocator gives the memory back to the system between
+    calls, fresh pages, twice per parameter and step (50M-parameter model with clipping: in
+    some runs 117 ms a step without the buffer against 52 ms with it, and 22 times the page
+    faults; in others equal, benchmarks/torch_step_ab.py)."""
+    g = r.p.grad
+    if not r.route.scratch:
+        return F.clip(g, h)
+    return F.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
+
+
+def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
+    """Phase 1: fills each record's ``g2`` (``M(clip(g)^2)``) and ``check``; changes nothing
+    but ``scratch``, which grows to the largest gradient that :func:`clipped` takes."""
+    sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+    for r in records:
+        if r.route.scratch:
+            key = r.p.grad.device, r.p.grad.dtype
+            sizes[key] = max(sizes.get(key, 0), r.p.grad.numel())
+    for (device, dtype), size in sizes.items():
+        if (device, dtype) not in scratch or scratch[device, dtype].numel() < size:
+            scratch[device, dtype] = torch.empty(size, device=device, dtype=dtype)
+    for r in records:
+        grad, dtype = r.p.grad, F.slot_dtype(r.p)
+        if r.route.full_step:
+            r.g2, r.check = None, _peak_square(grad, h, dtype)
+        elif r.route.matrix is not None and h.clip is not None:
+            r.g2 = r.check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape,
+                                                        dtype, h)
+        else:
+            r.g2 = r.check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
+                                           r.route.keepdim)
+
+
+def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
+    """``max clip(g)^2`` (0-d): finite exactly when every entry of ``clip(g)^2`` is (NaN
+    propagates; an inf gradient is clipped, or makes the peak inf)."""
+    low, high = torch.aminmax(grad)  # vectorised; vector_norm(ord=inf) measured 20x slower
+    peak = torch.maximum(-low, high).to(dtype)
+    if h.clip is not None:
+        peak = peak.clamp_max(h.clip)
+    return peak * peak
+
+
+def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
+    """One host sync per device: are all checks finite? If not, raises FloatingPointError
+    naming the first culprit (``name_of(record)``)."""
+    peaks: dict[torch.device, list[Tensor]] = {}
+    local: dict[torch.device, list[Tensor]] = {}
+    for r in records:
+        if r.route.sharded:  # full_tensor is a collective: all ranks decide alike
+            peak = r.check.amax().full_tensor()
+            peaks.setdefault(peak.device, []).append(peak)
+        else:
+            local.setdefault(r.check.device, []).append(r.check)
+    for device, checks in local.items():
+        # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
+        peaks.setdefault(device, []).extend(
+            [x.amax() for x in checks] if torch.compiler.is_compiling()
+            else torch._foreach_max(checks))
+    # stack promotes mixed dtypes; one host sync per device
+    if all(bool(torch.isfinite(torch.stack(x)).all()) for x in peaks.values()):
+        return
+    for r in records:
+        peak = r.check.amax()
+        if not bool(torch.isfinite(peak.full_tensor() if r.route.sharded else peak)):
+            raise FloatingPointError(
+                f"Amos: non-finite gradient (inf or NaN, or its square overflows) for parameter "
+                f"{name_of(r)!r} with shape {tuple(r.p.shape)}; no parameter or optimizer state "
+                "was changed. Check the loss, lower lr, or set clip_value.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Phase 2
+
+
+def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
+    """The loop (``foreach=False``): the reference path, one parameter at a time."""
+    for r in records:
+        v, b, m = r.slots(h)
+        decay, step = F.slot_coefficients(r.g2, v, b, h, *r.scalars(h))
+        F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h)
+
+
+def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
+    """The same update as :func:`single_tensor`, each record on its route; one pass per
+    (device, dtype), as concatenations and lists need one dtype."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[Record]] = {}
+    for r in records:
+        buckets.setdefault((r.p.device, r.p.dtype), []).append(r)
+    for bucket in buckets.values():
+        flat = [r for r in bucket if r.route.flat]
+        coefficients = dict(zip(flat, _flat_slot_coefficients(flat, h))) if flat else {}
+        batched = []
+        for r in bucket:
+            v, b, m = r.slots(h)
+            if r.route.full_step:
+                if r.route.compiled:
+                    _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
+                else:
+                    _full_step(r.p, v, b, m, h, r.scalars(h), r.route.blocks)
+                continue
+            decay, step = coefficients.get(r) or F.slot_coefficients(r.g2, v, b, h,
+                                                                     *r.scalars(h))
+            if r.route.compiled:
+                _fused.update(r.p, decay, step, m, r.route.matrix, h)
+            elif r.route.batched:
+                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m))
+            else:
+                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h)
+        if batched:
+            p, g, decay, step, m = (Many(list(x)) for x in zip(*batched))
+            F.apply_update(p, g, decay, step, m if h.mu > 0 else None, h)
+
+
+def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tensor, Tensor]]:
+    """:func:`~amosopt.torch._functional.slot_coefficients` of many small slots at once:
+    concatenated, the per-tensor numbers repeated per element, then ``v`` and ``b`` copied
+    back. The same operations on the same values, so the result equals the loop's bit for bit."""
+    v, b = [r.state["v"] for r in records], [r.state["b"] for r in records]
+    sizes = [x.numel() for x in v]
+    v_flat, b_flat = torch.cat([x.reshape(-1) for x in v]), torch.cat([x.reshape(-1) for x in b])
+    g2 = torch.cat([r.g2.reshape(-1) for r in records])
+    counts = torch.tensor(sizes, device=v_flat.device)
+    per_element = [
+        torch.tensor(values, dtype=v_flat.dtype, device=v_flat.device).repeat_interleave(
+            counts, output_size=v_flat.numel())
+        for values in zip(*(r.scalars(h) for r in records))]
+    decay, step = F.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
+    torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
+    torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])
+    return [(d.view(x.shape), s.view(x.shape))
+            for d, s, x in zip(decay.split(sizes), step.split(sizes), v)]
+
+
+def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
+               scalars: tuple[float, float, float], blocks: bool) -> None:
+    """:func:`~amosopt.torch._functional.full_slot_step` of a large tensor, with ``blocks``
+    (all contiguous) on blocks of :data:`_BLOCK` entries: its some twenty passes then run on
+    data that stays in the cache. Element-wise the loop's operations: the same bits."""
+    if not blocks:
+        F.full_slot_step(p, p.grad, v, b, m, h, *scalars)
+        return
+    views = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
+    for start in range(0, p.numel(), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        F.full_slot_step(*(None if x is None else x[block] for x in views), h, *scalars)
+
+
+class Many:
+    """A list of tensors of one dtype and device that answers the few tensor methods of
+    :func:`~amosopt.torch._functional.apply_update` with one ``torch._foreach_*`` call each,
+    so that the batched update runs that function itself. ``1 - x`` is computed as
+    ``(-x) + 1``, which rounds the same."""
+
+    def __init__(self, tensors: list[Any]) -> None:
+        self.tensors = tensors
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensors[0].dtype
+
+    def float(self) -> Many:
+        return Many([x.float() for x in self.tensors])
+
+    def __rsub__(self, scalar: float) -> Many:
+        out = torch._foreach_neg(self.tensors)
+        torch._foreach_add_(out, scalar)
+        return Many(out)
+
+    def mul_(self, other: Any) -> Many:
+        torch._foreach_mul_(self.tensors, _unwrap(other))
+        return self
+
+    def add_(self, other: Any) -> Many:
+        torch._foreach_add_(self.tensors, _unwrap(other))
+        return self
+
+    def addcmul_(self, a: Many, b: Many, value: float) -> Many:
+        torch._foreach_addcmul_(self.tensors, a.tensors, b.tensors, value=value)
+        return self
+
+    def copy_(self, other: Many) -> Many:
+        torch._foreach_copy_(self.tensors, other.tensors)
+        return self
+
+
+def _unwrap(x: Any) -> Any:
+    return x.tensors if isinstance(x, Many) else x
