@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import required
 
 from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 from amosopt.torch import _fused, _routes
@@ -34,7 +34,22 @@ Shape = tuple[int, ...]
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
 _SLOT_KEYS = ("v", "b", "momentum_buffer")
-_UNPICKLABLE = "<unpicklable spec: kept from the optimizer that loads this state>"
+#: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
+#: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
+_NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
+_PLAIN_TYPES = (bool, int, float, str, type(None))
+
+
+def _is_plain(value: Any) -> bool:
+    """Loads with ``torch.load(weights_only=True)``: numbers, strings, None, and tuples, lists
+    and dicts of them."""
+    if isinstance(value, _PLAIN_TYPES):
+        return True
+    if type(value) in (tuple, list):
+        return all(_is_plain(v) for v in value)
+    if type(value) is dict:
+        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 def _is_number(x: Any) -> bool:
@@ -121,9 +136,9 @@ class Amos(Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float | Tensor,
+        lr: float | Tensor = required,
         *,
-        eta: float | Any,
+        eta: float | Any = required,
         slot_shape: Any = None,
         beta: float = 0.999,
         momentum: float = 0.0,
@@ -141,18 +156,13 @@ class Amos(Optimizer):
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
         )
-        _check_hyperparameters(dict(defaults, param_names=[]), "")  # names: checked per group
+        # lr or eta not given here: every param group must give it (torch's ``required``), and
+        # is checked then; valid stand-ins let the other defaults be checked now
+        checked = {k: ({"lr": 0.0, "eta": 1.0}[k] if v is required else v)
+                   for k, v in defaults.items()}
+        _check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
         super().__init__(params, defaults)
         self._records: dict[Tensor, Record] = {}  # phase 1's records, kept (see _check_group)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._records = {}
-        for group in self.param_groups:  # options added after a release get defaults here
-            for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
-                                 ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
-                                 ("fused", False)):
-                group.setdefault(key, default)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
@@ -268,40 +278,79 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
         return state
 
-    # ---- state dict ------------------------------------------------------------------------------
+    def diagnostics(self, *, per_parameter: bool = True) -> dict[str, float]:
+        """What Amos is doing, per parameter and as min / median / max over them: a flat dict
+        for TensorBoard, W&B or Lightning's ``log_dict`` (keys ``lr``, ``step``,
+        ``weight_decay``, ``d_t``, ``c_t``, ``b``, ``decay``, ``decay_onset``,
+        ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`). Reads the state after the
+        last :meth:`step`: one host transfer of the slots, nothing when not called. See
+        :func:`amosopt.torch.diagnostics.diagnostics`."""
+        from amosopt.torch.diagnostics import diagnostics
+
+        return diagnostics(self, per_parameter=per_parameter)
+
+    # ---- state dict ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """As torch's, with unpicklable ``eta`` / ``slot_shape`` specs (lambdas) replaced by a
-        marker; :meth:`load_state_dict` then keeps the loading optimizer's own specs."""
+        """As torch's, and plain data only (it loads with ``torch.load``'s
+        ``weights_only=True``): an ``eta`` / ``slot_shape`` spec that is not (a callable, a
+        ``ScaleTable``, a ``Rules`` object) is replaced by a marker, and :meth:`load_state_dict`
+        keeps the loading optimizer's own spec. Each parameter's resolved ``eta`` and slot shape
+        are in its state either way."""
         state_dict = super().state_dict()
         for group in state_dict["param_groups"]:
             for key in ("eta", "slot_shape"):
-                try:
-                    pickle.dumps(group[key])
-                except Exception:  # lambdas, local functions, ...
-                    group[key] = _UNPICKLABLE
+                if not _is_plain(group[key]):
+                    group[key] = _NOT_PLAIN
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but the slots keep float32 for low-precision parameters (torch would cast
-        them to the parameter's dtype) and unpicklable specs are kept from this optimizer."""
+        """As torch's (pre-hooks, then the state, then post-hooks), with three differences: the
+        slots keep float32 for low-precision parameters (torch would cast them to the
+        parameter's dtype), a per-parameter ``step`` saved as a number becomes a tensor, and
+        specs saved as the marker of :meth:`state_dict` are kept from this optimizer."""
         specs = [(g["eta"], g["slot_shape"]) for g in self.param_groups]
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        saved_slots = {i: {k: state_dict["state"][i][k] for k in _SLOT_KEYS
-                           if k in state_dict["state"].get(i, {})} for i in saved_ids}
-        super().load_state_dict(state_dict)
-        self._records.clear()  # new slot tensors: decide the routes again
+        # the slots as saved, read after every user pre-hook has had its say (this hook is
+        # registered last) and before torch casts them to the parameters' dtype
+        handle = self.register_load_state_dict_pre_hook(_remember_saved_slots)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+            self._saved_slots = None
         for group, (eta, slot_shape) in zip(self.param_groups, specs):
-            if isinstance(group["eta"], str) and group["eta"] == _UNPICKLABLE:
-                group["eta"] = eta
-            if isinstance(group["slot_shape"], str) and group["slot_shape"] == _UNPICKLABLE:
-                group["slot_shape"] = slot_shape
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(saved_ids, params):
-            state = self.state.get(p, {})
-            for key, saved in saved_slots[i].items():
-                if isinstance(saved, Tensor) and state[key].dtype != slot_dtype(p):
-                    state[key] = saved.to(device=state[key].device, dtype=slot_dtype(p))
+            for key, own in (("eta", eta), ("slot_shape", slot_shape)):
+                if isinstance(group[key], str) and group[key] == _NOT_PLAIN:
+                    group[key] = own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._records = {}  # new slot tensors: decide the routes again
+        for group in self.param_groups:  # options added after a release get defaults here
+            for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
+                                 ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
+                                 ("fused", False)):
+                group.setdefault(key, default)
+        # inside load_state_dict, before the post-hooks: the final state's dtypes
+        saved = getattr(self, "_saved_slots", None)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, p in enumerate(params):
+            entry = self.state.get(p)
+            if not entry:
+                continue
+            if "step" in entry and not isinstance(entry["step"], Tensor):
+                entry["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
+            for key, value in (saved[index] if saved else {}).items():
+                if key in entry and entry[key].dtype != slot_dtype(p):
+                    entry[key] = value.to(device=entry[key].device, dtype=slot_dtype(p))
+
+
+def _remember_saved_slots(optimizer: Amos, state_dict: dict[str, Any]) -> None:
+    """A load_state_dict pre-hook (the last): the saved slot tensors, by parameter position."""
+    ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+    optimizer._saved_slots = [
+        {k: v for k, v in state_dict["state"].get(i, {}).items()
+         if k in _SLOT_KEYS and isinstance(v, Tensor)} for i in ids]
 
 
 def _unsupported(p: Tensor, name: str) -> str:

@@ -349,7 +349,6 @@ def test_loads_an_older_state_dict_without_param_names():
 # The defects of issue 9 (each fails on the code before its fix)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: fixed with the torch-step restructuring")
 def test_param_groups_alone_supply_the_required_lr():
     """torch: the ``required`` pattern of the built-in optimizers (their tests build optimizers
     from param groups only)."""
@@ -364,7 +363,6 @@ def test_param_groups_alone_supply_the_required_lr():
         Amos([{"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1}])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: fixed with the torch-step restructuring")
 @pytest.mark.parametrize("foreach", [False, True])
 def test_load_nontensor_step(foreach):
     """torch: test_load_nontensor_step: a state_dict whose per-parameter step is a plain number
@@ -383,7 +381,6 @@ def test_load_nontensor_step(foreach):
     assert same_params(net_a, net_b)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: fixed with the torch-step restructuring")
 def test_load_state_dict_pre_hook_remapping_bf16_state_is_kept():
     """A pre-hook that reorders the state (torch's recipe for reordered models) decides the
     final state, for bfloat16 parameters too (their slots stay float32)."""
@@ -428,8 +425,7 @@ def _specs():
 
 @pytest.mark.parametrize("kind", [
     "float", "rule-dicts", "callables",
-    pytest.param("Rules", marks=pytest.mark.xfail(strict=True, reason="issue 9, defect 0")),
-    pytest.param("ScaleTable", marks=pytest.mark.xfail(strict=True, reason="issue 9, defect 0")),
+    "Rules", "ScaleTable",
 ])
 def test_state_dict_is_plain_data_for_every_kind_of_spec(kind, tmp_path):
     """Issue 9, defect 0: whatever eta and slot_shape are, the state_dict loads with torch.load's
