@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import torch
 
 from amosopt.torch import Amos
@@ -50,8 +52,6 @@ def test_torch_quick_start_and_scales_run(capsys) -> None:
 
 
 def test_use_with_hugging_face_and_lightning(tmp_path, monkeypatch) -> None:
-    import pytest
-
     pytest.importorskip("transformers")
     lightning = pytest.importorskip("lightning")
     from tests.test_torch.test_integrations import MaskedBytes, regression_data, tiny_bert
@@ -85,3 +85,23 @@ def test_use_with_hugging_face_and_lightning(tmp_path, monkeypatch) -> None:
     assert isinstance(trainer.optimizers[0], Amos)
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # cooled down at max_steps
     assert torch.nn.functional.mse_loss(module(x), y).item() < 0.5 * before
+
+
+def test_what_is_amos_doing(capsys) -> None:
+    from amosopt.torch import auto_amos
+
+    (block,) = python_blocks("What is Amos doing?")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+    optimizer = auto_amos(model, lr=0.05, clip_value=1.0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(32, 8)).pow(2).mean().backward()
+        optimizer.step()
+    namespace = {"optimizer": optimizer}
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    step, onset = capsys.readouterr().out.split()
+    numbers = namespace["numbers"]
+    assert float(step) == pytest.approx(numbers["step/median"], rel=1e-2)
+    assert float(onset.replace(",", "")) == pytest.approx(numbers["decay_onset/min"], abs=1)
+    assert {"lr/0.weight", "weight_decay/max", "clip_fraction/2.bias", "decay/min"} <= set(numbers)
