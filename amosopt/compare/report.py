@@ -403,8 +403,8 @@ def markdown(results: dict) -> str:
         "Tuning: " + "; ".join(
             f"{name} {('xi x ' if name in AMOS else 'lr ')}{_grid(config, name)}"
             for name in config["optimizers"])
-        + ". The same number of trials per optimizer, budget and seed; the tuned value has "
-          "the lowest final loss averaged over seeds.", "",
+        + f". {_trials(config)} per budget and seed; the tuned value has the lowest final "
+          "loss averaged over seeds.", "",
         f"Amos: xi = {results['suggestion']['xi']:.4g} suggested, beta = "
         f"{config['amos_beta'] or results['suggestion']['beta']:g}, clip "
         f"{results['suggestion']['clip_value']:g}, momentum {config['amos_momentum']:g}; "
@@ -454,6 +454,16 @@ def onset_sentence(results: dict) -> str | None:
 def _onset_lines(results: dict) -> list[str]:
     sentence = onset_sentence(results)
     return [sentence, ""] if sentence else []
+
+
+def _trials(config: dict) -> str:
+    """How many trials each optimizer had (the fairness statement of the report)."""
+    counts: dict[int, list[str]] = {}
+    for name in config["optimizers"]:
+        grid = config["xi_multipliers"] if name in AMOS else config["grids"][name]
+        counts.setdefault(len(grid), []).append(name)
+    return "; ".join(f"{n} trial{'s' * (n != 1)}: {', '.join(names)}"
+                     for n, names in sorted(counts.items()))
 
 
 def _grid(config: dict, name: str) -> str:

@@ -30,15 +30,17 @@ from amosopt.suggest import suggest
 XI_MULTIPLIERS = [0.5, 1.0, 2.0]
 
 #: per task: (full, quick) settings; the command-line flags override them. Every optimizer with
-#: a learning rate gets a log grid of the same length as Amos's xi grid (3 trials), placed
+#: a learning rate gets a log grid of the same length (4 trials in the full study, one more
+#: than Amos's xi grid: the first runs put some optima at the edge of 3-point grids), placed
 #: around the best rates seen in earlier runs (a best value at an edge is flagged).
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {
         "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [1.5e-3, 3e-3, 6e-3], "adamw-wsd": [1.5e-3, 3e-3, 6e-3],
-                           "adafactor": [2e-2, 4e-2, 8e-2],
-                           "schedulefree": [1.5e-3, 3e-3, 6e-3]}},
+                 "grids": {"adamw": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
+                           "adamw-wsd": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
+                           "adafactor": [2e-2, 4e-2, 8e-2, 1.6e-1],
+                           "schedulefree": [7.5e-4, 1.5e-3, 3e-3, 6e-3]}},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
                   "xi_multipliers": [1.0],
                   "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
@@ -48,9 +50,10 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "digits": {
         "full": {"budgets": [400, 1500], "evals": 20, "eval_batches": 0,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
-                           "adafactor": [1e-1, 3e-1, 1.0],
-                           "schedulefree": [3e-3, 1e-2, 3e-2]}},
+                 "grids": {"adamw": [1e-3, 3e-3, 1e-2, 3e-2],
+                           "adamw-wsd": [1e-3, 3e-3, 1e-2, 3e-2],
+                           "adafactor": [3e-2, 1e-1, 3e-1, 1.0],
+                           "schedulefree": [1e-3, 3e-3, 1e-2, 3e-2]}},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 0,
                   "xi_multipliers": [1.0],
                   "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
