@@ -27,6 +27,7 @@ from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 from amosopt.torch import _fused, _routes
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
+from amosopt.torch.scales import check_not_flattened
 
 __all__ = ["Amos"]
 
@@ -191,6 +192,7 @@ class Amos(Optimizer):
         if state:
             return state["eta"], tuple(state["slot_shape"])
         name = self._param_name(group, group_index, i)
+        check_not_flattened(name, p)  # a flattened shard has lost the shape the scales need
         shape = tuple(p.shape)
         shape_fn = as_shape_fn(group["slot_shape"])
         return (as_eta_fn(group["eta"])(name, shape),

@@ -552,3 +552,20 @@ def test_flattened_parameters_are_refused():
     model[0].weight.ds_shape = (4, 8)  # how DeepSpeed ZeRO-3 marks a partitioned parameter
     with pytest.raises(ValueError, match="DeepSpeed ZeRO partition"):
         auto_scales(model)
+
+
+def test_amos_refuses_flattened_parameters_at_its_first_step():
+    from amosopt.torch import Amos
+
+    flat = torch.nn.Parameter(torch.zeros(46))
+    opt = Amos([("_fsdp_wrapped_module._flat_param", flat)], lr=0.1, eta=0.5)
+    flat.grad = torch.ones(46)
+    with pytest.raises(ValueError, match="FlatParameter"):
+        opt.step()
+    assert torch.equal(flat, torch.zeros(46)) and not opt.state[flat]
+    shard = torch.nn.Parameter(torch.zeros(8))
+    shard.ds_shape = (4, 8)  # a DeepSpeed ZeRO partition of a (4, 8) weight
+    opt = Amos([shard], lr=0.1, eta=0.5)
+    shard.grad = torch.ones(8)
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO partition"):
+        opt.step()
