@@ -8,13 +8,12 @@ momentum and clipping; halfway, the sharded model and optimizer state go through
 from __future__ import annotations
 
 import os
-import socket
-import sys
 
 import pytest
 import torch
 
 from amosopt.torch import Amos
+from tests.test_torch.test_fsdp import Net, _free_port, _loss, exit_without_teardown
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.distributed.is_available(),
@@ -30,26 +29,8 @@ SLOTS = {
 STEPS = 10
 
 
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = torch.nn.Linear(6, 8, dtype=torch.float64)
-        self.l2 = torch.nn.Linear(8, 4, dtype=torch.float64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(torch.tanh(self.l1(x)))
-
-
 def options(slots: str) -> dict:
     return dict(lr=0.2, eta=ETAS, slot_shape=SLOTS[slots], momentum=0.9, clip_value=1.0)
-
-
-def _loss(model: torch.nn.Module, t: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(t)
-    x = torch.randn(16, 6, generator=g, dtype=torch.float64)
-    y = torch.randn(16, 4, generator=g, dtype=torch.float64)
-    return torch.nn.functional.mse_loss(model(x), y)
 
 
 def _train(model: torch.nn.Module, opt: Amos, steps: range) -> None:
@@ -112,17 +93,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
-    # all saved: skip the interpreter teardown, which gloo's threads sometimes abort (see
-    # tests/test_torch/test_fsdp.py)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    exit_without_teardown()
 
 
 def test_fsdp2_and_tensor_parallel_on_a_2x2_mesh_match_one_process(tmp_path) -> None:
