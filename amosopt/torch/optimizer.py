@@ -324,8 +324,9 @@ class Amos(Optimizer):
         Raises:
             ValueError: the state_dict was written in a format this version cannot read (a
                 newer amosopt), or a parameter's saved slots do not have the slot shape that
-                this optimizer's ``slot_shape`` gives it (they would silently broadcast);
-                nothing has been changed.
+                the ``slot_shape`` in force after loading gives it (the saved one if it is
+                plain data, else this optimizer's): they would silently broadcast. Nothing has
+                been changed.
         """
         specs = [(g["eta"], g["slot_shape"]) for g in self.param_groups]
         # the saved state, checked and its slots read after every user pre-hook has had its say
@@ -378,11 +379,13 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
 
 def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
     """Raises ValueError for a state_dict of an unknown format, or one whose slots do not have
-    the shapes that ``optimizer``'s own ``slot_shape`` specs give its parameters.
+    the shapes that the ``slot_shape`` rules in force after loading give the parameters: the
+    saved group's spec where it is plain data (saved hyper-parameters win, as in torch), else
+    (a callable, a ``ScaleTable``, saved as a marker) ``optimizer``'s own.
 
-    The slots must match this optimizer's rules, not only broadcast to the parameters: a slot
-    of another shape would broadcast silently (``(n, 1)`` saved where ``(1, m)`` is wanted runs,
-    and averages over the wrong axis). Parameters are paired by position, as torch does; the
+    The slots must match those rules, not only broadcast to the parameters: a slot of another
+    shape would broadcast silently (``(n, 1)`` saved where ``(1, m)`` is wanted runs, and
+    averages over the wrong axis). Parameters are paired by position, as torch does; the
     group-count and size checks are torch's own, later.
     """
     groups = state_dict.get("param_groups", [])
@@ -398,7 +401,10 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
             )
     saved_state = state_dict.get("state", {})
     for group_index, (group, saved) in enumerate(zip(optimizer.param_groups, groups)):
-        shape_fn = as_shape_fn(group["slot_shape"])
+        spec = saved.get("slot_shape", group["slot_shape"])
+        if isinstance(spec, str) and spec == _NOT_PLAIN:
+            spec = group["slot_shape"]
+        shape_fn = as_shape_fn(spec)
         for i, (p, saved_id) in enumerate(zip(group["params"], saved.get("params", []))):
             entry = saved_state.get(saved_id)
             if not entry or not any(k in entry for k in _SLOT_KEYS):
@@ -415,7 +421,7 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
             if wrong:
                 raise ValueError(
                     f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
-                    f"its slot_shape here is {want}, but the saved state has "
+                    f"its slot_shape rule gives {want}, but the saved state has "
                     + ", ".join(f"{k} of shape {got}" for k, got in wrong.items())
                     + ". The checkpoint was written with other slot_shape rules (or for another "
                     "model): build the optimizer with the same slot_shape as the one that "

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from amosopt.torch import Amos
-from amosopt.torch.optimizer import FORMAT, FORMAT_KEY
+from amosopt.torch.optimizer import _NOT_PLAIN, FORMAT, FORMAT_KEY
 from tests.fixtures.make_checkpoints import OPTIONS, STEPS_BEFORE
 from tests.oracles import NumpyAmos
 from tests.test_torch.conftest import assert_same, mlp, snapshot
@@ -114,20 +114,55 @@ def test_unknown_format_raises_and_changes_nothing(version, match) -> None:
     assert opt.param_groups[0]["slot_shape"] == before[1]
 
 
+MARKER = _NOT_PLAIN  # what state_dict writes for a spec that is not plain data
+
+
 @pytest.mark.parametrize("slot_shape, name, found", [
     # (7, 1) saved; (1, 5) would broadcast against the saved (7, 1) slot without an error
     ({r"0\.weight": "(1, SHAPE[1])", r".*": "SHAPE"}, "0.weight", r"v of shape \(7, 1\)"),
-    (None, "0.weight", r"slot_shape here is \(7, 5\)"),  # full-size slots wanted
-    ({r"0\.weight": "(SHAPE[0], 1)", r"2\.weight": "()", r".*": "SHAPE"}, "0.bias",
-     r"slot_shape here is \(7,\)"),  # the first mismatch is named: 0.bias saved as ()
+    (None, "0.weight", r"rule gives \(7, 5\)"),  # full-size slots wanted
+    (lambda n, s: {"0.weight": (7, 1), "2.weight": (1, 7)}.get(n, ()), "2.bias",
+     r"rule gives \(\).*v of shape \(3,\)"),  # the first mismatch is named
 ])
-def test_slots_of_another_shape_than_the_rules_give_raise(slot_shape, name, found) -> None:
+def test_slots_of_another_shape_than_the_loaders_rules_give_raise(slot_shape, name, found
+                                                                 ) -> None:
+    """A checkpoint saved with a spec that is not plain data (a callable, auto_amos's table),
+    loaded by an optimizer whose own rules give other slot shapes."""
     saved = checkpoint()
+    saved["optimizer"]["param_groups"][0]["slot_shape"] = MARKER
     model, opt = restored(slot_shape=slot_shape)
     with pytest.raises(ValueError, match=rf"parameter '{name}'.*{found}"):
         opt.load_state_dict(saved["optimizer"])
     assert not opt.state  # nothing loaded
-    assert opt.param_groups[0]["slot_shape"] == slot_shape
+    assert opt.param_groups[0]["slot_shape"] is slot_shape
+
+
+def test_the_loaders_own_rules_load_a_checkpoint_saved_with_a_marker() -> None:
+    saved = checkpoint()
+    saved["optimizer"]["param_groups"][0]["slot_shape"] = MARKER
+    model, opt = restored()
+    opt.load_state_dict(saved["optimizer"])
+    assert opt.param_groups[0]["slot_shape"] == OPTIONS["slot_shape"]
+    continue_with_saved_gradients(model, opt, saved)
+
+
+def test_a_saved_plain_table_wins_as_torch_hyperparameters_do() -> None:
+    """A saved rule table is plain data and overrides the loader's, like every saved
+    hyper-parameter in torch; the slots match it, so the checkpoint loads."""
+    model, opt = restored(slot_shape=None)
+    saved = checkpoint()
+    opt.load_state_dict(saved["optimizer"])
+    assert opt.param_groups[0]["slot_shape"] == OPTIONS["slot_shape"]
+    continue_with_saved_gradients(model, opt, saved)
+
+
+def test_a_saved_table_that_disagrees_with_the_saved_slots_raises() -> None:
+    saved = checkpoint()
+    saved["optimizer"]["param_groups"][0]["slot_shape"] = {r".*": "()"}
+    model, opt = restored()
+    with pytest.raises(ValueError, match=r"parameter '0\.weight'.*rule gives \(\)"):
+        opt.load_state_dict(saved["optimizer"])
+    assert not opt.state
 
 
 def test_a_slot_tensor_of_another_shape_than_its_saved_slot_shape_raises() -> None:
@@ -149,6 +184,6 @@ def test_unnamed_parameters_are_named_by_position() -> None:
     opt.load_state_dict(Amos(model.parameters(), lr=0.1, eta=0.5).state_dict())  # no state yet
     saved = checkpoint()["optimizer"]
     del saved["param_groups"][0]["param_names"]
-    saved["param_groups"][0]["slot_shape"] = None
+    saved["param_groups"][0]["slot_shape"] = MARKER  # this optimizer's full-size slots apply
     with pytest.raises(ValueError, match=r"parameter 'params\[0\] of param group 0'"):
         opt.load_state_dict(saved)
