@@ -422,7 +422,8 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
                 raise ValueError(
                     f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
                     f"its slot_shape rule gives {want}, but the saved state has "
-                    + ", ".join(f"{k} of shape {got}" for k, got in wrong.items())
+                    + ", ".join(f"{k} {got}" if k == "slot_shape" else f"{k} of shape {got}"
+                                for k, got in wrong.items())
                     + ". The checkpoint was written with other slot_shape rules (or for another "
                     "model): build the optimizer with the same slot_shape as the one that "
                     "saved it."
