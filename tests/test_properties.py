@@ -257,7 +257,9 @@ def assert_plain_result(value, depth: int = 0) -> None:
 @given(expression=st.one_of(expressions(), noise, repeated),
        shape=st.lists(st.integers(0, 2**31), max_size=5).map(tuple))
 def test_shape_expressions_are_arithmetic_bounded_and_fail_with_value_error(expression, shape):
-    started = time.perf_counter()
+    # CPU time of this thread, not wall time: other processes on a busy machine can pause this
+    # one for a second (seen once in 3000 examples), which is not the evaluator's doing
+    started = time.thread_time()
     try:
         result = evaluate_shape_expression(expression, shape)
     except ValueError as error:
@@ -267,7 +269,7 @@ def test_shape_expressions_are_arithmetic_bounded_and_fail_with_value_error(expr
         assert_plain_result(result)
         # a forbidden piece is never evaluated, only refused
         assert not any(bad in expression for bad in ("__", "lambda", "open(", "print(", "eval("))
-    assert time.perf_counter() - started < 1.0, expression[:100]
+    assert time.thread_time() - started < 1.0, expression[:100]
 
 
 # ---- (c) invalid hyper-parameters --------------------------------------------------------------
