@@ -71,7 +71,11 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     x, y = data(args.seed)
-    models = {"float32": mlp(args.seed), "bfloat16": mlp(args.seed).to(torch.bfloat16)}
+    # a control: float32 weights and slots, forward and backward in bfloat16 (autocast); its
+    # gap to float32 is the bf16 arithmetic's share, the rest of bfloat16's gap is the rounding
+    # of the stored weights
+    models = {"float32": mlp(args.seed), "bfloat16": mlp(args.seed).to(torch.bfloat16),
+              "float32_autocast_bf16": mlp(args.seed)}
     opts = {k: Amos(m.named_parameters(), lr=args.lr, eta=ETA, slot_shape=SLOTS,
                     momentum=args.momentum) for k, m in models.items()}
     batches = torch.Generator().manual_seed(args.seed + 1)
@@ -81,12 +85,15 @@ def run(args: argparse.Namespace) -> dict:
         for k, model in models.items():
             dtype = next(model.parameters()).dtype
             opts[k].zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x[idx].to(dtype)).float(), y[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=k.endswith("autocast_bf16")):
+                out = model(x[idx].to(dtype))
+            loss = torch.nn.functional.mse_loss(out.float(), y[idx])
             loss.backward()
             opts[k].step()
         if t % args.every == 0 or t == args.steps:
             row = {"step": t, **{f"loss_{k}": full_loss(m, x, y) for k, m in models.items()}}
             row["loss_ratio"] = row["loss_bfloat16"] / row["loss_float32"]
+            row["loss_ratio_autocast"] = row["loss_float32_autocast_bf16"] / row["loss_float32"]
             pairs = list(zip(models["float32"].named_parameters(),
                              models["bfloat16"].parameters()))
             for key in ("b", "v"):
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(row)
             print(f"step {t:6d}  loss f32 {row['loss_float32']:.5f}  bf16 "
                   f"{row['loss_bfloat16']:.5f}  ratio {row['loss_ratio']:.4f}  "
+                  f"(autocast control {row['loss_ratio_autocast']:.4f})  "
                   f"max b drift {max(row['b_drift'].values()):.2e}  "
                   f"max v drift {max(row['v_drift'].values()):.2e}  "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -108,6 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             "final": {"loss_float32": final["loss_float32"],
                       "loss_bfloat16": final["loss_bfloat16"],
                       "loss_worse_percent": 100.0 * (final["loss_ratio"] - 1.0),
+                      "loss_float32_autocast_bf16": final["loss_float32_autocast_bf16"],
+                      "autocast_loss_worse_percent": 100.0 * (final["loss_ratio_autocast"] - 1),
                       "max_b_drift": max(final["b_drift"].values()),
                       "max_v_drift": max(final["v_drift"].values()),
                       "max_weight_drift": max(final["weight_drift"].values())},
