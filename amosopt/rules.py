@@ -99,6 +99,9 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _MAX_EXPONENT = 64  # keeps `9**9**9`-style expressions from hanging the interpreter
 _MAX_POWER_BITS = 1024  # no power beyond float range: `((9**64)**64)**64` would exhaust memory
 _MAX_EXPRESSION_LENGTH = 1000
+#: nesting depth of the parsed expression: `-` * 999 + `1` would otherwise end in RecursionError
+#: (each level costs the interpreter two Python frames), not in a ValueError
+_MAX_DEPTH = 100
 
 
 class _Evaluator:
@@ -107,6 +110,7 @@ class _Evaluator:
     def __init__(self, source: str, shape: Shape):
         self.source = source
         self.shape = shape
+        self.depth = 0
 
     def reject(self, node: ast.AST, what: str) -> ValueError:
         return ValueError(
@@ -119,7 +123,13 @@ class _Evaluator:
         method = getattr(self, f"eval_{type(node).__name__}", None)
         if method is None:
             raise self.reject(node, type(node).__name__)
-        return method(node)
+        if self.depth >= _MAX_DEPTH:
+            raise self.reject(node, f"nesting deeper than {_MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return method(node)
+        finally:
+            self.depth -= 1
 
     def eval_Expression(self, node: ast.Expression) -> Any:
         return self.eval(node.body)
@@ -153,9 +163,13 @@ class _Evaluator:
             raise self.reject(node, f"an exponent larger than {_MAX_EXPONENT} or a power "
                               f"larger than 2**{_MAX_POWER_BITS}")
         try:
-            return op(left, right)
+            result = op(left, right)
         except ArithmeticError as error:
             raise ValueError(f"Shape expression {self.source!r} failed: {error}") from None
+        if isinstance(result, complex):  # (-8) ** 0.5: Python's power of a negative base
+            raise ValueError(f"Shape expression {self.source!r} failed: a negative number to a "
+                             f"fractional power (({left!r}) ** {right!r}) is not a real number")
+        return result
 
     def eval_UnaryOp(self, node: ast.UnaryOp) -> Any:
         op = _UNARY.get(type(node.op))
@@ -223,6 +237,9 @@ def evaluate_shape_expression(expression: str, shape: Sequence[int]) -> Any:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as error:
         raise ValueError(f"Invalid shape expression {expression!r}: {error.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as error:  # null bytes, lone surrogates,
+        # or nesting the parser itself gives up on
+        raise ValueError(f"Invalid shape expression {expression!r}: {error}") from None
     return _Evaluator(expression, tuple(int(d) for d in shape)).eval(tree)
 
 

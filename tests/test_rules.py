@@ -88,6 +88,25 @@ def test_expression_errors_are_value_errors(expression, fragment):
         evaluate_shape_expression(expression, (3, 4))
 
 
+@pytest.mark.parametrize("expression, fragment", [
+    ("-" * 999 + "1", "nesting deeper than 100"),  # was a RecursionError
+    ("sqrt(" * 120 + "4" + ")" * 120, "nesting deeper than 100"),
+    ("(-8) ** 0.5", "not a real number"),  # was the complex number 2.83j
+    ("(-8.0) ** (1 / 3)", "not a real number"),
+    ("\ud800", "surrogates"),  # was a UnicodeEncodeError
+    ("\x00", "null bytes"),
+])
+def test_deep_nesting_complex_powers_and_bad_characters_are_value_errors(expression, fragment):
+    with pytest.raises(ValueError, match=f"Invalid shape expression|failed") as info:
+        evaluate_shape_expression(expression, (3, 4))
+    assert fragment in str(info.value)
+    assert type(info.value) is ValueError
+
+
+def test_nesting_up_to_the_limit_evaluates():
+    assert evaluate_shape_expression("+" * 95 + "SHAPE[0]", (3, 4)) == 3
+
+
 def test_long_expression_rejected():
     with pytest.raises(ValueError, match="longer than"):
         evaluate_shape_expression("1+" * 600 + "1", ())

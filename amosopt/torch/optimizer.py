@@ -39,6 +39,14 @@ _SLOT_KEYS = ("v", "b", "momentum_buffer")
 #: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
 _NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
 _PLAIN_TYPES = (bool, int, float, str, type(None))
+#: key of every param group of a state_dict: the layout of the state it goes with. Per group,
+#: not top-level, because tools that rebuild optimizer state dicts (torch.distributed.checkpoint,
+#: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
+FORMAT_KEY = "amosopt_format"
+#: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape) and
+#: ``momentum_buffer`` (parameter shape). A state_dict without the key was written before it was
+#: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
+FORMAT = 1
 
 
 def _is_plain(value: Any) -> bool:
@@ -304,23 +312,34 @@ class Amos(Optimizer):
             for key in ("eta", "slot_shape"):
                 if not _is_plain(group[key]):
                     group[key] = _NOT_PLAIN
+            group[FORMAT_KEY] = FORMAT
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's (pre-hooks, then the state, then post-hooks), with three differences: the
+        """As torch's (pre-hooks, then the state, then post-hooks), with these differences: the
         slots keep float32 for low-precision parameters (torch would cast them to the
         parameter's dtype), a per-parameter ``step`` saved as a number becomes a tensor, and
-        specs saved as the marker of :meth:`state_dict` are kept from this optimizer."""
+        specs saved as the marker of :meth:`state_dict` are kept from this optimizer.
+
+        Raises:
+            ValueError: the state_dict was written in a format this version cannot read (a
+                newer amosopt), or a parameter's saved slots do not have the slot shape that
+                the ``slot_shape`` in force after loading gives it (the saved one if it is
+                plain data, else this optimizer's): they would silently broadcast. Nothing has
+                been changed.
+        """
         specs = [(g["eta"], g["slot_shape"]) for g in self.param_groups]
-        # the slots as saved, read after every user pre-hook has had its say (this hook is
-        # registered last) and before torch casts them to the parameters' dtype
-        handle = self.register_load_state_dict_pre_hook(_remember_saved_slots)
+        # the saved state, checked and its slots read after every user pre-hook has had its say
+        # (this hook is registered last) and before torch changes anything or casts the slots
+        # to the parameters' dtype
+        handle = self.register_load_state_dict_pre_hook(_check_and_remember_saved_state)
         try:
             super().load_state_dict(state_dict)
         finally:
             handle.remove()
             self._saved_slots = None
         for group, (eta, slot_shape) in zip(self.param_groups, specs):
+            group.pop(FORMAT_KEY, None)  # describes the saved form, not a hyper-parameter
             for key, own in (("eta", eta), ("slot_shape", slot_shape)):
                 if isinstance(group[key], str) and group[key] == _NOT_PLAIN:
                     group[key] = own
@@ -347,12 +366,68 @@ class Amos(Optimizer):
                     entry[key] = value.to(device=entry[key].device, dtype=slot_dtype(p))
 
 
-def _remember_saved_slots(optimizer: Amos, state_dict: dict[str, Any]) -> None:
-    """A load_state_dict pre-hook (the last): the saved slot tensors, by parameter position."""
+def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
+    """A load_state_dict pre-hook (the last): checks the format and the slot shapes of the
+    saved state (see :func:`_check_saved_state`), then keeps the saved slot tensors, by
+    parameter position, for ``__setstate__``."""
+    _check_saved_state(optimizer, state_dict)
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [
         {k: v for k, v in state_dict["state"].get(i, {}).items()
          if k in _SLOT_KEYS and isinstance(v, Tensor)} for i in ids]
+
+
+def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
+    """Raises ValueError for a state_dict of an unknown format, or one whose slots do not have
+    the shapes that the ``slot_shape`` rules in force after loading give the parameters: the
+    saved group's spec where it is plain data (saved hyper-parameters win, as in torch), else
+    (a callable, a ``ScaleTable``, saved as a marker) ``optimizer``'s own.
+
+    The slots must match those rules, not only broadcast to the parameters: a slot of another
+    shape would broadcast silently (``(n, 1)`` saved where ``(1, m)`` is wanted runs, and
+    averages over the wrong axis). Parameters are paired by position, as torch does; the
+    group-count and size checks are torch's own, later.
+    """
+    groups = state_dict.get("param_groups", [])
+    formats = {g.get(FORMAT_KEY, FORMAT) if isinstance(g, dict) else FORMAT for g in groups}
+    for version in sorted(formats, key=repr):
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"Invalid optimizer state_dict: {FORMAT_KEY} is {version!r}, "
+                             f"expected an int >= 1 (this amosopt writes {FORMAT})")
+        if version > FORMAT:
+            raise ValueError(
+                f"This optimizer state_dict has {FORMAT_KEY} {version}, written by a newer "
+                f"amosopt; this version reads formats up to {FORMAT}. Upgrade amosopt to load it."
+            )
+    saved_state = state_dict.get("state", {})
+    for group_index, (group, saved) in enumerate(zip(optimizer.param_groups, groups)):
+        spec = saved.get("slot_shape", group["slot_shape"])
+        if isinstance(spec, str) and spec == _NOT_PLAIN:
+            spec = group["slot_shape"]
+        shape_fn = as_shape_fn(spec)
+        for i, (p, saved_id) in enumerate(zip(group["params"], saved.get("params", []))):
+            entry = saved_state.get(saved_id)
+            if not entry or not any(k in entry for k in _SLOT_KEYS):
+                continue
+            name = optimizer._param_name(group, group_index, i)
+            shape = tuple(p.shape)
+            want = shape if shape_fn is None else shape_fn(name, shape)
+            found = {k: tuple(entry[k].shape) for k in _SLOT_KEYS
+                     if isinstance(entry.get(k), Tensor)}
+            if "slot_shape" in entry:
+                found["slot_shape"] = tuple(entry["slot_shape"])
+            wrong = {k: got for k, got in found.items()
+                     if got != (shape if k == "momentum_buffer" else want)}
+            if wrong:
+                raise ValueError(
+                    f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
+                    f"its slot_shape rule gives {want}, but the saved state has "
+                    + ", ".join(f"{k} {got}" if k == "slot_shape" else f"{k} of shape {got}"
+                                for k, got in wrong.items())
+                    + ". The checkpoint was written with other slot_shape rules (or for another "
+                    "model): build the optimizer with the same slot_shape as the one that "
+                    "saved it."
+                )
 
 
 def _unsupported(p: Tensor, name: str) -> str:

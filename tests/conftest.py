@@ -1,0 +1,22 @@
+"""Hypothesis profiles for the property-based tests (``tests/test_properties.py``).
+
+``default`` (``make test``) runs a bounded number of examples, a few seconds per property;
+``--hypothesis-profile=long`` runs thousands, for a search before a release.
+"""
+
+from __future__ import annotations
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests skip themselves without hypothesis
+    settings = None
+
+if settings is not None:
+    # the examples build optimizers and run a few steps: slower than hypothesis assumes
+    _slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("default", max_examples=25, deadline=None,
+                              suppress_health_check=_slow)
+    settings.register_profile("long", max_examples=3000, deadline=None,
+                              suppress_health_check=_slow)
+    settings.load_profile("default")  # --hypothesis-profile=... loads another one after this
+
