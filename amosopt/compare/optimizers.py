@@ -101,20 +101,18 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
 }
 
 
-def _linear_warmup_decay(warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier after ``s`` updates: ``(s+1)/warmup`` while warming up, then a linear decay
-    that reaches 0 at ``total``."""
+def _linear_warmup_decay(optimizer: torch.optim.Optimizer, run: RunSettings) -> Any:
+    """The paper's baseline schedule: linear warm-up, then a linear decay that reaches 0 at the
+    budget, i.e. WSD whose cooldown spans everything after the warm-up."""
+    from amosopt.torch import wsd_schedule
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
+    return wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
+                        cooldown_steps=run.budget - run.warmup_steps)
 
 
 def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> Built:
     from amosopt.torch import Amos, wsd_schedule
+    from amosopt.torch.schedules import warmup_schedule
 
     optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
                      slot_shape=run.slot_shape,
@@ -124,9 +122,7 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
     elif run.amos_warmup:  # constant after a warm-up: the anytime run knows no budget
-        warmup = run.amos_warmup
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = warmup_schedule(optimizer, run.amos_warmup)
     else:
         scheduler = None
     return Built(optimizer, scheduler)
@@ -141,17 +137,14 @@ def _adamw(model: nn.Module, lr: float, run: RunSettings, wsd: bool) -> Built:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _linear_warmup_decay(run.warmup_steps, run.budget))
+        scheduler = _linear_warmup_decay(optimizer, run)
     return Built(optimizer, scheduler)
 
 
 def _adafactor(model: nn.Module, lr: float, run: RunSettings) -> Built:
     optimizer = torch.optim.Adafactor(model.parameters(), lr=lr,
                                       weight_decay=ADAMW_WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _linear_warmup_decay(run.warmup_steps, run.budget))
-    return Built(optimizer, scheduler)
+    return Built(optimizer, _linear_warmup_decay(optimizer, run))
 
 
 def _schedulefree(model: nn.Module, lr: float, run: RunSettings) -> Built:

@@ -18,7 +18,6 @@ weights itself (the paper's adaptive ``gamma``); pass ``extra_l2`` for more.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 
 from amosopt.schedules import DEFAULT_COOLDOWN_FRACTION
 from amosopt.torch.scales import auto_amos
-from amosopt.torch.schedules import wsd_schedule
+from amosopt.torch.schedules import warmup_schedule, wsd_schedule
 
 __all__ = ["AmosFactory", "trainer_optimizer"]
 
@@ -71,15 +70,10 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
                       stacklevel=2)
     optimizer = auto_amos(model, args.learning_rate, example_inputs, **amos_kwargs)
     if schedule == "constant":  # no budget: hold xi after the warm-up, however long the run
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(_warmup, warmup=warmup))
+        return optimizer, warmup_schedule(optimizer, warmup)
     cooldown = min(round(cooldown_fraction * total), total - warmup)
     return optimizer, wsd_schedule(optimizer, total, warmup_steps=warmup,
                                    cooldown_steps=cooldown)
-
-
-def _warmup(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
 class AmosFactory:

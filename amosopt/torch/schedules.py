@@ -7,13 +7,15 @@ global rate ``xi``; Amos's own decay (``d_t``, ``c_t``) still applies on top.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from amosopt.schedules import WSD
 
-__all__ = ["WSDSchedule", "wsd_schedule"]
+__all__ = ["WSDSchedule", "warmup_schedule", "wsd_schedule"]
 
 
 class WSDSchedule(LRScheduler):
@@ -83,3 +85,16 @@ def wsd_schedule(optimizer: Optimizer, total_steps: int, *, warmup_steps: int = 
     """
     return WSDSchedule(optimizer, total_steps, warmup_steps=warmup_steps,
                        cooldown_steps=cooldown_steps, cooldown=cooldown, last_epoch=last_epoch)
+
+
+def _warmup_factor(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def warmup_schedule(optimizer: Optimizer, warmup_steps: int) -> LambdaLR:
+    """No budget: a linear warm-up to 1 over ``warmup_steps`` (update ``s`` uses
+    ``(s+1)/W``), then 1 however long the run (Amos's own decay does the rest). Its
+    ``state_dict`` is plain data."""
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"Invalid warmup_steps: {warmup_steps!r}; expected an integer >= 0")
+    return LambdaLR(optimizer, functools.partial(_warmup_factor, warmup_steps=warmup_steps))

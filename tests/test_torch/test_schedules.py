@@ -141,3 +141,19 @@ def test_multiplier_method_agrees_with_the_shared_rule():
     wsd = WSD(30, 4, 9, "1-sqrt")
     assert [sched.multiplier(s) for s in range(35)] == [
         float(wsd.multiplier(s, np)) for s in range(35)]
+
+
+def test_warmup_schedule_holds_after_the_warmup_and_round_trips():
+    from amosopt.torch import warmup_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = warmup_schedule(opt, 4)
+    assert rates(opt, sched, 10) == pytest.approx([0.05, 0.1, 0.15, 0.2] + [0.2] * 6)
+    buffer = io.BytesIO()
+    torch.save(sched.state_dict(), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer)["last_epoch"] == 10  # weights_only=True: plain data
+    assert rates(opt, warmup_schedule(opt, 0), 3) == pytest.approx([0.2] * 3)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="Invalid warmup_steps"):
+            warmup_schedule(opt, bad)
