@@ -35,7 +35,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 class Hyper:
     """The hyper-parameters of one param group at one step, in the paper's symbols."""
 
-    xi: float  # ξ, the global learning rate (the group's lr, read at every step)
+    #: ξ, the global learning rate (the group's lr, read at every step); inside torch.compile a
+    #: tensor lr stays a (float64) tensor, so that a scheduler's new value is not a new constant
+    xi: Scalar
     beta: float  # β, decay of the running mean v of M(g^2)
     c_coef: float  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
     d_coef: float  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
@@ -44,14 +46,23 @@ class Hyper:
     mu: float  # μ, the momentum EMA of the update (0: none)
     sign: float  # 1 to minimise, -1 to maximise
     clip: Optional[float]  # element-wise clipping of g to [-clip, clip], or None
+    #: round a bfloat16 parameter's float32 update stochastically (see stochastic_round)
+    stochastic_rounding: bool = False
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> Hyper:
         lr = group["lr"]
-        return cls(xi=lr.item() if isinstance(lr, Tensor) else float(lr), beta=group["beta"],
+        if isinstance(lr, Tensor):
+            # eager: a Python double; compiled: .item() would break the graph, a float would
+            # be guarded on and recompile at every change of lr
+            xi = lr.to(torch.float64) if torch.compiler.is_compiling() else lr.item()
+        else:
+            xi = float(lr)
+        return cls(xi=xi, beta=group["beta"],
                    c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
                    epsilon=group["epsilon"], mu=group["momentum"],
-                   sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"])
+                   sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"],
+                   stochastic_rounding=group["stochastic_rounding"])
 
 
 def slot_dtype(p: Tensor) -> torch.dtype:
@@ -60,11 +71,18 @@ def slot_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
 
-def per_tensor(h: Hyper, eta: float, t: int) -> tuple[float, float, float]:
+def per_tensor(h: Hyper, eta: float, t: Scalar) -> tuple[Scalar, Scalar, Scalar]:
     r"""The per-tensor numbers of :func:`slot_coefficients`: :math:`\xi\eta`,
-    :math:`d\sqrt{\xi\eta}` and :math:`1-\beta^t`, computed in double precision."""
+    :math:`d\sqrt{\xi\eta}` and :math:`1-\beta^t`, computed in double precision: Python
+    floats, or float64 0-d tensors where ``h.xi`` or the step ``t`` is one (inside
+    ``torch.compile``, where they must stay graph inputs rather than per-step constants)."""
     xi_eta = h.xi * eta
-    return xi_eta, h.d_coef * math.sqrt(xi_eta), 1.0 - h.beta**t
+    return xi_eta, h.d_coef * sqrt(xi_eta), 1.0 - h.beta**t
+
+
+def sqrt(x: Scalar) -> Scalar:
+    """``math.sqrt`` of a float, ``torch.sqrt`` of a tensor (both correctly rounded)."""
+    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
 def clip(g: Tensor, h: Hyper, out: Optional[Tensor] = None) -> Tensor:
@@ -114,7 +132,7 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
     """
     v.mul_(h.beta).add_(g2, alpha=1.0 - h.beta)
     rcpl_v_hat = v.clamp_min(h.epsilon).reciprocal_().mul_(bias_correction)  # 1 / v_hat_t
-    c_t = b.mul(h.c_coef * math.sqrt(h.xi)).add_(1.0).rsqrt_()
+    c_t = b.mul(h.c_coef * sqrt(h.xi)).add_(1.0).rsqrt_()
     gamma = c_t.mul_(h.xi * h.xi).mul_(rcpl_v_hat).mul_(g2)
     d_t = b.mul(d_scale).add_(1.0).reciprocal_()
     b.addcmul_(gamma, b + 1.0)
@@ -128,7 +146,8 @@ def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[
     r""":math:`\theta_t = \theta_{t-1} + \Delta_t` with
     :math:`\Delta_t = -\text{decay}\,\theta_{t-1} - \text{sign}\cdot\text{step}\,g_t`, or, with
     momentum, :math:`m_t = \mu m_{t-1} + (1-\mu)\Delta_t` and :math:`\theta_t = \theta_{t-1} + m_t`.
-    A 16-bit parameter is updated in float32 and rounded once."""
+    A 16-bit parameter is updated in float32 and rounded once: to nearest, or for bfloat16
+    with ``h.stochastic_rounding`` by :func:`stochastic_round`."""
     low = p.dtype in _LOW_PRECISION
     theta = p.float() if low else p
     if m is None:
@@ -138,7 +157,27 @@ def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[
         m.addcmul_(g, step, value=h.sign * (h.mu - 1.0))
         theta.add_(m)
     if low:
-        p.copy_(theta)
+        sr = h.stochastic_rounding and p.dtype == torch.bfloat16
+        p.copy_(stochastic_round(theta) if sr else theta)
+
+
+def stochastic_round(x: Any) -> Any:
+    r"""Float32 ``x`` rounded to bfloat16 up or down at random, up with probability
+    :math:`(x - \lfloor x \rfloor) / (\lceil x \rceil - \lfloor x \rfloor)` (the bfloat16
+    neighbours of :math:`x`), so that :math:`E[\mathrm{round}(x)] = x`: an update smaller than
+    half a unit in the last place survives in expectation instead of being lost (Gupta et al.
+    2015, arXiv 1502.02551; Zamirai et al. 2020, arXiv 2010.06192).
+
+    bfloat16 is the upper half of float32's bits: adding uniform random 16-bit integers to the
+    lower half and truncating it carries into the upper half with exactly that probability
+    (integer addition on the bits grows the magnitude, so negative numbers round alike). The
+    random bits come from torch's default generator of ``x``'s device. ``x`` may be a tensor or
+    a list wrapper with ``map`` (``_routes.Many``)."""
+    if not isinstance(x, Tensor):
+        return x.map(stochastic_round)
+    bits = x.view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    return bits.add(noise).bitwise_and_(-(1 << 16)).view(torch.float32).to(torch.bfloat16)
 
 
 def full_slot_step(p: Tensor, grad: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,

@@ -141,8 +141,13 @@ class Record:
         s = self.state
         return s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None)
 
-    def scalars(self, h: Hyper) -> tuple[float, float, float]:
-        return F.per_tensor(h, self.eta, int(self.state["step"]))
+    def scalars(self, h: Hyper) -> tuple[F.Scalar, F.Scalar, F.Scalar]:
+        """:func:`~amosopt.torch._functional.per_tensor`'s numbers at this step: floats, or
+        inside ``torch.compile`` tensors computed from the step tensor (``int(step)`` would
+        break the graph and make ``1 - beta^t`` a new constant, so a recompile, every step)."""
+        step = self.state["step"]
+        t = step.to(torch.float64) if torch.compiler.is_compiling() else int(step)
+        return F.per_tensor(h, self.eta, t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,8 +220,10 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
         peaks.setdefault(device, []).extend(
             [x.amax() for x in checks] if torch.compiler.is_compiling()
             else torch._foreach_max(checks))
-    # stack promotes mixed dtypes; one host sync per device
-    if all(bool(torch.isfinite(torch.stack(x)).all()) for x in peaks.values()):
+    # stack promotes mixed dtypes; one host sync per device. Inside torch.compile this is the
+    # step's one graph break: outside any loop or generator, so that dynamo can resume after it
+    flags = [torch.isfinite(torch.stack(x)).all().cpu() for x in peaks.values()]
+    if bool(torch.stack(flags).all()):
         return
     for r in records:
         peak = r.check.amax()
@@ -235,8 +242,14 @@ def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
     """The loop (``foreach=False``): the reference path, one parameter at a time."""
     for r in records:
         v, b, m = r.slots(h)
-        decay, step = F.slot_coefficients(r.g2, v, b, h, *r.scalars(h))
-        F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h)
+        p, g, g2 = r.p, clipped(r, h, scratch), r.g2
+        if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
+            # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
+            # torch.compile (aot_eager, inductor); of its 1-element view it does not
+            p, g, m = (x if x is None or x.dim() else x.view(1) for x in (p, g, m))
+            v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
+        decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
+        F.apply_update(p, g, decay, step, m, h)
 
 
 def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
@@ -279,10 +292,8 @@ def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tenso
     v_flat, b_flat = torch.cat([x.reshape(-1) for x in v]), torch.cat([x.reshape(-1) for x in b])
     g2 = torch.cat([r.g2.reshape(-1) for r in records])
     counts = torch.tensor(sizes, device=v_flat.device)
-    per_element = [
-        torch.tensor(values, dtype=v_flat.dtype, device=v_flat.device).repeat_interleave(
-            counts, output_size=v_flat.numel())
-        for values in zip(*(r.scalars(h) for r in records))]
+    per_element = [_vector(values, v_flat).repeat_interleave(counts, output_size=v_flat.numel())
+                   for values in zip(*(r.scalars(h) for r in records))]
     decay, step = F.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
     torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
     torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])
@@ -290,8 +301,16 @@ def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tenso
             for d, s, x in zip(decay.split(sizes), step.split(sizes), v)]
 
 
+def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
+    """``values`` (floats, or float64 0-d tensors inside ``torch.compile``) as one vector of
+    ``like``'s dtype and device, each rounded once from double."""
+    if not any(isinstance(x, Tensor) for x in values):
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in values]).to(like)
+
+
 def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
-               scalars: tuple[float, float, float], blocks: bool) -> None:
+               scalars: tuple[F.Scalar, F.Scalar, F.Scalar], blocks: bool) -> None:
     """:func:`~amosopt.torch._functional.full_slot_step` of a large tensor, with ``blocks``
     (all contiguous) on blocks of :data:`_BLOCK` entries: its some twenty passes then run on
     data that stays in the cache. Element-wise the loop's operations: the same bits."""
@@ -319,6 +338,9 @@ class Many:
 
     def float(self) -> Many:
         return Many([x.float() for x in self.tensors])
+
+    def map(self, fn: Any) -> Many:
+        return Many([fn(x) for x in self.tensors])
 
     def __rsub__(self, scalar: float) -> Many:
         out = torch._foreach_neg(self.tensors)

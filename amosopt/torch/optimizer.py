@@ -118,6 +118,11 @@ class Amos(Optimizer):
         fused: run large tensors' update as kernels that ``torch.compile`` generates from the same
             functions (default ``False``): faster, equal up to rounding; the first step compiles,
             and it needs a C++ compiler on CPU, Triton on CUDA. Numbers: ``benchmarks/README.md``.
+        stochastic_rounding: round the float32 result of each update of a bfloat16 parameter
+            to bfloat16 stochastically (unbiased; no extra memory; random bits from torch's
+            default generator) instead of to nearest, which loses Amos's small late updates:
+            10,000 steps of a small MLP end 45-72% above float32 to nearest, within a few
+            percent of it with this (``benchmarks/bf16_drift.py``). Other dtypes: no effect.
 
     Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
     (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`). Slots are
@@ -159,11 +164,13 @@ class Amos(Optimizer):
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
+        stochastic_rounding: bool = False,
     ):
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
+            stochastic_rounding=stochastic_rounding,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -171,7 +178,10 @@ class Amos(Optimizer):
                    for k, v in defaults.items()}
         _check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
         super().__init__(params, defaults)
-        self._records: dict[Tensor, Record] = {}  # phase 1's records, kept (see _check_group)
+        #: phase 1's records, kept (see _check_group), by (group index, position): keyed by
+        #: tensor, torch.compile would guard on the parameters as dict keys, and on their
+        #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
+        self._records: dict[tuple[int, int], Record] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
@@ -222,20 +232,65 @@ class Amos(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        checked, scratch = [], {}
-        for group_index, group in enumerate(self.param_groups):
-            h = Hyper.of(group)
-            records = self._check_group(group, group_index, h, scratch)
-            if records:
-                checked.append((group, group_index, h, records))
-        if not checked:
+        # Under torch.compile: the host's bookkeeping (_plan) runs outside the graph, and the
+        # one host sync (is every gradient finite?) is a graph break that dynamo resumes after,
+        # at the top level of the step: two graphs, phase 1 and phase 2, the same at every step
+        # from the second on (see the README, "torch.compile")
+        plan = self._plan_outside_graph() if torch.compiler.is_compiling() else self._plan()
+        if not plan:
             return loss
+        scratch: _routes.Scratch = {}
+        checked = [(group, group_index, Hyper.of(group), records)
+                   for group, group_index, records in plan]
+        for _, _, h, records in checked:
+            _routes.measure(records, h, scratch)
+        self._raise_if_not_finite(checked)
+        self._update(checked, scratch)
+        return loss
+
+    def _plan(self) -> list[tuple[dict[str, Any], int, list[Record]]]:
+        """``(group, group index, records)`` of each group's parameters with a gradient:
+        host-side work only (no tensor is read or changed). A record is kept from step to step
+        while its signature holds: deciding the route again each step measured ~10% of a step
+        of a model of 200 small tensors."""
+        plan = []
+        for group_index, group in enumerate(self.param_groups):
+            records = []
+            group_signature = _routes.group_signature(group)
+            for i, p in enumerate(group["params"]):
+                if p.grad is None or p.numel() == 0:
+                    continue
+                if p.grad.is_sparse or torch.is_complex(p) or torch.is_complex(p.grad):
+                    raise RuntimeError(_unsupported(p, self._param_name(group, group_index, i)))
+                signature = (group_signature, _routes.layout(p))
+                r = self._records.get((group_index, i))
+                if r is None or r.p is not p or r.state is None or r.signature != signature:
+                    eta, slot_shape = self._resolve(group, group_index, i, p)
+                    route = _routes.route(p, slot_shape, group, self.state.get(p, {}))
+                    r = self._records[group_index, i] = Record(p, i, eta, slot_shape, route,
+                                                               signature)
+                records.append(r)
+            if records:
+                plan.append((group, group_index, records))
+        return plan
+
+    #: :meth:`_plan` for torch.compile: run eagerly (a graph break before any tensor work), as
+    #: traced it would break the graph inside (rule expressions are parsed at a parameter's
+    #: first step) and leave the steady-state steps in pieces
+    _plan_outside_graph = torch.compiler.disable(_plan)
+
+    def _raise_if_not_finite(self, checked: list[tuple[dict, int, Hyper, list[Record]]]) -> None:
         names = {id(r): self._param_name(g, gi, r.index) for g, gi, _, rs in checked for r in rs}
         _routes.raise_if_not_finite([r for *_, rs in checked for r in rs],
                                     lambda r: names[id(r)])
+
+    def _update(self, checked: list[tuple[dict, int, Hyper, list[Record]]],
+                scratch: _routes.Scratch) -> None:
+        """Phase 2: state created where new, then slots and parameters changed."""
         for group, _, h, records in checked:
-            for r in records:
-                r.state = self._init_state(r, h.mu)
+            for r in records:  # a kept record has its state (see _plan)
+                if r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state):
+                    r.state = self._init_state(r, h.mu)
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
             # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
             # measured as fast as the loop for a few large tensors, faster for many small ones
@@ -245,31 +300,6 @@ class Amos(Optimizer):
                 _routes.multi_tensor(records, h, scratch)
             for r in records:  # the kept records must not keep g2 alive
                 r.g2 = r.check = None
-        return loss
-
-    def _check_group(self, group: dict[str, Any], group_index: int, h: Hyper,
-                     scratch: _routes.Scratch) -> list[Record]:
-        """Phase 1 for one group: one record per parameter with a gradient; changes nothing
-        (``scratch``: the step's buffer for clipped gradients, see ``_routes.clipped``)."""
-        records = []
-        group_signature = _routes.group_signature(group)
-        for i, p in enumerate(group["params"]):
-            if p.grad is None or p.numel() == 0:
-                continue
-            if p.grad.is_sparse or torch.is_complex(p) or torch.is_complex(p.grad):
-                raise RuntimeError(_unsupported(p, self._param_name(group, group_index, i)))
-            # A record is kept once its parameter has state (eta and slot shape are then
-            # fixed): deciding the route again each step measured ~10% of a step of a model
-            # of 200 small tensors.
-            signature = (group_signature, _routes.layout(p))
-            r = self._records.get(p)
-            if r is None or r.state is None or r.signature != signature or r.index != i:
-                eta, slot_shape = self._resolve(group, group_index, i, p)
-                route = _routes.route(p, slot_shape, group, self.state.get(p, {}))
-                r = self._records[p] = Record(p, i, eta, slot_shape, route, signature)
-            records.append(r)
-        _routes.measure(records, h, scratch)
-        return records
 
     def _init_state(self, r: Record, momentum: float) -> dict[str, Any]:
         state = self.state[r.p]
@@ -350,7 +380,7 @@ class Amos(Optimizer):
         for group in self.param_groups:  # options added after a release get defaults here
             for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
                                  ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
-                                 ("fused", False)):
+                                 ("fused", False), ("stochastic_rounding", False)):
                 group.setdefault(key, default)
         # inside load_state_dict, before the post-hooks: the final state's dtypes
         saved = getattr(self, "_saved_slots", None)
@@ -467,7 +497,7 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
     eps = group["epsilon"]
     if not _is_number(eps) or not (math.isfinite(eps) and eps > 0):
         raise bad("epsilon", "the floor on v must be a finite number > 0 (default 2**-125)")
-    for arg in ("foreach", "maximize", "fused"):
+    for arg in ("foreach", "maximize", "fused", "stochastic_rounding"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
             raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))
     if group["fused"] and group["foreach"] is False:

@@ -1,5 +1,5 @@
 """The README's PyTorch code runs as written: the quick start (a budget with a cooldown, the
-anytime cooldown from a checkpoint, fused=True) and the scales section, in one namespace."""
+anytime cooldown from a checkpoint, fused=True, torch.compile) and the scales section, in one namespace."""
 
 from __future__ import annotations
 
@@ -29,18 +29,26 @@ def python_blocks(title: str) -> list[str]:
 def test_torch_quick_start_and_scales_run(capsys) -> None:
     torch.manual_seed(0)
     blocks = python_blocks("PyTorch quick start")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {}
-    for block in blocks:
+    for block in blocks[:3]:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    optimizer = namespace["optimizer"]  # the third block's
+    assert isinstance(optimizer, Amos) and optimizer.param_groups[0]["fused"] is True
+    exec(compile(blocks[3], str(README), "exec"), namespace)  # noqa: S102
+    # the compiled step of the last block steps the model
+    model, optimizer = namespace["model"], namespace["optimizer"]
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(namespace["x"]), namespace["y"]).backward()
+    namespace["compiled_step"]()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     printed = [float(v) for v in capsys.readouterr().out.split()]
     assert len(printed) == 2  # after the 300-step budget, and after the branched cooldown
     baseline = torch.nn.functional.mse_loss(torch.zeros_like(namespace["y"]),
                                             namespace["y"]).item()
     assert all(loss < 0.5 * baseline for loss in printed)  # well below predicting zero
     assert namespace["cooldown"].get_last_lr() == [0.0]  # the cooldown reached 0
-    optimizer = namespace["optimizer"]  # the last block's
-    assert isinstance(optimizer, Amos) and optimizer.param_groups[0]["fused"] is True
 
     (scales_block,) = python_blocks("Scales")
     exec(compile(scales_block, str(README), "exec"), namespace)  # noqa: S102
