@@ -56,6 +56,10 @@ STAGES: list[tuple[str, str, list[str]]] = [
           ("cooldown-0.3", ["--cooldown-fraction", "0.3"]),
           ("cooldown-1-sqrt", ["--cooldown", "1-sqrt"]),
       ]],
+    # beta 0.999 was better at 1000 steps: does it hold at 500?
+    ("ablation-beta-0.999-b500", "ablation-beta-0.999-b500",
+     ["--task", "lm", "--budgets", "500", "--seeds", ABLATION_SEEDS, "--optimizers", "amos-wsd",
+      "--amos-beta", "0.999"]),
     # Amos without momentum (0.6% of AdamW's state) against Adafactor, at every lm budget; its
     # 1000-step runs are also the momentum ablation
     ("lm-momentum-0", "lm-momentum-0", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds",
@@ -74,7 +78,10 @@ ABLATIONS = {
     "cooldown-0.1": "cooldown over the last 10% instead of 20%",
     "cooldown-0.3": "cooldown over the last 30% instead of 20%",
     "cooldown-1-sqrt": "1-sqrt cooldown shape instead of linear",
+    "beta-0.999-b500": "beta 0.999 instead of the suggested 0.98, at 500 steps",
 }
+#: ablations at another budget than ABLATION_BUDGET (their baseline is the lm study's there)
+ABLATION_BUDGETS = {"beta-0.999-b500": 500}
 
 
 def command(folder: str, args: list[str], root: Path, jobs: int) -> list[str]:
@@ -162,22 +169,26 @@ def targets(lm: dict, momentum_0: dict | None) -> list[dict]:
 
 def ablations(root: Path, lm: dict) -> list[dict]:
     seeds = [int(s) for s in ABLATION_SEEDS.split(",")]
-    base_summary = _restricted(lm, seeds=seeds, budgets=[ABLATION_BUDGET],
-                               optimizers=["amos-wsd"])
-    base = _tuned(base_summary, ABLATION_BUDGET, "amos-wsd")
-    rows = [{"ablation": "baseline", "change": "factored slots, automatic eta, momentum 0.9, "
-                                               "suggested beta, 20% linear cooldown",
-             "entry": base}]
+    bases = {}
+    for budget in sorted({ABLATION_BUDGET, *ABLATION_BUDGETS.values()}):
+        if budget in lm["config"]["budgets"]:
+            bases[budget] = _tuned(_restricted(lm, seeds=seeds, budgets=[budget],
+                                               optimizers=["amos-wsd"]), budget, "amos-wsd")
+    rows = [{"ablation": "baseline" if budget == ABLATION_BUDGET else f"baseline-b{budget}",
+             "change": "factored slots, automatic eta, momentum 0.9, suggested beta, 20% linear "
+                       "cooldown" + ("" if budget == ABLATION_BUDGET else f", at {budget} steps"),
+             "entry": base, "budget": budget} for budget, base in bases.items()]
     for name, change in ABLATIONS.items():
+        budget = ABLATION_BUDGETS.get(name, ABLATION_BUDGET)
         folder = "lm-momentum-0" if name == "momentum-0" else f"ablation-{name}"
         results = _load(root, folder)
         entry = None
         if results is not None:
-            entry = _tuned(_restricted(results, budgets=[ABLATION_BUDGET], seeds=seeds),
-                           ABLATION_BUDGET, "amos-wsd")
-        rows.append({"ablation": name, "change": change, "entry": entry})
+            entry = _tuned(_restricted(results, budgets=[budget], seeds=seeds), budget,
+                           "amos-wsd")
+        rows.append({"ablation": name, "change": change, "entry": entry, "budget": budget})
     for row in rows:
-        entry = row["entry"]
+        entry, base = row["entry"], bases.get(row["budget"])
         row["mean"] = entry and entry.get("mean")
         row["tuned_xi_multiplier"] = entry and entry.get("value")
         row["difference"] = (None if row["mean"] is None or not base or base["mean"] is None
@@ -250,10 +261,13 @@ def write_summary(root: Path) -> dict:
         out["ablations"] = ablations(root, lm)
         lines += ["", f"## Ablations (lm, {ABLATION_BUDGET} steps, seeds {ABLATION_SEEDS}, "
                       "amos-wsd with its xi tuned on {0.5, 1, 2} x suggested)", "",
-                  "| ablation | change | final loss | vs baseline | tuned xi multiplier |",
+                  "| ablation | change | final loss | vs baseline (per seed) | tuned xi multiplier |",
                   "|---|---|---|---|---|"]
         for row in out["ablations"]:
             difference = "" if row["difference"] is None else f"{row['difference']:+.4f}"
+            per_seed = row.get("per_seed_difference") or {}
+            if per_seed and not row["ablation"].startswith("baseline"):
+                difference += " (" + ", ".join(f"{d:+.3f}" for d in per_seed.values()) + ")"
             multiplier = ("" if row["tuned_xi_multiplier"] is None else
                           f"{row['tuned_xi_multiplier']:g}")
             lines.append(f"| {row['ablation']} | {row['change']} | {_fmt(row['entry'])} | "

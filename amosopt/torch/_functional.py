@@ -46,8 +46,9 @@ class Hyper:
     mu: float  # μ, the momentum EMA of the update (0: none)
     sign: float  # 1 to minimise, -1 to maximise
     clip: Optional[float]  # element-wise clipping of g to [-clip, clip], or None
-    #: round a bfloat16 parameter's float32 update stochastically (see stochastic_round)
-    stochastic_rounding: bool = False
+    #: how a 16-bit parameter stores its float32 update (see apply_update): "nearest",
+    #: "stochastic" (bfloat16) or "compensated"
+    rounding: str = "nearest"
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> Hyper:
@@ -62,7 +63,7 @@ class Hyper:
                    c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
                    epsilon=group["epsilon"], mu=group["momentum"],
                    sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"],
-                   stochastic_rounding=group["stochastic_rounding"])
+                   rounding=group["rounding"])
 
 
 def slot_dtype(p: Tensor) -> torch.dtype:
@@ -142,23 +143,33 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
 
 
 def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor],
-                 h: Hyper) -> None:
+                 h: Hyper, c: Optional[Tensor] = None) -> None:
     r""":math:`\theta_t = \theta_{t-1} + \Delta_t` with
     :math:`\Delta_t = -\text{decay}\,\theta_{t-1} - \text{sign}\cdot\text{step}\,g_t`, or, with
     momentum, :math:`m_t = \mu m_{t-1} + (1-\mu)\Delta_t` and :math:`\theta_t = \theta_{t-1} + m_t`.
-    A 16-bit parameter is updated in float32 and rounded once: to nearest, or for bfloat16
-    with ``h.stochastic_rounding`` by :func:`stochastic_round`."""
+
+    A 16-bit parameter is updated in float32 and stored once, as ``h.rounding`` says: rounded
+    to nearest; for bfloat16, rounded stochastically (:func:`stochastic_round`); or
+    "compensated" (Kahan summation, Kahan 1965): ``c``, a buffer of the parameter's dtype,
+    holds what rounding lost, :math:`c = \theta - \mathrm{round}(\theta)`, and is added back
+    before the next update, so that :math:`p + c` carries about twice the parameter's
+    significant bits."""
     low = p.dtype in _LOW_PRECISION
     theta = p.float() if low else p
+    if c is not None:
+        theta.add_(c)
     if m is None:
         theta.mul_(1.0 - decay).addcmul_(g, step, value=-h.sign)
     else:
         m.mul_(h.mu).addcmul_(theta, decay, value=h.mu - 1.0)
         m.addcmul_(g, step, value=h.sign * (h.mu - 1.0))
         theta.add_(m)
-    if low:
-        sr = h.stochastic_rounding and p.dtype == torch.bfloat16
-        p.copy_(stochastic_round(theta) if sr else theta)
+    if not low:
+        return
+    sr = h.rounding == "stochastic" and p.dtype == torch.bfloat16
+    p.copy_(stochastic_round(theta) if sr else theta)
+    if c is not None:
+        c.copy_(theta.sub_(p.float()))
 
 
 def stochastic_round(x: Any) -> Any:
@@ -181,11 +192,12 @@ def stochastic_round(x: Any) -> Any:
 
 
 def full_slot_step(p: Tensor, grad: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
-                   xi_eta: float, d_scale: float, bias_correction: float) -> None:
+                   xi_eta: float, d_scale: float, bias_correction: float,
+                   c: Optional[Tensor] = None) -> None:
     """The whole step of a tensor with full-size slots, from its raw gradient: there
     :math:`M(g^2) = g^2` needs no reduction, so phase 1 only checks its peak and this recomputes
     it, instead of keeping a parameter-sized ``g2`` between the phases."""
     g = clip(grad, h)
     decay, step = slot_coefficients(mean_square(g, (), v.dtype), v, b, h, xi_eta, d_scale,
                                     bias_correction)
-    apply_update(p, g, decay, step, m, h)
+    apply_update(p, g, decay, step, m, h, c)

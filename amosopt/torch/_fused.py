@@ -66,7 +66,8 @@ def _compiled(fn: Callable, *variant: object) -> Callable:
     """``fn`` compiled for one variant (dtypes, layout, options), on its own copy of ``fn``'s
     code: dynamo caps recompilations per code object (8), and a model with several layouts
     and dtypes would hit that cap and fall back to eager with one code object for all."""
-    code_copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
+    code_copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                                   fn.__defaults__)
     return torch.compile(code_copy, dynamic=True)
 
 

@@ -93,14 +93,15 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     if group["foreach"] is False:
         return Route(axes, keepdim, sharded, scratch=scratch)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
-    tensors = (p, p.grad, m, state.get("v"), state.get("b"))
+    tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
     full = not axes
+    # the compiled kernels have no compensation buffer: compensated tensors stay eager
+    fused = group["fused"] and contiguous and not compensated(p, group)
     if full and n >= _LARGE and not sharded:
-        return Route(axes, keepdim, full_step=True, blocks=contiguous,
-                     compiled=group["fused"] and contiguous)
+        return Route(axes, keepdim, full_step=True, blocks=contiguous, compiled=fused)
     matrix = None
-    if group["fused"] and contiguous and not full:
+    if fused and not full:
         plain = group["clip_value"] is None and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
@@ -112,7 +113,13 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
 
 def group_signature(group: dict[str, Any]) -> tuple:
     """What :func:`route` reads of a param group."""
-    return group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0
+    return (group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0,
+            group["rounding"])
+
+
+def compensated(p: Tensor, group: dict[str, Any]) -> bool:
+    """Does ``p`` keep a Kahan compensation buffer (``rounding="compensated"``, 16-bit)?"""
+    return group["rounding"] == "compensated" and p.dtype in (torch.float16, torch.bfloat16)
 
 
 def layout(p: Tensor) -> tuple:
@@ -136,10 +143,12 @@ class Record:
     check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
     state: Optional[dict[str, Any]] = None
 
-    def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(v, b, m)``, ``m`` None without momentum."""
+    def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """``(v, b, m, c)``: ``m`` None without momentum, ``c`` (the compensation buffer of
+        ``rounding="compensated"``) None without one."""
         s = self.state
-        return s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None)
+        return (s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None),
+                (s.get("compensation") if h.rounding == "compensated" else None))
 
     def scalars(self, h: Hyper) -> tuple[F.Scalar, F.Scalar, F.Scalar]:
         """:func:`~amosopt.torch._functional.per_tensor`'s numbers at this step: floats, or
@@ -241,15 +250,15 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
 def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
     """The loop (``foreach=False``): the reference path, one parameter at a time."""
     for r in records:
-        v, b, m = r.slots(h)
+        v, b, m, c = r.slots(h)
         p, g, g2 = r.p, clipped(r, h, scratch), r.g2
         if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
             # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
             # torch.compile (aot_eager, inductor); of its 1-element view it does not
-            p, g, m = (x if x is None or x.dim() else x.view(1) for x in (p, g, m))
+            p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
             v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
         decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        F.apply_update(p, g, decay, step, m, h)
+        F.apply_update(p, g, decay, step, m, h, c)
 
 
 def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
@@ -263,24 +272,26 @@ def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
         coefficients = dict(zip(flat, _flat_slot_coefficients(flat, h))) if flat else {}
         batched = []
         for r in bucket:
-            v, b, m = r.slots(h)
+            v, b, m, c = r.slots(h)
             if r.route.full_step:
                 if r.route.compiled:
                     _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
                 else:
-                    _full_step(r.p, v, b, m, h, r.scalars(h), r.route.blocks)
+                    _full_step(r.p, v, b, m, c, h, r.scalars(h), r.route.blocks)
                 continue
             decay, step = coefficients.get(r) or F.slot_coefficients(r.g2, v, b, h,
                                                                      *r.scalars(h))
             if r.route.compiled:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
             elif r.route.batched:
-                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m))
+                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m, c))
             else:
-                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h)
+                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
         if batched:
-            p, g, decay, step, m = (Many(list(x)) for x in zip(*batched))
-            F.apply_update(p, g, decay, step, m if h.mu > 0 else None, h)
+            p, g, decay, step, m, c = (Many(list(x)) for x in zip(*batched))
+            # one dtype per bucket, so every tensor of it has a buffer or none has
+            F.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
+                           c if c.tensors[0] is not None else None)
 
 
 def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tensor, Tensor]]:
@@ -309,18 +320,19 @@ def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
     return torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in values]).to(like)
 
 
-def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hyper,
-               scalars: tuple[F.Scalar, F.Scalar, F.Scalar], blocks: bool) -> None:
+def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], c: Optional[Tensor],
+               h: Hyper, scalars: tuple[F.Scalar, F.Scalar, F.Scalar], blocks: bool) -> None:
     """:func:`~amosopt.torch._functional.full_slot_step` of a large tensor, with ``blocks``
     (all contiguous) on blocks of :data:`_BLOCK` entries: its some twenty passes then run on
     data that stays in the cache. Element-wise the loop's operations: the same bits."""
     if not blocks:
-        F.full_slot_step(p, p.grad, v, b, m, h, *scalars)
+        F.full_slot_step(p, p.grad, v, b, m, h, *scalars, c)
         return
-    views = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
+    views = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m, c)]
     for start in range(0, p.numel(), _BLOCK):
-        block = slice(start, start + _BLOCK)
-        F.full_slot_step(*(None if x is None else x[block] for x in views), h, *scalars)
+        p_, g_, v_, b_, m_, c_ = (None if x is None else x[block] for x in views
+                                  for block in [slice(start, start + _BLOCK)])
+        F.full_slot_step(p_, g_, v_, b_, m_, h, *scalars, c_)
 
 
 class Many:
@@ -353,6 +365,10 @@ class Many:
 
     def add_(self, other: Any) -> Many:
         torch._foreach_add_(self.tensors, _unwrap(other))
+        return self
+
+    def sub_(self, other: Many) -> Many:
+        torch._foreach_sub_(self.tensors, other.tensors)
         return self
 
     def addcmul_(self, a: Many, b: Many, value: float) -> Many:

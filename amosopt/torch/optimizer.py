@@ -35,6 +35,10 @@ Shape = tuple[int, ...]
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
 _SLOT_KEYS = ("v", "b", "momentum_buffer")
+#: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
+_PARAMETER_SHAPED = ("momentum_buffer", "compensation")
+#: the values of ``rounding``
+ROUNDINGS = ("nearest", "stochastic", "compensated")
 #: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
 #: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
 _NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
@@ -43,8 +47,10 @@ _PLAIN_TYPES = (bool, int, float, str, type(None))
 #: not top-level, because tools that rebuild optimizer state dicts (torch.distributed.checkpoint,
 #: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
 FORMAT_KEY = "amosopt_format"
-#: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape) and
-#: ``momentum_buffer`` (parameter shape). A state_dict without the key was written before it was
+#: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
+#: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
+#: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
+#: state lacks it). A state_dict without the key was written before it was
 #: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
 FORMAT = 1
 
@@ -118,14 +124,17 @@ class Amos(Optimizer):
         fused: run large tensors' update as kernels that ``torch.compile`` generates from the same
             functions (default ``False``): faster, equal up to rounding; the first step compiles,
             and it needs a C++ compiler on CPU, Triton on CUDA. Numbers: ``benchmarks/README.md``.
-        stochastic_rounding: round the float32 result of each update of a bfloat16 parameter
-            to bfloat16 stochastically (unbiased; no extra memory; random bits from torch's
-            default generator) instead of to nearest, which loses Amos's small late updates:
-            10,000 steps of a small MLP end 45-72% above float32 to nearest, within a few
-            percent of it with this (``benchmarks/bf16_drift.py``). Other dtypes: no effect.
+        rounding: how a bfloat16/float16 parameter stores the float32 result of each update:
+            ``"nearest"`` (default) loses Amos's small late updates (10,000 steps of a small
+            MLP: 37-53% above float32, ``benchmarks/bf16_drift.py``); ``"stochastic"``
+            (bfloat16 only) rounds up or down at random, unbiased, with no extra memory, and
+            draws from torch's default generator; ``"compensated"`` keeps what rounding lost
+            in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
+            adds it back at the next step. Other dtypes: no effect.
 
     Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
-    (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`). Slots are
+    (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`),
+    ``compensation`` (``rounding="compensated"``, 16-bit parameters). Slots are
     float32 for bfloat16/float16 parameters, also after :meth:`load_state_dict`.
 
     A non-finite gradient raises :class:`FloatingPointError` naming the parameter, before any
@@ -164,13 +173,13 @@ class Amos(Optimizer):
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
-        stochastic_rounding: bool = False,
+        rounding: str = "nearest",
     ):
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            stochastic_rounding=stochastic_rounding,
+            rounding=rounding,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -289,8 +298,10 @@ class Amos(Optimizer):
         """Phase 2: state created where new, then slots and parameters changed."""
         for group, _, h, records in checked:
             for r in records:  # a kept record has its state (see _plan)
-                if r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state):
-                    r.state = self._init_state(r, h.mu)
+                if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
+                        or (_routes.compensated(r.p, group)
+                            and "compensation" not in r.state)):
+                    r.state = self._init_state(r, h.mu, _routes.compensated(r.p, group))
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
             # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
             # measured as fast as the loop for a few large tensors, faster for many small ones
@@ -301,7 +312,7 @@ class Amos(Optimizer):
             for r in records:  # the kept records must not keep g2 alive
                 r.g2 = r.check = None
 
-    def _init_state(self, r: Record, momentum: float) -> dict[str, Any]:
+    def _init_state(self, r: Record, momentum: float, compensated: bool) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -316,6 +327,8 @@ class Amos(Optimizer):
         if momentum > 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
+        if compensated and "compensation" not in state:  # the parameter's dtype
+            state["compensation"] = torch.zeros_like(r.p, memory_format=torch.preserve_format)
         return state
 
     def diagnostics(self, *, per_parameter: bool = True) -> dict[str, float]:
@@ -380,7 +393,7 @@ class Amos(Optimizer):
         for group in self.param_groups:  # options added after a release get defaults here
             for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
                                  ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
-                                 ("fused", False), ("stochastic_rounding", False)):
+                                 ("fused", False), ("rounding", "nearest")):
                 group.setdefault(key, default)
         # inside load_state_dict, before the post-hooks: the final state's dtypes
         saved = getattr(self, "_saved_slots", None)
@@ -437,17 +450,17 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
         shape_fn = as_shape_fn(spec)
         for i, (p, saved_id) in enumerate(zip(group["params"], saved.get("params", []))):
             entry = saved_state.get(saved_id)
-            if not entry or not any(k in entry for k in _SLOT_KEYS):
+            if not entry or not any(k in entry for k in (*_SLOT_KEYS, *_PARAMETER_SHAPED)):
                 continue
             name = optimizer._param_name(group, group_index, i)
             shape = tuple(p.shape)
             want = shape if shape_fn is None else shape_fn(name, shape)
-            found = {k: tuple(entry[k].shape) for k in _SLOT_KEYS
+            found = {k: tuple(entry[k].shape) for k in (*_SLOT_KEYS, "compensation")
                      if isinstance(entry.get(k), Tensor)}
             if "slot_shape" in entry:
                 found["slot_shape"] = tuple(entry["slot_shape"])
             wrong = {k: got for k, got in found.items()
-                     if got != (shape if k == "momentum_buffer" else want)}
+                     if got != (shape if k in _PARAMETER_SHAPED else want)}
             if wrong:
                 raise ValueError(
                     f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
@@ -497,7 +510,9 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
     eps = group["epsilon"]
     if not _is_number(eps) or not (math.isfinite(eps) and eps > 0):
         raise bad("epsilon", "the floor on v must be a finite number > 0 (default 2**-125)")
-    for arg in ("foreach", "maximize", "fused", "stochastic_rounding"):
+    if group["rounding"] not in ROUNDINGS:
+        raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
+    for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
             raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))
     if group["fused"] and group["foreach"] is False:
