@@ -64,11 +64,13 @@ EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "bfloat16": 2.0**-8}
 
 def check_step(name: str, got: np.ndarray, theta: np.ndarray, want: np.ndarray,
                oracle: NumpyAmos, g: np.ndarray, lr: float, dtype: str,
-               rounded_update: bool = False) -> None:
+               rounded_update: bool = False, ulps: float = 1.0) -> None:
     """``got`` (one framework step from ``theta``) equals ``want`` (the oracle's step from the
     same ``theta`` with gradient ``g``) up to the arithmetic's error and the rounding to
     ``dtype`` (of the update too where ``rounded_update``: optax returns updates in the
-    gradient's dtype).
+    gradient's dtype); ``ulps``: units in the last place the storing may add (2 for the
+    stochastic and compensated ``rounding`` of 16-bit parameters; the compensation carried from
+    the previous step is up to half a unit of ``theta``, which may be the larger).
 
     The arithmetic's error is relative to the largest term of the update, not to the update:
     the gradient term and the weight decay can nearly cancel (lr 0.5, extra_l2 0.1: terms of 1
@@ -82,7 +84,8 @@ def check_step(name: str, got: np.ndarray, theta: np.ndarray, want: np.ndarray,
                        + oracle.extra_l2 * np.abs(theta))
     scale = float(np.max(terms, initial=0.0))
     tolerance = UPDATE_TOLERANCE[dtype] + (EPS[dtype] if rounded_update else 0.0)
-    bound = tolerance * scale + EPS[dtype] * np.abs(want) + 1e-300
+    bound = (tolerance * scale + EPS[dtype] * np.abs(want)
+             + (ulps - 1.0) * EPS[dtype] * np.maximum(np.abs(want), np.abs(theta)) + 1e-300)
     excess = np.abs(got - want) - bound
     assert np.all(excess <= 0), (
         f"{name} ({dtype}): worst error {np.max(np.abs(got - want), initial=0):.3g} "
@@ -122,8 +125,12 @@ def oracles_for(tensors: list, opts: dict) -> list[NumpyAmos]:
 
 
 @heavy
-@given(data=st.data(), foreach=st.booleans())
-def test_torch_follows_the_numpy_transcription(data, foreach) -> None:
+@given(data=st.data(), foreach=st.booleans(),
+       rounding=st.sampled_from(["nearest", "stochastic", "compensated"]))
+def test_torch_follows_the_numpy_transcription(data, foreach, rounding) -> None:
+    """Every option; for bfloat16/float16, each ``rounding`` stays within the tolerance of one
+    rounding of the oracle's step (stochastic: the other neighbour; compensated: the carried
+    error, under half a unit in the last place)."""
     torch = pytest.importorskip("torch")
     from amosopt.torch import Amos
 
@@ -135,7 +142,8 @@ def test_torch_follows_the_numpy_transcription(data, foreach) -> None:
     named = [(f"p{i}", p) for i, p in enumerate(params)]
     slots = {f"p{i}": shape if slot is None else slot
              for i, (shape, slot) in enumerate(tensors)}
-    opt = Amos(named, slot_shape=lambda n, s: slots[n], foreach=foreach, **opts)
+    opt = Amos(named, slot_shape=lambda n, s: slots[n], foreach=foreach, rounding=rounding,
+               **opts)
     oracles = oracles_for(tensors, opts)
     for t in range(STEPS):
         theta = [p.detach().double().numpy().copy() for p in params]
@@ -149,7 +157,7 @@ def test_torch_follows_the_numpy_transcription(data, foreach) -> None:
             g = p.grad.double().numpy()  # the gradient as the framework saw it
             want = oracles[i].step(theta[i], g, opts["lr"])
             check_step(f"p{i}", p.detach().double().numpy(), theta[i], want, oracles[i], g,
-                       opts["lr"], dtype)
+                       opts["lr"], dtype, ulps=1.0 if rounding == "nearest" else 2.0)
             state = opt.state[p]
             for key, slot in (("v", oracles[i].v), ("b", oracles[i].b)):
                 np.testing.assert_allclose(state[key].double().numpy(), slot,
@@ -287,7 +295,8 @@ INVALID = {
     "epsilon": [0.0, -1e-30, math.nan, math.inf, None],
 }
 #: (1 and 0.0 pass as flags: they equal True and False, as torch's own optimizers take them)
-TORCH_ONLY = {"foreach": ["yes", 2, "auto"], "maximize": [None, "no", 2], "fused": ["yes", None]}
+TORCH_ONLY = {"foreach": ["yes", 2, "auto"], "maximize": [None, "no", 2], "fused": ["yes", None],
+              "rounding": ["up", "Nearest", None, True, 0]}
 VALID = dict(lr=0.1, eta=0.5)
 
 
