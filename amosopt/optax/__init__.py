@@ -1,10 +1,12 @@
-"""Amos for JAX/optax: ``amos``, ``scale_by_amos``, ``ScaleByAmosState``, and sharding helpers.
+"""Amos for JAX/optax: ``amos``, ``scale_by_amos``, ``ScaleByAmosState``, sharding helpers, and
+``compensated_rounding`` for 16-bit parameters.
 
 Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbers), without flax:
 ``from amosopt.optax import amos``.
 """
 
 from amosopt.optax.diagnostics import decay_onset, diagnostics
+from amosopt.optax.rounding import CompensatedState, compensated_rounding
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.sharding import slot_partition_spec, state_sharding
 from amosopt.optax.transform import (
@@ -16,6 +18,8 @@ from amosopt.optax.transform import (
 )
 
 __all__ = [
+    "CompensatedState",
+    "compensated_rounding",
     "decay_onset",
     "diagnostics",
     "ScaleByAmosState",
