@@ -11,6 +11,13 @@ table, the targets of the study (met or not, with the numbers) and the ablations
     .venv/bin/python benchmarks/study.py --only digits --jobs 2  # one stage
     .venv/bin/python benchmarks/study.py --summary               # the tables, from what is done
 
+While you keep editing the checkout, run it from a frozen copy (worker processes import
+``amosopt`` afresh, and an edited package mid-study makes runs fail):
+
+    git worktree add ../study-run HEAD && cd ../study-run
+    nohup ../main/.venv/bin/python benchmarks/study.py --jobs 2 \
+        --root ../main/benchmarks/results/study &
+
 Compute (2 cores, one torch thread per run): an lm step takes about 0.23 s, so the lm stage is
 about 54 runs x 3500 steps (about 6 hours with ``--jobs 2``), the ablations about 1.5 hours,
 digits about 15 minutes.
