@@ -126,7 +126,7 @@ class Amos(Optimizer):
             and it needs a C++ compiler on CPU, Triton on CUDA. Numbers: ``benchmarks/README.md``.
         rounding: how a bfloat16/float16 parameter stores the float32 result of each update:
             ``"nearest"`` (default) loses Amos's small late updates (10,000 steps of a small
-            MLP: 37-53% above float32, ``benchmarks/bf16_drift.py``); ``"stochastic"``
+            MLP: 37-72% above float32, ``benchmarks/bf16_drift.py``); ``"stochastic"``
             (bfloat16 only) rounds up or down at random, unbiased, with no extra memory, and
             draws from torch's default generator; ``"compensated"`` keeps what rounding lost
             in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
@@ -187,7 +187,7 @@ class Amos(Optimizer):
                    for k, v in defaults.items()}
         _check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
         super().__init__(params, defaults)
-        #: phase 1's records, kept (see _check_group), by (group index, position): keyed by
+        #: the step's records, kept (see _plan), by (group index, position): keyed by
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
         self._records: dict[tuple[int, int], Record] = {}
@@ -243,8 +243,8 @@ class Amos(Optimizer):
                 loss = closure()
         # Under torch.compile: the host's bookkeeping (_plan) runs outside the graph, and the
         # one host sync (is every gradient finite?) is a graph break that dynamo resumes after,
-        # at the top level of the step: two graphs, phase 1 and phase 2, the same at every step
-        # from the second on (see the README, "torch.compile")
+        # at the top level of the step: phase 1, the check's reduction and phase 2 run as three
+        # graphs, the same at every step from the second on (README, PyTorch quick start)
         plan = self._plan_outside_graph() if torch.compiler.is_compiling() else self._plan()
         if not plan:
             return loss
@@ -298,10 +298,10 @@ class Amos(Optimizer):
         """Phase 2: state created where new, then slots and parameters changed."""
         for group, _, h, records in checked:
             for r in records:  # a kept record has its state (see _plan)
+                compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
-                        or (_routes.compensated(r.p, group)
-                            and "compensation" not in r.state)):
-                    r.state = self._init_state(r, h.mu, _routes.compensated(r.p, group))
+                        or (compensated and "compensation" not in r.state)):
+                    r.state = self._init_state(r, h.mu, compensated)
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
             # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
             # measured as fast as the loop for a few large tensors, faster for many small ones
@@ -510,7 +510,7 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
     eps = group["epsilon"]
     if not _is_number(eps) or not (math.isfinite(eps) and eps > 0):
         raise bad("epsilon", "the floor on v must be a finite number > 0 (default 2**-125)")
-    if group["rounding"] not in ROUNDINGS:
+    if not isinstance(group["rounding"], str) or group["rounding"] not in ROUNDINGS:
         raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
     for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
