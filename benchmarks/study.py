@@ -69,9 +69,12 @@ STAGES: list[tuple[str, str, list[str]]] = [
       "--amos-beta", "0.999"]),
     # Amos without momentum (0.6% of AdamW's state) against Adafactor, at every lm budget; its
     # 1000-step runs are also the momentum ablation
+    # (its best xi sat at the low edge of {0.5, 1, 2} x at 500 and 1000 steps: without the
+    # momentum EMA the suggested xi is too large, so its grid reaches down to 0.125 x)
     ("lm-momentum-0", "lm-momentum-0", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds",
                                         ABLATION_SEEDS, "--optimizers", "amos-wsd",
-                                        "--amos-momentum", "0"]),
+                                        "--amos-momentum", "0",
+                                        "--xi-multipliers", "0.125,0.25,0.5,1,2"]),
     ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
                   "--optimizers", ALL]),
 ]
