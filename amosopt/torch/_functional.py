@@ -28,7 +28,8 @@ Shape = tuple[int, ...]
 #: a Python float for one tensor, a per-element tensor for concatenated slots
 Scalar = Union[float, Tensor]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: the 16-bit dtypes: float32 slots and arithmetic, and a choice of rounding when stored
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Hyper:
 def slot_dtype(p: Tensor) -> torch.dtype:
     """Slots are float32 for bf16/fp16 parameters (kept in float32 after loading), else the
     parameter's dtype."""
-    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
 
 def per_tensor(h: Hyper, eta: float, t: Scalar) -> tuple[Scalar, Scalar, Scalar]:
@@ -122,8 +123,9 @@ _SQUARES_BLOCK = 1 << 17
 def _sum_of_squares_by_blocks(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """Sum of ``g^2`` over ``axes`` (keepdim), which keep the innermost axis: block by block of
     leading rows, so that the temporary squares stay small. Eager ``vector_norm`` over a
-    leading axis measured 10-50x slower than this (one thread, a 768 x 3072 gradient with a
-    (1, 3072) slot: 7.9 ms against 0.7 ms), the layout of Hugging Face's ``Conv1D`` weights."""
+    leading axis measured 8-17x slower than this (one thread, a 768 x 3072 gradient with a
+    (1, 3072) slot: 7.1-7.4 ms against 0.4-0.9 ms; ``benchmarks/README.md``), the layout of
+    Hugging Face's ``Conv1D`` weights."""
     rows = max(1, _SQUARES_BLOCK // math.prod(g.shape[1:]))
     parts = torch.cat([block.to(dtype).square().sum(axes, keepdim=True)
                        for block in g.split(rows, 0)])
@@ -172,7 +174,7 @@ def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[
     holds what rounding lost, :math:`c = \theta - \mathrm{round}(\theta)`, and is added back
     before the next update, so that :math:`p + c` carries about twice the parameter's
     significant bits."""
-    low = p.dtype in _LOW_PRECISION
+    low = p.dtype in LOW_PRECISION
     theta = p.float() if low else p
     if c is not None:
         theta.add_(c)

@@ -119,7 +119,7 @@ def group_signature(group: dict[str, Any]) -> tuple:
 
 def compensated(p: Tensor, group: dict[str, Any]) -> bool:
     """Does ``p`` keep a Kahan compensation buffer (``rounding="compensated"``, 16-bit)?"""
-    return group["rounding"] == "compensated" and p.dtype in (torch.float16, torch.bfloat16)
+    return group["rounding"] == "compensated" and p.dtype in F.LOW_PRECISION
 
 
 def layout(p: Tensor) -> tuple:

@@ -37,6 +37,8 @@ Shape = tuple[int, ...]
 _SLOT_KEYS = ("v", "b", "momentum_buffer")
 #: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
 _PARAMETER_SHAPED = ("momentum_buffer", "compensation")
+#: every tensor of a parameter's state but ``step``: the slot-shape check reads them
+_STATE_TENSORS = ("v", "b", *_PARAMETER_SHAPED)
 #: the values of ``rounding``
 ROUNDINGS = ("nearest", "stochastic", "compensated")
 #: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
@@ -450,12 +452,12 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
         shape_fn = as_shape_fn(spec)
         for i, (p, saved_id) in enumerate(zip(group["params"], saved.get("params", []))):
             entry = saved_state.get(saved_id)
-            if not entry or not any(k in entry for k in (*_SLOT_KEYS, *_PARAMETER_SHAPED)):
+            if not entry or not any(k in entry for k in _STATE_TENSORS):
                 continue
             name = optimizer._param_name(group, group_index, i)
             shape = tuple(p.shape)
             want = shape if shape_fn is None else shape_fn(name, shape)
-            found = {k: tuple(entry[k].shape) for k in (*_SLOT_KEYS, "compensation")
+            found = {k: tuple(entry[k].shape) for k in _STATE_TENSORS
                      if isinstance(entry.get(k), Tensor)}
             if "slot_shape" in entry:
                 found["slot_shape"] = tuple(entry["slot_shape"])
