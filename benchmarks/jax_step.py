@@ -12,10 +12,7 @@ compilation. Reported: median step time, ratio to optax.adamw, state bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys

@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import shlex
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,6 +217,29 @@ def ablations(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def combined(root: Path, lm: dict) -> list[dict]:
+    """The combined stage against the default schedule, Amos and AdamW alike (per seed)."""
+    results = _load(root, COMBINED)
+    if results is None:
+        return []
+    seeds = [int(s) for s in ABLATION_SEEDS.split(",")]
+    default = _restricted(lm, seeds=seeds, budgets=[ABLATION_BUDGET])
+    mine = _restricted(results, seeds=seeds, budgets=[ABLATION_BUDGET])
+    setting = " ".join(COMBINED_FLAGS).replace("--", "")
+    rows = [{"run": f"{name}, {label}", "entry": _tuned(summary, ABLATION_BUDGET, name)}
+            for label, summary in (("default schedule", default), (setting, mine))
+            for name in ("amos-wsd", "adamw-wsd")]
+    for row in rows:
+        entry = row["entry"] or {}
+        row["mean"], row["value"] = entry.get("mean"), entry.get("value")
+        row["losses"] = entry.get("losses") or {}
+    for amos, adamw in (rows[0], rows[1]), (rows[2], rows[3]):
+        amos["vs_adamw_same_schedule"] = {
+            s: loss - adamw["losses"][s] for s, loss in amos["losses"].items()
+            if loss is not None and adamw["losses"].get(s) is not None}
+    return rows
+
+
 def table(results: dict) -> list[str]:
     """One row per optimizer entry, one column per budget: mean ± sd and reach."""
     summary = results["summary"]
@@ -278,8 +300,10 @@ def write_summary(root: Path) -> dict:
             lines.append(f"| {row['target']} | {'yes' if row['met'] else 'no'} | {numbers} |")
         out["ablations"] = ablations(root, lm)
         lines += ["", f"## Ablations (lm, {ABLATION_BUDGET} steps, seeds {ABLATION_SEEDS}, "
-                      "amos-wsd with its xi tuned on {0.5, 1, 2} x suggested)", "",
-                  "| ablation | change | final loss | vs baseline (per seed) | tuned xi multiplier |",
+                      "amos-wsd with its xi tuned on {0.5, 1, 2} x suggested; without momentum on "
+                      "{0.125, 0.25, 0.5, 1, 2} x)", "",
+                  "| ablation | change | final loss | vs baseline (per seed) "
+                  "| tuned xi multiplier |",
                   "|---|---|---|---|---|"]
         for row in out["ablations"]:
             difference = "" if row["difference"] is None else f"{row['difference']:+.4f}"
@@ -290,6 +314,18 @@ def write_summary(root: Path) -> dict:
                           f"{row['tuned_xi_multiplier']:g}")
             lines.append(f"| {row['ablation']} | {row['change']} | {_fmt(row['entry'])} | "
                          f"{difference} | {multiplier} |")
+        out["combined"] = combined(root, lm)
+        if out["combined"]:
+            lines += ["", f"## Combined (lm, {ABLATION_BUDGET} steps, seeds {ABLATION_SEEDS}): "
+                          "the ablations that helped, together, against AdamW under the same "
+                          "schedule", "",
+                      "| run | final loss | tuned value | Amos - AdamW (same schedule), per seed |",
+                      "|---|---|---|---|"]
+            for row in out["combined"]:
+                diff = row.get("vs_adamw_same_schedule") or {}
+                cell = ", ".join(f"{d:+.3f}" for d in diff.values())
+                value = "" if row["value"] is None else f"{row['value']:g}"
+                lines.append(f"| {row['run']} | {_fmt(row['entry'])} | {value} | {cell} |")
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

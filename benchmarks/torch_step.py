@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import random
 import statistics
 import sys

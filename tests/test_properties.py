@@ -305,7 +305,7 @@ VALID = dict(lr=0.1, eta=0.5)
        in_group=st.booleans(), seed=st.integers(0, 100))
 def test_torch_invalid_hyperparameters_raise_naming_them_and_change_nothing(arg, data, in_group,
                                                                             seed):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from amosopt.torch import Amos
     from tests.test_torch.conftest import assert_same, mlp, snapshot, train
 

@@ -97,7 +97,7 @@ def test_expression_errors_are_value_errors(expression, fragment):
     ("\x00", "null bytes"),
 ])
 def test_deep_nesting_complex_powers_and_bad_characters_are_value_errors(expression, fragment):
-    with pytest.raises(ValueError, match=f"Invalid shape expression|failed") as info:
+    with pytest.raises(ValueError, match="Invalid shape expression|failed") as info:
         evaluate_shape_expression(expression, (3, 4))
     assert fragment in str(info.value)
     assert type(info.value) is ValueError

@@ -434,7 +434,7 @@ def markdown(results: dict) -> str:
               f"share the machine ({machine['cpu_count']} CPUs, "
               f"{machine.get('torch_threads_per_run')} torch thread(s) per run), so it is "
               "noisy: `benchmarks/torch_step.py` measures the optimizers side by side.",
-              f"- Versions and the command are in `results.json`."]
+              "- Versions and the command are in `results.json`."]
     return "\n".join(lines) + "\n"
 
 

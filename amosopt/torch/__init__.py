@@ -10,4 +10,4 @@ from amosopt.torch.optimizer import Amos
 from amosopt.torch.scales import auto_amos, auto_scales
 from amosopt.torch.schedules import WSDSchedule, warmup_schedule, wsd_schedule
 
-__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "wsd_schedule"]
+__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "warmup_schedule", "wsd_schedule"]
