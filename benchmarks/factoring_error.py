@@ -10,10 +10,11 @@ I-divergence to ``v`` among rank-1 matrices.
 
 This script follows one run of the study (lm, amos-wsd at the suggested xi, seed 0, 1000 steps),
 keeps the full ``v`` of every matrix beside it (``v = beta v + (1 - beta) g^2``, the run's beta),
-and at a few steps compares two estimates of it:
+and at a few steps compares estimates of it:
 
 * Amos: ``v`` averaged over the reduced axes of the automatic slot shape (what Amos's slot holds,
   since averaging commutes with the running mean);
+* the other axis: ``v`` averaged over the axes the slot keeps instead (for contrast);
 * row and column: ``R C^T / mean(v)``, with the matrix seen as (rows = all leading axes, columns
   = the last axis).
 
@@ -48,6 +49,12 @@ def amos_estimate(v: torch.Tensor, slot_shape: tuple[int, ...]) -> torch.Tensor:
     return v.mean(dim=axes, keepdim=True).expand_as(v) if axes else v
 
 
+def other_axis_estimate(v: torch.Tensor, slot_shape: tuple[int, ...]) -> torch.Tensor:
+    """``v`` averaged over the axes Amos's slot keeps instead (one slot per input column)."""
+    kept = tuple(1 if s > 1 else n for n, s in zip(v.shape, slot_shape))
+    return amos_estimate(v, kept)
+
+
 def row_column_estimate(v: torch.Tensor) -> torch.Tensor:
     """Adafactor's rank-1 estimate ``R C^T / mean(v)`` of ``v`` seen as a matrix."""
     matrix = v.reshape(-1, v.shape[-1])
@@ -69,12 +76,14 @@ def measure(v_full: dict[str, torch.Tensor], slots: dict[str, tuple[int, ...]]) 
     for name, v in v_full.items():
         amos = step_error(v, amos_estimate(v, slots[name]))
         rowcol = step_error(v, row_column_estimate(v))
+        other = step_error(v, other_axis_estimate(v, slots[name]))
         rows.append({
             "name": name, "shape": list(v.shape), "amos_slot_shape": list(slots[name]),
             "entries": v.numel(), "amos_slot_elements": math.prod(slots[name]),
             "row_column_elements": v.numel() // v.shape[-1] + v.shape[-1],
             "amos_error": amos[0], "amos_off_2x": amos[1],
-            "row_column_error": rowcol[0], "row_column_off_2x": rowcol[1]})
+            "row_column_error": rowcol[0], "row_column_off_2x": rowcol[1],
+            "other_axis_error": other[0], "other_axis_off_2x": other[1]})
     return rows
 
 
@@ -82,7 +91,8 @@ def overall(rows: list[dict]) -> dict:
     """Entry-weighted means over the matrices, and the total slot sizes."""
     total = sum(r["entries"] for r in rows)
     out = {key: sum(r[key] * r["entries"] for r in rows) / total
-           for key in ("amos_error", "amos_off_2x", "row_column_error", "row_column_off_2x")}
+           for key in ("amos_error", "amos_off_2x", "row_column_error", "row_column_off_2x",
+                       "other_axis_error", "other_axis_off_2x")}
     out.update(entries=total, amos_slot_elements=sum(r["amos_slot_elements"] for r in rows),
                row_column_elements=sum(r["row_column_elements"] for r in rows))
     return out
@@ -124,12 +134,14 @@ def main() -> None:
             o = results[-1]["overall"]
             print(f"step {step:5d}: mean |log2 step ratio| Amos {o['amos_error']:.3f}, "
                   f"row+column {o['row_column_error']:.3f}; energy off by >2x: Amos "
-                  f"{o['amos_off_2x']:.1%}, row+column {o['row_column_off_2x']:.1%}", flush=True)
+                  f"{o['amos_off_2x']:.1%}, row+column {o['row_column_off_2x']:.1%}; the other "
+                  f"axis {o['other_axis_error']:.3f} ({o['other_axis_off_2x']:.1%})", flush=True)
     last = results[-1]
-    print(f"\nstep {last['step']} | tensor | shape | Amos slot | Amos error | row+column error")
+    print(f"\nstep {last['step']} | tensor | shape | Amos slot | error: Amos | row+column "
+          "| the other axis")
     for r in last["tensors"]:
         print(f"  {r['name']} | {r['shape']} | {r['amos_slot_shape']} | {r['amos_error']:.3f} "
-              f"| {r['row_column_error']:.3f}")
+              f"| {r['row_column_error']:.3f} | {r['other_axis_error']:.3f}")
     o = last["overall"]
     print(f"slot elements over the matrices: full {o['entries']:,}, Amos "
           f"{o['amos_slot_elements']:,}, row+column {o['row_column_elements']:,}")
