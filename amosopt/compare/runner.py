@@ -171,13 +171,18 @@ def _amos_scales(config: CompareConfig, model: torch.nn.Module, example: Any):
 
 def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext:
     """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
-    config = CompareConfig(**config_dict)
+    return _seed_context(CompareConfig(**config_dict), seed, budget)[0]
+
+
+def _seed_context(config: CompareConfig, seed: int, budget: int
+                  ) -> tuple[study.SeedContext, list[dict]]:
+    """:func:`seed_context`, and Amos's scales table for the report (one trace of the model)."""
     task = build_task(config, seed, budget)
     torch.manual_seed(seed)
     model = task.make_model()
     _warm_up(task, model)
     suggestion = suggest(task.train_examples, config.batch_size, "mean")
-    eta, slot_shape, _ = _amos_scales(config, model, task.batch(0)[0])
+    eta, slot_shape, table = _amos_scales(config, model, task.batch(0)[0])
     settings = optimizers.RunSettings(
         budget=budget, xi=suggestion.xi, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
@@ -185,7 +190,7 @@ def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext
         amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return study.SeedContext(task, init_state, settings, config.evals)
+    return study.SeedContext(task, init_state, settings, config.evals), table
 
 
 def _warm_up(task: Task, model: torch.nn.Module) -> None:
@@ -244,10 +249,9 @@ def _describe(config: CompareConfig) -> dict:
         raise data_lib.DataError(
             f"invalid --batch-size: {config.batch_size} is larger than the "
             f"{task.train_examples} training examples; use at most {task.train_examples}")
-    context = seed_context(asdict(config), config.seeds[0], budget)
+    context, table = _seed_context(config, config.seeds[0], budget)
     model = task.make_model()
     model.load_state_dict(context.init_state)
-    _, _, table = _amos_scales(config, model, task.batch(0)[0])
     memory = {}
     for name, momentum in (("amos_momentum_0", 0.0), ("amos_momentum_0.9", 0.9),
                            ("adamw", None)):
