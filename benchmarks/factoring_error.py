@@ -40,19 +40,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.compare import optimizers  # noqa: E402
 from amosopt.compare.runner import CompareConfig, seed_context  # noqa: E402
+from amosopt.rules import reduced_axes  # noqa: E402
 from benchmarks._record import write_record  # noqa: E402
 
 
-def amos_estimate(v: torch.Tensor, slot_shape: tuple[int, ...]) -> torch.Tensor:
-    """``v`` averaged over the axes where the slot has size 1 (Amos's factored slot)."""
-    axes = [i for i, (n, s) in enumerate(zip(v.shape, slot_shape)) if s == 1 and n > 1]
+def _mean_over(v: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     return v.mean(dim=axes, keepdim=True).expand_as(v) if axes else v
+
+
+def amos_estimate(v: torch.Tensor, slot_shape: tuple[int, ...]) -> torch.Tensor:
+    """``v`` averaged over the slot's reduced axes (Amos's factored slot)."""
+    return _mean_over(v, reduced_axes(v.shape, slot_shape))
 
 
 def other_axis_estimate(v: torch.Tensor, slot_shape: tuple[int, ...]) -> torch.Tensor:
     """``v`` averaged over the axes Amos's slot keeps instead (one slot per input column)."""
-    kept = tuple(1 if s > 1 else n for n, s in zip(v.shape, slot_shape))
-    return amos_estimate(v, kept)
+    reduced = reduced_axes(v.shape, slot_shape)
+    return _mean_over(v, tuple(i for i, n in enumerate(v.shape) if i not in reduced and n > 1))
 
 
 def row_column_estimate(v: torch.Tensor) -> torch.Tensor:
