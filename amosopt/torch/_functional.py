@@ -110,7 +110,8 @@ def mean_square(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype, keepdim: b
     if torch.compiler.is_compiling():
         return g.to(dtype).square().mean(axes, keepdim=keepdim)
     n = math.prod(g.shape[a] for a in axes)
-    if g.dim() - 1 not in axes and type(g) is Tensor and g.numel():  # kept innermost: (1, C)
+    # kept innermost, as (1, C); the blocks keep dims (keepdim=False is for a scalar slot)
+    if keepdim and g.dim() - 1 not in axes and type(g) is Tensor and g.numel():
         return _sum_of_squares_by_blocks(g, axes, dtype).div_(n)
     norm = torch.linalg.vector_norm(g, dim=axes, keepdim=keepdim, dtype=dtype)
     return norm.square().div_(n)
