@@ -43,6 +43,7 @@ LM_BUDGETS = [500, 1000, 2000]
 ABLATION_BUDGET = 1000
 ABLATION_SEEDS = "0,1"
 COMBINED = "combined"
+LOW_XI = "lm-2000-low-xi"
 COMBINED_FLAGS = ["--amos-beta", "0.999", "--cooldown-fraction", "0.3", "--cooldown", "1-sqrt"]
 
 #: (stage, output folder, arguments of amos compare), in the order they run. The lm study is
@@ -84,6 +85,10 @@ STAGES: list[tuple[str, str, list[str]]] = [
                           "--xi-multipliers", "0.5,1,2,4"]),
     ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
                   "--optimizers", ALL]),
+    # at 2000 steps Amos's best xi sat at the low edge of {0.5, 1, 2} x (with and without the
+    # cooldown): one more grid point below it, on the first two seeds
+    (LOW_XI, LOW_XI, ["--task", "lm", "--budgets", "2000", "--seeds", ABLATION_SEEDS,
+                      "--optimizers", "amos,amos-wsd", "--xi-multipliers", "0.25"]),
 ]
 #: what each ablation changes, against the baseline (the lm study's amos-wsd at 1000 steps)
 ABLATIONS = {
@@ -293,7 +298,7 @@ def write_summary(root: Path) -> dict:
                 numbers = ("never at every seed" if row["percent"] is None else
                            f"best: {row['percent']:.0f}% at {row['best_budget']} steps")
             else:
-                p = "" if row.get("p") is None else f", paired t-test p = {row['p']:.3f}"
+                p = "" if row.get("p") is None else f", paired t-test p = {row['p']:.2g}"
                 numbers = (f"{row['amos']:.4f} vs {row['reference']:.4f} "
                            f"({row['reference_label']}), difference {row['difference']:+.4f}, "
                            f"n = {row['n']}{p}")
