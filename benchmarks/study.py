@@ -245,6 +245,30 @@ def combined(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def low_xi(root: Path, lm: dict) -> list[dict]:
+    """Amos's xi grid at 2000 steps extended below its low edge (stage LOW_XI), on its seeds."""
+    results = _load(root, LOW_XI)
+    if results is None:
+        return []
+    budget, seeds = results["config"]["budgets"][0], results["config"]["seeds"]
+    main, extra = (_restricted(r, seeds=seeds, budgets=[budget]) for r in (lm, results))
+    rows = []
+    for name in ("amos", "amos-wsd"):
+        grid_main = main["budgets"][str(budget)]["optimizers"].get(name)
+        grid_extra = extra["budgets"][str(budget)]["optimizers"].get(name)
+        if not grid_main or not grid_extra or None in grid_extra["mean_by_value"].values():
+            continue
+        means = {float(v): m for v, m in {**grid_main["mean_by_value"],
+                                          **grid_extra["mean_by_value"]}.items()}
+        best = min(means, key=lambda v: means[v])
+        rows.append({"optimizer": name, "budget": budget, "seeds": seeds,
+                     "mean_by_value": dict(sorted(means.items())), "best_value": best,
+                     "best_at_grid_edge": best in (min(means), max(means)),
+                     "study_value": grid_main["tuned_value"],
+                     "gain_over_study_value": means[best] - means[grid_main["tuned_value"]]})
+    return rows
+
+
 def table(results: dict) -> list[str]:
     """One row per optimizer entry, one column per budget: mean ± sd and reach."""
     summary = results["summary"]
@@ -331,6 +355,23 @@ def write_summary(root: Path) -> dict:
                 cell = ", ".join(f"{d:+.3f}" for d in diff.values())
                 value = "" if row["value"] is None else f"{row['value']:g}"
                 lines.append(f"| {row['run']} | {_fmt(row['entry'])} | {value} | {cell} |")
+        out["low_xi"] = low_xi(root, lm)
+        if out["low_xi"]:
+            values = sorted({v for row in out["low_xi"] for v in row["mean_by_value"]})
+            first = out["low_xi"][0]
+            lines += ["", f"## Amos's xi grid extended at {first['budget']} steps (seeds "
+                          f"{', '.join(map(str, first['seeds']))}; mean final loss by "
+                          "multiplier of the suggested xi)", "",
+                      "| optimizer | " + " | ".join(f"{v:g} x" for v in values)
+                      + " | best | vs the study's grid |",
+                      "|---|" + "---|" * (len(values) + 2)]
+            for row in out["low_xi"]:
+                cells = [f"{row['mean_by_value'][v]:.4f}" if v in row["mean_by_value"] else ""
+                         for v in values]
+                edge = " (grid edge)" if row["best_at_grid_edge"] else ""
+                lines.append(f"| {row['optimizer']} | " + " | ".join(cells)
+                             + f" | {row['best_value']:g} x{edge} | "
+                             f"{row['gain_over_study_value']:+.4f} |")
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
