@@ -18,9 +18,9 @@ While you keep editing the checkout, run it from a frozen copy (worker processes
     nohup ../main/.venv/bin/python benchmarks/study.py --jobs 2 \
         --root ../main/benchmarks/results/study &
 
-Compute (2 cores, one torch thread per run): an lm step takes about 0.23 s, so the lm stage is
-about 54 runs x 3500 steps (about 6 hours with ``--jobs 2``), the ablations about 1.5 hours,
-digits about 15 minutes.
+Compute (2 cores, one torch thread per run), as measured: the lm stage is 198 runs (22 settings
+x 3 seeds at each of its 3 budgets), about 16 run-hours, so 8 hours with ``--jobs 2``; the
+ablations, ``lm-momentum-0`` and ``combined`` about 8 run-hours together; digits minutes.
 """
 
 from __future__ import annotations
