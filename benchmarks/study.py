@@ -43,8 +43,8 @@ LM_BUDGETS = [500, 1000, 2000]
 ABLATION_BUDGET = 1000
 ABLATION_SEEDS = "0,1"
 COMBINED = "combined"
-LOW_XI = "lm-2000-low-xi"
 COMBINED_FLAGS = ["--amos-beta", "0.999", "--cooldown-fraction", "0.3", "--cooldown", "1-sqrt"]
+LOW_XI = "lm-2000-low-xi"
 
 #: (stage, output folder, arguments of amos compare), in the order they run. The lm study is
 #: split so that its short budgets, the ablations and digits finish before its longest budget.
