@@ -256,8 +256,9 @@ def low_xi(root: Path, lm: dict) -> list[dict]:
     for name in ("amos", "amos-wsd"):
         grid_main = main["budgets"][str(budget)]["optimizers"].get(name)
         grid_extra = extra["budgets"][str(budget)]["optimizers"].get(name)
-        if not grid_main or not grid_extra or None in grid_extra["mean_by_value"].values():
-            continue
+        if not grid_main or not grid_extra or any(
+                None in grid["mean_by_value"].values() for grid in (grid_main, grid_extra)):
+            continue  # a seed's run not done yet on either grid
         means = {float(v): m for v, m in {**grid_main["mean_by_value"],
                                           **grid_extra["mean_by_value"]}.items()}
         best = min(means, key=lambda v: means[v])
