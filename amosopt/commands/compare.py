@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Amos slot shapes: automatic factored slots (default) or full-size")
     parser.add_argument("--amos-eta", type=float, metavar="ETA",
                         help="one eta for every parameter instead of the automatic scales")
+    parser.add_argument("--amos-eta-scale", type=float, default=1.0, metavar="K",
+                        help="every eta times K and the suggested xi divided by K: the same "
+                             "initial step, a weight decay K^2 times weaker (default 1)")
+    parser.add_argument("--adamw-weight-decay", type=float, default=0.01, metavar="WD",
+                        help="weight decay of adamw and adamw-wsd (default 0.01)")
+    parser.add_argument("--adamw-beta1", type=float, default=0.9, metavar="BETA1",
+                        help="beta1 of adamw and adamw-wsd (default 0.9)")
     parser.add_argument("--cooldown-fraction", type=float, default=0.2, metavar="FRACTION",
                         help="WSD runs: cooldown length as a fraction of the budget (default 0.2)")
     parser.add_argument("--cooldown", choices=("linear", "1-sqrt"), default="linear",
@@ -171,6 +178,13 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"invalid --amos-beta {args.amos_beta}: use 0 < beta < 1")
     if args.amos_eta is not None and not (math.isfinite(args.amos_eta) and args.amos_eta > 0):
         raise CommandError(f"invalid --amos-eta {args.amos_eta}: a positive number")
+    if not (math.isfinite(args.amos_eta_scale) and args.amos_eta_scale > 0):
+        raise CommandError(f"invalid --amos-eta-scale {args.amos_eta_scale}: a positive number")
+    if not (math.isfinite(args.adamw_weight_decay) and args.adamw_weight_decay >= 0):
+        raise CommandError(f"invalid --adamw-weight-decay {args.adamw_weight_decay}: a number "
+                           ">= 0")
+    if not 0 <= args.adamw_beta1 < 1:
+        raise CommandError(f"invalid --adamw-beta1 {args.adamw_beta1}: use 0 <= beta1 < 1")
     if args.text is not None:
         path = Path(args.text)
         if not path.is_file():
@@ -205,7 +219,9 @@ def _config(args: argparse.Namespace):
         xi_multipliers=_parse_numbers("--xi-multipliers", args.xi_multipliers),
         warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
         amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
-        amos_eta=args.amos_eta, cooldown_fraction=args.cooldown_fraction,
+        amos_eta=args.amos_eta, amos_eta_scale=args.amos_eta_scale,
+        adamw_weight_decay=args.adamw_weight_decay, adamw_beta1=args.adamw_beta1,
+        cooldown_fraction=args.cooldown_fraction,
         cooldown=args.cooldown, evals=args.evals, threads=args.threads, jobs=args.jobs,
         seq_len=args.seq_len, width=args.width, layers=args.layers, heads=args.heads,
         progress=not args.no_progress)

@@ -28,7 +28,7 @@ from torch import nn
 __all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
 
 ADAMW_BETAS = (0.9, 0.999)
-ADAMW_WEIGHT_DECAY = 0.01
+ADAMW_WEIGHT_DECAY = 0.01  # also Adafactor's and schedule-free's
 
 
 @dataclass
@@ -62,6 +62,8 @@ class RunSettings:
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"
+    adamw_weight_decay: float = ADAMW_WEIGHT_DECAY  # adamw and adamw-wsd
+    adamw_beta1: float = ADAMW_BETAS[0]  # adamw and adamw-wsd
     extra: dict = field(default_factory=dict)
 
     @property
@@ -131,8 +133,9 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
 def _adamw(model: nn.Module, lr: float, run: RunSettings, wsd: bool) -> Built:
     from amosopt.torch import wsd_schedule
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS,
-                                  weight_decay=ADAMW_WEIGHT_DECAY, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr,
+                                  betas=(run.adamw_beta1, ADAMW_BETAS[1]),
+                                  weight_decay=run.adamw_weight_decay, fused=True)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)

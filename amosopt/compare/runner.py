@@ -66,6 +66,9 @@ DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]
 FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "heads", "channels",
                "evals", "eval_batches", "warmup_fraction", "amos_warmup", "amos_momentum",
                "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
+#: settings added later: part of the fingerprint only where they differ from their default, so
+#: that studies recorded before them resume
+FINGERPRINT_OPTIONAL = {"amos_eta_scale": 1.0, "adamw_weight_decay": 0.01, "adamw_beta1": 0.9}
 
 
 @dataclass
@@ -88,6 +91,11 @@ class CompareConfig:
     amos_beta: float | None = None  # None: as amos suggest gives it
     amos_slots: str = "factored"  # or "full"
     amos_eta: float | None = None  # None: automatic scales; a number: one eta for all
+    #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
+    #: the same and the weight decay (~ xi^2) is k^2 times weaker
+    amos_eta_scale: float = 1.0
+    adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
+    adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2
     cooldown: str = "linear"
     evals: int | None = None
@@ -119,7 +127,9 @@ class CompareConfig:
         return list(self.grids[optimizer])
 
     def fingerprint(self) -> dict:
-        return {key: getattr(self, key) for key in FINGERPRINT}
+        optional = {key: getattr(self, key) for key, default in FINGERPRINT_OPTIONAL.items()
+                    if getattr(self, key) != default}
+        return {**{key: getattr(self, key) for key in FINGERPRINT}, **optional}
 
 
 def plan(config: CompareConfig) -> list[study.RunSpec]:
@@ -158,15 +168,26 @@ def _amos_scales(config: CompareConfig, model: torch.nn.Module, example: Any):
     from amosopt.torch import auto_scales
 
     scales = auto_scales(model, example_inputs=example)
-    eta = scales.eta if config.amos_eta is None else float(config.amos_eta)
+    k = config.amos_eta_scale
+    if config.amos_eta is not None:
+        eta = k * float(config.amos_eta)
+    elif k != 1:
+        eta = functools.partial(_scaled_eta, scales.eta, k)
+    else:
+        eta = scales.eta
     slot_shape = scales.slot_shape if config.amos_slots == "factored" else None
+    scaled = f" x {k:g} (--amos-eta-scale)" if k != 1 else ""
     table = [{"name": name, "shape": list(p.shape),
-              "eta": float(scales[name].eta if config.amos_eta is None else config.amos_eta),
+              "eta": k * float(scales[name].eta if config.amos_eta is None else config.amos_eta),
               "slot_shape": list(scales[name].slot_shape if slot_shape else p.shape),
               "reason": (str(scales[name].reason) if config.amos_eta is None
-                         else f"one eta for all (--amos-eta {config.amos_eta:g})")}
+                         else f"one eta for all (--amos-eta {config.amos_eta:g})") + scaled}
              for name, p in model.named_parameters()]
     return eta, slot_shape, table
+
+
+def _scaled_eta(eta: Any, k: float, name: str, shape: tuple) -> float:
+    return k * eta(name, shape)
 
 
 def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext:
@@ -184,11 +205,12 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
     suggestion = suggest(task.train_examples, config.batch_size, "mean")
     eta, slot_shape, table = _amos_scales(config, model, task.batch(0)[0])
     settings = optimizers.RunSettings(
-        budget=budget, xi=suggestion.xi, beta=suggestion.beta,
+        budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
         amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
         amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
-        cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown)
+        cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
+        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return study.SeedContext(task, init_state, settings, config.evals), table
 
@@ -262,6 +284,8 @@ def _describe(config: CompareConfig) -> dict:
     source = "amosopt.torch.auto_scales"
     if config.amos_eta is not None:
         source += f", eta overridden to {config.amos_eta:g}"
+    if config.amos_eta_scale != 1:
+        source += f", eta x {config.amos_eta_scale:g} with xi / {config.amos_eta_scale:g}"
     if config.amos_slots != "factored":
         source += ", full-size slots"
     return {
