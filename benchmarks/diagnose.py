@@ -17,6 +17,7 @@ Every stage is one ``amos compare`` into ``--root/diag-NAME`` (resumable, like t
 stages run seed 0 first, then seed 1, so a cut session has every question answered once.
 
     .venv/bin/python benchmarks/diagnose.py --jobs 2      # run or resume, then summarise
+    .venv/bin/python benchmarks/diagnose.py --jobs 1 --only eta-x2,adamw-wd-0.1  # a part
     .venv/bin/python benchmarks/diagnose.py --summary     # diagnose.md / diagnose.json
 
 Compute: about 5 minutes per run with 2 runs in parallel on 2 cores; 33 runs per seed.
@@ -74,15 +75,17 @@ STAGES: list[tuple[str, list[str], str, tuple[str, str]]] = [
 
 
 def command(name: str, args: list[str], root: Path, jobs: int, seeds: str) -> list[str]:
+    # one torch thread per run, as in the study, also with --jobs 1
+    threads = ["--threads", "1"] if jobs == 1 else []
     return ["compare", "--task", "lm", "--budgets", str(BUDGET), "--seeds", seeds, *args,
-            "--jobs", str(jobs), "--out", str(root / f"diag-{name}"), "--no-progress"]
+            "--jobs", str(jobs), *threads, "--out", str(root / f"diag-{name}"), "--no-progress"]
 
 
-def run(root: Path, jobs: int, only: str | None) -> None:
+def run(root: Path, jobs: int, only: list[str] | None) -> None:
     for last in range(len(SEEDS)):  # every stage on seed 0, then on seeds 0 and 1
         seeds = ",".join(map(str, SEEDS[:last + 1]))
         for name, args, _, _ in STAGES:
-            if only is None or name == only:
+            if only is None or name in only:
                 argv = command(name, args, root, jobs, seeds)
                 print(f"== {name} (seeds {seeds}): amos {shlex.join(argv)}", flush=True)
                 if amos_main(argv) != 0:
@@ -164,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="benchmarks/results/study", type=Path)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--only", choices=[name for name, *_ in STAGES])
+    parser.add_argument("--only", metavar="STAGE,...", type=lambda text: text.split(","),
+                        help="these stages only (two processes with --jobs 1 and halves of the "
+                             "stages keep both cores busy: a stage has 3 runs)")
     parser.add_argument("--summary", action="store_true", help="only summarise what is done")
     args = parser.parse_args()
     if not args.summary:
