@@ -18,6 +18,20 @@ from typing import Callable, Optional
 import numpy as np
 
 
+#: ``name: (parameter shape, slot shape, eta)``: every kind of slot the automatic scales produce,
+#: for the tests of ``second_moment="row-col"``; the last three have no column factor
+FACTORED_LEAVES = {
+    "linear": ((6, 5), (6, 1), 0.4),  # torch Linear (out, in): one slot per output row
+    "kernel": ((5, 6), (1, 6), 0.4),  # flax kernel / Hugging Face Conv1D (in, out)
+    "embedding": ((9, 4), (9, 1), 0.7),  # (V, d): one slot per row
+    "conv": ((4, 3, 2, 2), (4, 1, 1, 1), 0.3),  # torch conv (out, in, kh, kw)
+    "interleaved": ((2, 4, 3), (2, 1, 3), 0.5),  # kept axes on both sides of the reduced one
+    "bias": ((5,), (), 0.5),  # scalar slot
+    "ones": ((3, 4), (1, 1), 0.5),  # one entry
+    "full": ((3, 4), (3, 4), 1.0),  # full-size slot
+}
+
+
 def jestimator_amos():
     """Returns the ``jestimator.amos`` module, patched to import with current JAX."""
     import jax

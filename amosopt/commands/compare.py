@@ -13,6 +13,8 @@ import argparse
 import math
 from pathlib import Path
 
+from amosopt.rules import SECOND_MOMENTS
+
 TASK_NAMES = ("lm", "digits")
 OPTIMIZER_NAMES = ("amos", "amos-wsd", "adamw", "adamw-wsd", "adafactor", "schedulefree")
 
@@ -65,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amos-eta-scale", type=float, default=1.0, metavar="K",
                         help="every eta times K and the suggested xi divided by K: the same "
                              "initial step, a weight decay K^2 times weaker (default 1)")
+    parser.add_argument("--amos-second-moment", choices=SECOND_MOMENTS, default="slot",
+                        help="Amos's normaliser: 'slot', the paper's v (default); 'row-col', "
+                             "v and a column factor, a rank-1 estimate per entry (Adafactor's)")
     parser.add_argument("--adamw-weight-decay", type=float, default=0.01, metavar="WD",
                         help="weight decay of adamw and adamw-wsd (default 0.01)")
     parser.add_argument("--adamw-beta1", type=float, default=0.9, metavar="BETA1",
@@ -220,6 +225,7 @@ def _config(args: argparse.Namespace):
         warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
         amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
         amos_eta=args.amos_eta, amos_eta_scale=args.amos_eta_scale,
+        amos_second_moment=args.amos_second_moment,
         adamw_weight_decay=args.adamw_weight_decay, adamw_beta1=args.adamw_beta1,
         cooldown_fraction=args.cooldown_fraction,
         cooldown=args.cooldown, evals=args.evals, threads=args.threads, jobs=args.jobs,

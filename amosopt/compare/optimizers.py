@@ -59,6 +59,7 @@ class RunSettings:
     amos_momentum: float = 0.9
     amos_beta: float | None = None
     amos_warmup: int = 0
+    amos_second_moment: str = "slot"  # Amos(second_moment=...): "slot" (the paper's) or "row-col"
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"
@@ -119,7 +120,8 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
     optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
                      slot_shape=run.slot_shape,
                      beta=run.beta if run.amos_beta is None else run.amos_beta,
-                     momentum=run.amos_momentum, clip_value=run.clip_value)
+                     momentum=run.amos_momentum, clip_value=run.clip_value,
+                     second_moment=run.amos_second_moment)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)

@@ -68,7 +68,8 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
                "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
-FINGERPRINT_OPTIONAL = {"amos_eta_scale": 1.0, "adamw_weight_decay": 0.01, "adamw_beta1": 0.9}
+FINGERPRINT_OPTIONAL = {"amos_eta_scale": 1.0, "adamw_weight_decay": 0.01, "adamw_beta1": 0.9,
+                        "amos_second_moment": "slot"}
 
 
 @dataclass
@@ -94,6 +95,8 @@ class CompareConfig:
     #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
+    #: Amos's normaliser: "slot", the paper's v; "row-col", v with a column factor per matrix
+    amos_second_moment: str = "slot"
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
     adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2
@@ -208,7 +211,8 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
         amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
-        amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
+        amos_warmup=config.amos_warmup, amos_second_moment=config.amos_second_moment,
+        warmup_fraction=config.warmup_fraction,
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
         adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -288,6 +292,8 @@ def _describe(config: CompareConfig) -> dict:
         source += f", eta x {config.amos_eta_scale:g} with xi / {config.amos_eta_scale:g}"
     if config.amos_slots != "factored":
         source += ", full-size slots"
+    if config.amos_second_moment != "slot":
+        source += f", second moment {config.amos_second_moment}"
     return {
         "task": {"name": task.name, "data": task.description,
                  "parameters": count_parameters(model), "train_examples": task.train_examples,

@@ -21,6 +21,10 @@ compiled (fused=True)   the full step as one kernel; large factored parameters' 
 one by one              the rest (full-size slots between the two sizes, large or sharded ones)
 ======================  ===========================================================================
 
+With ``second_moment="row-col"``, a tensor with a column factor (``Route.columns``) takes the
+same ways but the compiled one: its update runs eagerly, after
+:func:`~amosopt.torch._functional.column_scaled` has rescaled its clipped gradient.
+
 The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
 """
 
@@ -33,7 +37,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from amosopt.rules import reduced_axes
+from amosopt.rules import column_shape, reduced_axes
 from amosopt.torch import _functional as F
 from amosopt.torch import _fused
 from amosopt.torch._functional import Hyper
@@ -80,6 +84,9 @@ class Route:
     flat: bool = False  # slot coefficients concatenated with the other small slots'
     batched: bool = False  # update batched with the other small tensors'
     scratch: bool = False  # clipped eagerly and whole, into the step's Scratch buffer
+    #: the axes M_K(g^2) averages over for the column factor u (the slot's kept axes), or None:
+    #: no column factor (second_moment="slot", or a full-size or one-entry slot)
+    columns: Optional[tuple[int, ...]] = None
 
 
 def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
@@ -90,8 +97,11 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     sharded = is_dtensor(p)
     n = p.numel()
     scratch = group["clip_value"] is not None and n >= _LARGE and not sharded
+    columns = None
+    if group["second_moment"] == "row-col" and column_shape(shape, slot_shape) is not None:
+        columns = tuple(i for i in range(len(shape)) if i not in axes)
     if group["foreach"] is False:
-        return Route(axes, keepdim, sharded, scratch=scratch)
+        return Route(axes, keepdim, sharded, scratch=scratch, columns=columns)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
     tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
@@ -101,20 +111,20 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     if full and n >= _LARGE and not sharded:
         return Route(axes, keepdim, full_step=True, blocks=contiguous, compiled=fused)
     matrix = None
-    if fused and not full:
+    if fused and not full and columns is None:  # the kernels know no column factor
         plain = group["clip_value"] is None and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
     flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
     return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix, flat=flat,
                  batched=matrix is None and n < _LARGE and (flat or not full),
-                 scratch=scratch and matrix is None)
+                 scratch=scratch and matrix is None, columns=columns)
 
 
 def group_signature(group: dict[str, Any]) -> tuple:
     """What :func:`route` reads of a param group."""
     return (group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0,
-            group["rounding"])
+            group["rounding"], group["second_moment"])
 
 
 def compensated(p: Tensor, group: dict[str, Any]) -> bool:
@@ -141,6 +151,7 @@ class Record:
     signature: tuple
     g2: Optional[Tensor] = None  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
     check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
+    g2_column: Optional[Tensor] = None  # M_K(clip(g)^2) for the column factor, if any
     state: Optional[dict[str, Any]] = None
 
     def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -198,6 +209,11 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
         elif r.route.matrix is not None and h.clip is not None:
             r.g2 = r.check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape,
                                                         dtype, h)
+        elif r.route.columns is not None:
+            g = clipped(r, h, scratch)
+            r.g2 = F.mean_square(g, r.route.axes, dtype, r.route.keepdim)
+            r.g2_column = F.mean_square(g, r.route.columns, dtype)
+            r.check = torch.maximum(r.g2.amax(), r.g2_column.amax())  # NaN propagates
         else:
             r.g2 = r.check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
                                            r.route.keepdim)
@@ -258,7 +274,16 @@ def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
             p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
             v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
         decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        F.apply_update(p, g, decay, step, m, h, c)
+        F.apply_update(p, column_scaled(r, g, h), decay, step, m, h, c)
+
+
+def column_scaled(r: Record, g: Tensor, h: Hyper) -> Tensor:
+    """``g``, or where ``r`` has a column factor, ``g`` rescaled by it
+    (:func:`~amosopt.torch._functional.column_scaled`, which updates ``u``); after ``r``'s
+    slot coefficients, which it reads ``v_t`` of."""
+    if r.route.columns is None:
+        return g
+    return F.column_scaled(g, r.g2_column, r.state["v"], r.state["u"], h)
 
 
 def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
@@ -284,9 +309,11 @@ def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
             if r.route.compiled:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
             elif r.route.batched:
-                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m, c))
+                batched.append((r.p, column_scaled(r, F.clip(r.p.grad, h), h), decay, step, m,
+                                c))
             else:
-                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
+                F.apply_update(r.p, column_scaled(r, clipped(r, h, scratch), h), decay, step,
+                               m, h, c)
         if batched:
             p, g, decay, step, m, c = (Many(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has

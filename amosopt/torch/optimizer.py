@@ -23,7 +23,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
+from amosopt.rules import (
+    as_eta_fn,
+    as_shape_fn,
+    check_second_moment,
+    column_shape,
+    is_rule_table,
+)
 from amosopt.torch import _fused, _routes
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
@@ -34,11 +40,11 @@ __all__ = ["Amos"]
 Shape = tuple[int, ...]
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
-_SLOT_KEYS = ("v", "b", "momentum_buffer")
+_SLOT_KEYS = ("v", "b", "u", "momentum_buffer")
 #: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
 _PARAMETER_SHAPED = ("momentum_buffer", "compensation")
 #: every tensor of a parameter's state but ``step``: the slot-shape check reads them
-_STATE_TENSORS = ("v", "b", *_PARAMETER_SHAPED)
+_STATE_TENSORS = ("v", "b", "u", *_PARAMETER_SHAPED)
 #: the values of ``rounding``
 ROUNDINGS = ("nearest", "stochastic", "compensated")
 #: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
@@ -50,9 +56,10 @@ _PLAIN_TYPES = (bool, int, float, str, type(None))
 #: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
 FORMAT_KEY = "amosopt_format"
 #: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
-#: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
-#: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
-#: state lacks it). A state_dict without the key was written before it was
+#: ``momentum_buffer`` (parameter shape), with ``second_moment="row-col"`` ``u`` (the column
+#: factor's shape, :func:`amosopt.rules.column_shape`, where there is one) and, with
+#: ``rounding="compensated"`` for a 16-bit parameter, ``compensation`` (its shape and dtype;
+#: optional: made at the next step where a state lacks it). A state_dict without the key was written before it was
 #: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
 FORMAT = 1
 
@@ -102,6 +109,28 @@ class Amos(Optimizer):
 
     with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`.
 
+    ``second_moment="row-col"`` normalises each entry by a rank-1 estimate of its own second
+    moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern 2018, arXiv
+    1804.04235, with means for sums). With :math:`R` the axes the slot reduces and :math:`K`
+    the ones it keeps, a column factor :math:`u` (the parameter's shape with the kept axes 1:
+    ``(1, in)`` beside a ``(out, 1)`` slot) runs beside :math:`v`, which still drives
+    :math:`\gamma_t, b_t, c_t, d_t`; only the gradient term of :math:`\Delta_t` changes:
+
+    .. math::
+        \begin{aligned}
+        & u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+          \hat u_t = \max(u_t, \epsilon) / (1-\beta^t) \\
+        & \hat V_t = \hat v_t\, \hat u_t / \overline{\hat v_t}, \qquad
+          \overline{\hat v_t} = \max(\mathrm{mean}(v_t), \epsilon) / (1-\beta^t) \\
+        & \Delta_t = -d_t \big( \xi_t \eta\, g_t / \sqrt{\hat V_t}
+            + (\tfrac12\gamma_t + \lambda)\, \theta_{t-1} \big)
+        \end{aligned}
+
+    (:math:`\mathrm{mean}(v_t)`, over the slot, is also the mean of :math:`u_t`: both average
+    all of :math:`g^2`). A parameter whose slot reduces no axis (full size) or has a single
+    entry (``()``: biases, norms) has no column factor and the paper's update
+    (:func:`amosopt.rules.column_shape`).
+
     Args:
         params: tensors, ``(name, tensor)`` pairs such as ``model.named_parameters()``, or param
             group dicts. A group may override any argument below, ``eta`` and ``slot_shape`` too.
@@ -133,9 +162,17 @@ class Amos(Optimizer):
             draws from torch's default generator; ``"compensated"`` keeps what rounding lost
             in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
             adds it back at the next step. Other dtypes: no effect.
+        second_moment: ``"slot"`` (default, the paper's): the step is
+            :math:`g_t / \sqrt{\hat v_t}` with the slot-shaped :math:`v`; ``"row-col"``: each
+            entry over the rank-1 estimate :math:`\hat V_t` above, at the cost of one column
+            factor :math:`u` per factored tensor (a vector per matrix, in the slots' dtype).
+            Its update runs eagerly even with ``fused=True``. Set on a param group of a
+            running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)`, where
+            :math:`\hat V_t = \hat v_t`, and learns the column profile from there.
 
     Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
-    (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`),
+    (tuple), ``v`` and ``b`` (slot shape), ``u`` (``second_moment="row-col"``, column shape),
+    ``momentum_buffer`` (if :math:`\mu > 0`),
     ``compensation`` (``rounding="compensated"``, 16-bit parameters). Slots are
     float32 for bfloat16/float16 parameters, also after :meth:`load_state_dict`.
 
@@ -176,12 +213,13 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
+        second_moment: str = "slot",
     ):
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            rounding=rounding,
+            rounding=rounding, second_moment=second_moment,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -301,9 +339,13 @@ class Amos(Optimizer):
         for group, _, h, records in checked:
             for r in records:  # a kept record has its state (see _plan)
                 compensated = _routes.compensated(r.p, group)
+                columns = r.route.columns is not None
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
-                        or (compensated and "compensation" not in r.state)):
+                        or (compensated and "compensation" not in r.state)
+                        or (columns and "u" not in r.state)):
                     r.state = self._init_state(r, h.mu, compensated)
+                if not columns and "u" in r.state:  # second_moment set back to "slot"
+                    del r.state["u"]
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
             # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
             # measured as fast as the loop for a few large tensors, faster for many small ones
@@ -312,7 +354,7 @@ class Amos(Optimizer):
             else:
                 _routes.multi_tensor(records, h, scratch)
             for r in records:  # the kept records must not keep g2 alive
-                r.g2 = r.check = None
+                r.g2 = r.check = r.g2_column = None
 
     def _init_state(self, r: Record, momentum: float, compensated: bool) -> dict[str, Any]:
         state = self.state[r.p]
@@ -326,6 +368,10 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.contiguous_format)
             state["v"] = torch.zeros_like(like)
             state["b"] = torch.zeros_like(like)
+        if r.route.columns is not None and "u" not in state:
+            # zero in a new state; mean(v) in one from before second_moment="row-col" was set,
+            # so that w_t = u_t / mean(v_t) starts at 1 (the paper's step), not at 0
+            state["u"] = torch.zeros_like(r.g2_column).add_(state["v"].mean())
         if momentum > 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
@@ -395,7 +441,8 @@ class Amos(Optimizer):
         for group in self.param_groups:  # options added after a release get defaults here
             for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
                                  ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
-                                 ("fused", False), ("rounding", "nearest")):
+                                 ("fused", False), ("rounding", "nearest"),
+                                 ("second_moment", "slot")):
                 group.setdefault(key, default)
         # inside load_state_dict, before the post-hooks: the final state's dtypes
         saved = getattr(self, "_saved_slots", None)
@@ -461,8 +508,9 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
                      if isinstance(entry.get(k), Tensor)}
             if "slot_shape" in entry:
                 found["slot_shape"] = tuple(entry["slot_shape"])
-            wrong = {k: got for k, got in found.items()
-                     if got != (shape if k in _PARAMETER_SHAPED else want)}
+            expected = {k: shape for k in _PARAMETER_SHAPED}
+            expected["u"] = column_shape(shape, want)  # None: a u where none belongs
+            wrong = {k: got for k, got in found.items() if got != expected.get(k, want)}
             if wrong:
                 raise ValueError(
                     f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
@@ -514,6 +562,7 @@ def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
         raise bad("epsilon", "the floor on v must be a finite number > 0 (default 2**-125)")
     if not isinstance(group["rounding"], str) or group["rounding"] not in ROUNDINGS:
         raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
+    check_second_moment(group["second_moment"], where)
     for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
             raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))

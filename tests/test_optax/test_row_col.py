@@ -16,19 +16,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from amosopt.optax import amos, scale_by_amos, state_sharding  # noqa: E402
 from amosopt.rules import column_shape  # noqa: E402
-from tests.oracles import NumpyAmos  # noqa: E402
+from tests.oracles import FACTORED_LEAVES, NumpyAmos  # noqa: E402
 
-# name: (parameter shape, slot shape, eta); every kind of slot the automatic scales produce
-LEAVES = {
-    "linear": ((6, 5), (6, 1), 0.4),  # torch Linear (out, in): one slot per output row
-    "kernel": ((5, 6), (1, 6), 0.4),  # flax kernel / Hugging Face Conv1D (in, out)
-    "embedding": ((9, 4), (9, 1), 0.7),  # (V, d): one slot per row
-    "conv": ((4, 3, 2, 2), (4, 1, 1, 1), 0.3),  # torch conv (out, in, kh, kw)
-    "interleaved": ((2, 4, 3), (2, 1, 3), 0.5),  # kept axes on both sides of the reduced one
-    "bias": ((5,), (), 0.5),  # scalar slot: no column factor
-    "ones": ((3, 4), (1, 1), 0.5),  # one entry: no column factor
-    "full": ((3, 4), (3, 4), 1.0),  # full-size slot: no column factor
-}
+LEAVES = FACTORED_LEAVES
 ETA = {k: eta for k, (_, _, eta) in LEAVES.items()}
 SLOTS = {k: slot for k, (_, slot, _) in LEAVES.items()}
 STEPS = 60
