@@ -124,6 +124,20 @@ def test_defaults_and_quick():
     assert digits.budgets == [400, 1500]
 
 
+def test_amos_second_moment_reaches_the_config_and_old_studies_resume():
+    from amosopt.commands.compare import _config
+
+    parser = build_parser()
+    assert parser.parse_args(["compare"]).amos_second_moment == "slot"
+    config = _config(parser.parse_args(["compare", "--amos-second-moment", "row-col"]))
+    assert config.amos_second_moment == "row-col"
+    assert config.fingerprint()["amos_second_moment"] == "row-col"
+    # the default is not in the fingerprint: studies recorded before the option resume
+    assert "amos_second_moment" not in CompareConfig().fingerprint()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--amos-second-moment", "rows"])
+
+
 def test_plan_covers_every_combination_smallest_budget_first():
     config = CompareConfig(task="lm", budgets=[20, 10], seeds=[0, 1],
                            optimizers=["amos", "adamw"], xi_multipliers=[1.0, 2.0],
