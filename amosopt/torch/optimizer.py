@@ -59,8 +59,9 @@ FORMAT_KEY = "amosopt_format"
 #: ``momentum_buffer`` (parameter shape), with ``second_moment="row-col"`` ``u`` (the column
 #: factor's shape, :func:`amosopt.rules.column_shape`, where there is one) and, with
 #: ``rounding="compensated"`` for a 16-bit parameter, ``compensation`` (its shape and dtype;
-#: optional: made at the next step where a state lacks it). A state_dict without the key was written before it was
-#: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
+#: optional: made at the next step where a state lacks it). A state_dict without the key was
+#: written before it was added (amosopt 0.x up to this change), in the same layout: it reads
+#: as format 1.
 FORMAT = 1
 
 

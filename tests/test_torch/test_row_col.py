@@ -131,7 +131,8 @@ def test_matches_numpy_transcription(case, foreach):
 
 #: large enough (>= _LARGE entries) to go one by one, clipped into the scratch buffer
 LARGE = {"rows": ((300, 256), (300, 1), 0.06), "cols": ((256, 300), (1, 300), 0.06),
-         "middle": ((4, 200, 90), (4, 1, 90), 0.07), "conv": ((128, 64, 3, 3), (128, 1, 1, 1), 0.05)}
+         "middle": ((4, 200, 90), (4, 1, 90), 0.07),
+         "conv": ((128, 64, 3, 3), (128, 1, 1, 1), 0.05)}
 
 
 @pytest.mark.parametrize("fused", [False, True])
