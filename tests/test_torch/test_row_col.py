@@ -281,3 +281,29 @@ def test_invalid_second_moment_raises_naming_it(value):
     with pytest.raises(ValueError, match=r"second_moment \(param group 1\)"):
         Amos([{"params": [p]}, {"params": [torch.nn.Parameter(torch.ones(2))],
                                 "second_moment": value}], lr=0.1, eta=0.5)
+
+
+def test_auto_amos_passes_it_through():
+    """The automatic scales give a Linear weight an (out, 1) slot: u is (1, in); none for the
+    bias's scalar slot."""
+    from amosopt.torch import auto_amos
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    opt = auto_amos(model, lr=0.05, example_inputs=torch.randn(2, 4), second_moment="row-col")
+    model(torch.randn(8, 4)).square().mean().backward()
+    opt.step()
+    assert {n: tuple(opt.state[p]["u"].shape) for n, p in model.named_parameters()
+            if "u" in opt.state[p]} == {"0.weight": (1, 4), "2.weight": (1, 3)}
+
+
+def test_column_factor_stays_float32_after_loading_for_bfloat16():
+    p = torch.nn.Parameter(torch.ones(6, 5, dtype=torch.bfloat16))
+    opt = Amos([("w", p)], lr=0.05, eta=0.5, slot_shape={"w": (6, 1)}, second_moment="row-col")
+    p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    state = opt.state_dict()
+    q = torch.nn.Parameter(torch.ones(6, 5, dtype=torch.bfloat16))
+    fresh = Amos([("w", q)], lr=0.05, eta=0.5, slot_shape={"w": (6, 1)})
+    fresh.load_state_dict(state)  # torch would cast u to bfloat16
+    assert fresh.state[q]["u"].dtype == torch.float32
+    torch.testing.assert_close(fresh.state[q]["u"], opt.state[p]["u"], rtol=0, atol=0)
