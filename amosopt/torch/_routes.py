@@ -274,10 +274,10 @@ def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
             p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
             v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
         decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        F.apply_update(p, column_scaled(r, g, h), decay, step, m, h, c)
+        F.apply_update(p, scaled_gradient(r, g, h), decay, step, m, h, c)
 
 
-def column_scaled(r: Record, g: Tensor, h: Hyper) -> Tensor:
+def scaled_gradient(r: Record, g: Tensor, h: Hyper) -> Tensor:
     """``g``, or where ``r`` has a column factor, ``g`` rescaled by it
     (:func:`~amosopt.torch._functional.column_scaled`, which updates ``u``); after ``r``'s
     slot coefficients, which it reads ``v_t`` of."""
@@ -309,11 +309,11 @@ def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
             if r.route.compiled:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
             elif r.route.batched:
-                batched.append((r.p, column_scaled(r, F.clip(r.p.grad, h), h), decay, step, m,
-                                c))
+                g = scaled_gradient(r, F.clip(r.p.grad, h), h)
+                batched.append((r.p, g, decay, step, m, c))
             else:
-                F.apply_update(r.p, column_scaled(r, clipped(r, h, scratch), h), decay, step,
-                               m, h, c)
+                g = scaled_gradient(r, clipped(r, h, scratch), h)
+                F.apply_update(r.p, g, decay, step, m, h, c)
         if batched:
             p, g, decay, step, m, c = (Many(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
