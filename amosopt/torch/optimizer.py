@@ -168,8 +168,8 @@ class Amos(Optimizer):
             entry over the rank-1 estimate :math:`\hat V_t` above, at the cost of one column
             factor :math:`u` per factored tensor (a vector per matrix, in the slots' dtype).
             Its update runs eagerly even with ``fused=True``. Set on a param group of a
-            running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)`, where
-            :math:`\hat V_t = \hat v_t`, and learns the column profile from there.
+            running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)` (so that at first
+            :math:`\hat V_t \approx \hat v_t`) and learns the column profile from there.
 
     Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
     (tuple), ``v`` and ``b`` (slot shape), ``u`` (``second_moment="row-col"``, column shape),
