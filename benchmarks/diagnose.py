@@ -45,7 +45,7 @@ AMOS_GRID = "0.5,1,2"
 #: the warm-up's grid reaches higher (at k = 1 without warm-up the study's best was 2 x)
 WIDE_GRID = "1,2,4"
 #: the weaker decays: {1, 2} x was run first (seed 0), then 0.5 x, where the best sat at 1 x
-ETA_GRID = "0.5,1,2"
+ETA_GRID = AMOS_GRID
 #: AdamW's grid: the study's best at 1000 steps (3e-3, both schedules) and its neighbours
 ADAMW_GRID = "1.5e-3,3e-3,6e-3"
 
