@@ -27,7 +27,7 @@ from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 from amosopt.torch import _fused, _routes
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
-from amosopt.torch.scales import check_not_flattened
+from amosopt.torch._sharding import check_not_flattened
 
 __all__ = ["Amos"]
 
