@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -130,8 +130,9 @@ def layout(p: Tensor) -> tuple:
 
 @dataclass(eq=False)
 class Record:
-    """One parameter in the steps: phase 1 fills ``g2`` and ``check``, phase 2 ``state``. Kept
-    from step to step while its ``signature`` (:func:`group_signature`, :func:`layout`) holds."""
+    """One parameter in the steps, kept from step to step while its ``signature``
+    (:func:`group_signature`, :func:`layout`) holds; phase 2 of its first step fills ``state``.
+    What one step computes for it is in that step's :class:`Measured`."""
 
     p: Tensor
     index: int  # in its param group, to name it in errors
@@ -139,8 +140,6 @@ class Record:
     slot_shape: Shape
     route: Route
     signature: tuple
-    g2: Optional[Tensor] = None  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
-    check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
     state: Optional[dict[str, Any]] = None
 
     def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -167,6 +166,13 @@ class Record:
 Scratch = dict[tuple[torch.device, torch.dtype], Tensor]
 
 
+class Measured(NamedTuple):
+    """Phase 1's result for a group's records, by position, for one step only."""
+
+    g2: list[Optional[Tensor]]  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
+    checks: list[Tensor]  # what must be finite: g2, or the peak of clip(g)^2
+
+
 def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
     """``clip(g)`` of ``r``'s gradient; a large one is written into the step's ``scratch``
     buffer, valid until the next call, rather than into a fresh tensor: that costs an
@@ -180,9 +186,9 @@ def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
     return F.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
 
 
-def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
-    """Phase 1: fills each record's ``g2`` (``M(clip(g)^2)``) and ``check``; changes nothing
-    but ``scratch``, which grows to the largest gradient that :func:`clipped` takes."""
+def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
+    """Phase 1: ``M(clip(g)^2)`` of each record and what must be finite; changes nothing but
+    ``scratch``, which grows to the largest gradient that :func:`clipped` takes."""
     sizes: dict[tuple[torch.device, torch.dtype], int] = {}
     for r in records:
         if r.route.scratch:
@@ -191,16 +197,19 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
     for (device, dtype), size in sizes.items():
         if (device, dtype) not in scratch or scratch[device, dtype].numel() < size:
             scratch[device, dtype] = torch.empty(size, device=device, dtype=dtype)
+    measured = Measured([], [])
     for r in records:
         grad, dtype = r.p.grad, F.slot_dtype(r.p)
         if r.route.full_step:
-            r.g2, r.check = None, _peak_square(grad, h, dtype)
+            g2, check = None, _peak_square(grad, h, dtype)
         elif r.route.matrix is not None and h.clip is not None:
-            r.g2 = r.check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape,
-                                                        dtype, h)
+            g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
         else:
-            r.g2 = r.check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
-                                           r.route.keepdim)
+            g2 = check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
+                                       r.route.keepdim)
+        measured.g2.append(g2)
+        measured.checks.append(check)
+    return measured
 
 
 def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
@@ -213,17 +222,17 @@ def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
     return peak * peak
 
 
-def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
-    """One host sync per device: are all checks finite? If not, raises FloatingPointError
-    naming the first culprit (``name_of(record)``)."""
+def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: Any) -> None:
+    """One host sync per device: are all ``checks`` (by position in ``records``) finite? If
+    not, raises FloatingPointError naming the first culprit (``name_of(record)``)."""
     peaks: dict[torch.device, list[Tensor]] = {}
     local: dict[torch.device, list[Tensor]] = {}
-    for r in records:
+    for r, check in zip(records, checks):
         if r.route.sharded:  # full_tensor is a collective: all ranks decide alike
-            peak = r.check.amax().full_tensor()
+            peak = check.amax().full_tensor()
             peaks.setdefault(peak.device, []).append(peak)
         else:
-            local.setdefault(r.check.device, []).append(r.check)
+            local.setdefault(check.device, []).append(check)
     for device, checks in local.items():
         # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
         peaks.setdefault(device, []).extend(
@@ -234,8 +243,8 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
     flags = [torch.isfinite(torch.stack(x)).all().cpu() for x in peaks.values()]
     if bool(torch.stack(flags).all()):
         return
-    for r in records:
-        peak = r.check.amax()
+    for r, check in zip(records, checks):
+        peak = check.amax()
         if not bool(torch.isfinite(peak.full_tensor() if r.route.sharded else peak)):
             raise FloatingPointError(
                 f"Amos: non-finite gradient (inf or NaN, or its square overflows) for parameter "
@@ -247,11 +256,13 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
 # Phase 2
 
 
-def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
-    """The loop (``foreach=False``): the reference path, one parameter at a time."""
-    for r in records:
+def single_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
+                  scratch: Scratch) -> None:
+    """The loop (``foreach=False``): the reference path, one parameter at a time; ``g2s``
+    from :func:`measure`."""
+    for r, g2 in zip(records, g2s):
         v, b, m, c = r.slots(h)
-        p, g, g2 = r.p, clipped(r, h, scratch), r.g2
+        p, g = r.p, clipped(r, h, scratch)
         if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
             # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
             # torch.compile (aot_eager, inductor); of its 1-element view it does not
@@ -261,17 +272,19 @@ def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
         F.apply_update(p, g, decay, step, m, h, c)
 
 
-def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
+def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
+                 scratch: Scratch) -> None:
     """The same update as :func:`single_tensor`, each record on its route; one pass per
     (device, dtype), as concatenations and lists need one dtype."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[Record]] = {}
-    for r in records:
-        buckets.setdefault((r.p.device, r.p.dtype), []).append(r)
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Optional[Tensor]]]] = {}
+    for r, g2 in zip(records, g2s):
+        buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2))
     for bucket in buckets.values():
-        flat = [r for r in bucket if r.route.flat]
-        coefficients = dict(zip(flat, _flat_slot_coefficients(flat, h))) if flat else {}
+        flat = [(r, g2) for r, g2 in bucket if r.route.flat]
+        coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
+                            ) if flat else {}
         batched = []
-        for r in bucket:
+        for r, g2 in bucket:
             v, b, m, c = r.slots(h)
             if r.route.full_step:
                 if r.route.compiled:
@@ -279,7 +292,7 @@ def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
                 else:
                     _full_step(r.p, v, b, m, c, h, r.scalars(h), r.route.blocks)
                 continue
-            decay, step = coefficients.get(r) or F.slot_coefficients(r.g2, v, b, h,
+            decay, step = coefficients.get(r) or F.slot_coefficients(g2, v, b, h,
                                                                      *r.scalars(h))
             if r.route.compiled:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
@@ -294,14 +307,17 @@ def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
                            c if c.tensors[0] is not None else None)
 
 
-def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tensor, Tensor]]:
-    """:func:`~amosopt.torch._functional.slot_coefficients` of many small slots at once:
-    concatenated, the per-tensor numbers repeated per element, then ``v`` and ``b`` copied
-    back. The same operations on the same values, so the result equals the loop's bit for bit."""
+def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper
+                            ) -> list[tuple[Tensor, Tensor]]:
+    """:func:`~amosopt.torch._functional.slot_coefficients` of many small slots at once (each
+    record with its ``g2``): concatenated, the per-tensor numbers repeated per element, then
+    ``v`` and ``b`` copied back. The same operations on the same values, so the result equals
+    the loop's bit for bit."""
+    records = [r for r, _ in pairs]
     v, b = [r.state["v"] for r in records], [r.state["b"] for r in records]
     sizes = [x.numel() for x in v]
     v_flat, b_flat = torch.cat([x.reshape(-1) for x in v]), torch.cat([x.reshape(-1) for x in b])
-    g2 = torch.cat([r.g2.reshape(-1) for r in records])
+    g2 = torch.cat([g2.reshape(-1) for _, g2 in pairs])
     counts = torch.tensor(sizes, device=v_flat.device)
     per_element = [_vector(values, v_flat).repeat_interleave(counts, output_size=v_flat.numel())
                    for values in zip(*(r.scalars(h) for r in records))]
