@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from amosopt.hyperparameters import DEFAULTS
 from amosopt.torch import _functional as F
 from amosopt.torch._functional import Hyper
 
@@ -113,8 +114,7 @@ def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hy
 def _probe(device_type: str) -> Optional[str]:
     try:
         x = torch.ones(4, 4, device=device_type)
-        h = Hyper(xi=1.0, beta=0.5, c_coef=0.25, d_coef=0.25, extra_l2=0.0, epsilon=1e-30,
-                  mu=0.0, sign=1.0, clip=None)
+        h = Hyper(xi=1.0, mu=0.0, sign=1.0, clip=None, **DEFAULTS)  # the plain update
         torch.compile(_update, dynamic=True)(x, x.clone(), x[:, :1] * 0.5, x[:1] * 0.25, None, h)
     except Exception as error:  # noqa: BLE001 (any failure means: not available here)
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
