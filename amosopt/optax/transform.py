@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from amosopt.hyperparameters import DEFAULTS, INTERVALS, check_interval
-from amosopt.rules import as_eta_fn, as_shape_fn, reduced_axes
+from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, reduced_axes
 
 __all__ = [
     "ScaleByAmosState",
@@ -34,13 +34,11 @@ _NO_PARAMS_MSG = getattr(
     "You are using a transformation that requires the current value of parameters, but you are "
     "not passing `params` when calling `update`.")
 
-Name = tuple[str, ...]
-Shape = tuple[int, ...]
 ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
 #: ``eta_fn`` spec: a number, an :mod:`amosopt.rules` table, or ``(name, shape) -> number``.
-EtaSpec = Union[float, Any, Callable[[Name, Shape], float]]
+EtaSpec = Union[float, Any, Callable[[PathName, Shape], float]]
 #: ``shape_fn`` spec: ``None`` (full-size slots), a rule table, or ``(name, shape) -> tuple``.
-ShapeSpec = Union[None, Any, Callable[[Name, Shape], Shape]]
+ShapeSpec = Union[None, Any, Callable[[PathName, Shape], Shape]]
 
 
 class ScaleByAmosState(NamedTuple):
@@ -55,7 +53,7 @@ class ScaleByAmosState(NamedTuple):
 # Names from key paths
 
 
-def path_to_name(path: tuple[Any, ...]) -> Name:
+def path_to_name(path: tuple[Any, ...]) -> PathName:
     """A JAX key path as a tuple of strings: dict keys, attribute names, indices as strings.
 
     For nested dicts (flax linen params) this equals jestimator's names. A trailing ``value``
@@ -135,7 +133,7 @@ def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef:
         _check_number(name, value)
 
 
-def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
+def _eta_function(spec: EtaSpec) -> Callable[[PathName, Shape], Any]:
     """A checked ``(name, shape) -> eta``; a traced scalar (inject_hyperparams) passes as is."""
     if isinstance(spec, jax.Array) and spec.ndim == 0 and _concrete(spec) is None:
         return lambda name, shape: spec
@@ -143,7 +141,7 @@ def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     if number is not None:
         return as_eta_fn(number)
     if callable(spec) and not hasattr(spec, "pairs"):  # a user function, maybe using jnp
-        def fn(name: Name, shape: Shape) -> Any:
+        def fn(name: PathName, shape: Shape) -> Any:
             with jax.ensure_compile_time_eval():  # eta depends on (name, shape) only: a constant
                 value = spec(name, shape)
             concrete = _concrete(value)
@@ -152,7 +150,7 @@ def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     return as_eta_fn(spec, "/")
 
 
-def _slot_dtype(name: Name, dtype: Any) -> Any:
+def _slot_dtype(name: PathName, dtype: Any) -> Any:
     """float32 slots for 16-bit parameters, the parameter's own dtype otherwise."""
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
@@ -221,7 +219,7 @@ def scale_by_amos(
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
 
-    def slot_zeros(name: Name, theta: Any) -> jax.Array:
+    def slot_zeros(name: PathName, theta: Any) -> jax.Array:
         shape = tuple(theta.shape)
         eta_of(name, shape)  # validates eta now, not at the first update
         slot = shape if slot_shape_of is None else slot_shape_of(name, shape)

@@ -33,12 +33,11 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from amosopt.rules import reduced_axes
-from amosopt.torch import _functional as F
+from amosopt.rules import Shape, reduced_axes
+from amosopt.torch import _functional as functional
 from amosopt.torch import _fused
 from amosopt.torch._functional import Hyper
 
-Shape = tuple[int, ...]
 
 #: parameter entries from which the update runs tensor by tensor: its few full-size passes
 #: then reuse the cache (measured faster on CPU than op-by-op over all tensors)
@@ -119,7 +118,7 @@ def group_signature(group: dict[str, Any]) -> tuple:
 
 def compensated(p: Tensor, group: dict[str, Any]) -> bool:
     """Does ``p`` keep a Kahan compensation buffer (``rounding="compensated"``, 16-bit)?"""
-    return group["rounding"] == "compensated" and p.dtype in F.LOW_PRECISION
+    return group["rounding"] == "compensated" and p.dtype in functional.LOW_PRECISION
 
 
 def layout(p: Tensor) -> tuple:
@@ -149,13 +148,13 @@ class Record:
         return (s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None),
                 (s.get("compensation") if h.rounding == "compensated" else None))
 
-    def scalars(self, h: Hyper) -> tuple[F.Scalar, F.Scalar, F.Scalar]:
+    def scalars(self, h: Hyper) -> tuple[functional.Scalar, functional.Scalar, functional.Scalar]:
         """:func:`~amosopt.torch._functional.per_tensor`'s numbers at this step: floats, or
         inside ``torch.compile`` tensors computed from the step tensor (``int(step)`` would
         break the graph and make ``1 - beta^t`` a new constant, so a recompile, every step)."""
         step = self.state["step"]
         t = step.to(torch.float64) if torch.compiler.is_compiling() else int(step)
-        return F.per_tensor(h, self.eta, t)
+        return functional.per_tensor(h, self.eta, t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,8 +181,8 @@ def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
     faults; in others equal, benchmarks/torch_step_ab.py)."""
     g = r.p.grad
     if not r.route.scratch:
-        return F.clip(g, h)
-    return F.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
+        return functional.clip(g, h)
+    return functional.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
 
 
 def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
@@ -199,13 +198,13 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
             scratch[device, dtype] = torch.empty(size, device=device, dtype=dtype)
     measured = Measured([], [])
     for r in records:
-        grad, dtype = r.p.grad, F.slot_dtype(r.p)
+        grad, dtype = r.p.grad, functional.slot_dtype(r.p)
         if r.route.full_step:
             g2, check = None, _peak_square(grad, h, dtype)
         elif r.route.matrix is not None and h.clip is not None:
             g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
         else:
-            g2 = check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
+            g2 = check = functional.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
                                        r.route.keepdim)
         measured.g2.append(g2)
         measured.checks.append(check)
@@ -268,8 +267,8 @@ def single_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
             # torch.compile (aot_eager, inductor); of its 1-element view it does not
             p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
             v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
-        decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        F.apply_update(p, g, decay, step, m, h, c)
+        decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
+        functional.apply_update(p, g, decay, step, m, h, c)
 
 
 def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
@@ -292,18 +291,18 @@ def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
                 else:
                     _full_step(r.p, v, b, m, c, h, r.scalars(h), r.route.blocks)
                 continue
-            decay, step = coefficients.get(r) or F.slot_coefficients(g2, v, b, h,
+            decay, step = coefficients.get(r) or functional.slot_coefficients(g2, v, b, h,
                                                                      *r.scalars(h))
             if r.route.compiled:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
             elif r.route.batched:
-                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m, c))
+                batched.append((r.p, functional.clip(r.p.grad, h), decay, step, m, c))
             else:
-                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
+                functional.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
         if batched:
-            p, g, decay, step, m, c = (Many(list(x)) for x in zip(*batched))
+            p, g, decay, step, m, c = (functional.TensorList(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
-            F.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
+            functional.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
                            c if c.tensors[0] is not None else None)
 
 
@@ -321,14 +320,14 @@ def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper
     counts = torch.tensor(sizes, device=v_flat.device)
     per_element = [_vector(values, v_flat).repeat_interleave(counts, output_size=v_flat.numel())
                    for values in zip(*(r.scalars(h) for r in records))]
-    decay, step = F.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
+    decay, step = functional.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
     torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
     torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])
     return [(d.view(x.shape), s.view(x.shape))
             for d, s, x in zip(decay.split(sizes), step.split(sizes), v)]
 
 
-def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
+def _vector(values: tuple[functional.Scalar, ...], like: Tensor) -> Tensor:
     """``values`` (floats, or float64 0-d tensors inside ``torch.compile``) as one vector of
     ``like``'s dtype and device, each rounded once from double."""
     if not any(isinstance(x, Tensor) for x in values):
@@ -337,64 +336,15 @@ def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
 
 
 def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], c: Optional[Tensor],
-               h: Hyper, scalars: tuple[F.Scalar, F.Scalar, F.Scalar], blocks: bool) -> None:
+               h: Hyper, scalars: tuple[functional.Scalar, ...], blocks: bool) -> None:
     """:func:`~amosopt.torch._functional.full_slot_step` of a large tensor, with ``blocks``
     (all contiguous) on blocks of :data:`_BLOCK` entries: its some twenty passes then run on
     data that stays in the cache. Element-wise the loop's operations: the same bits."""
     if not blocks:
-        F.full_slot_step(p, p.grad, v, b, m, h, *scalars, c)
+        functional.full_slot_step(p, p.grad, v, b, m, h, *scalars, c)
         return
     views = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m, c)]
     for start in range(0, p.numel(), _BLOCK):
         p_, g_, v_, b_, m_, c_ = (None if x is None else x[block] for x in views
                                   for block in [slice(start, start + _BLOCK)])
-        F.full_slot_step(p_, g_, v_, b_, m_, h, *scalars, c_)
-
-
-class Many:
-    """A list of tensors of one dtype and device that answers the few tensor methods of
-    :func:`~amosopt.torch._functional.apply_update` with one ``torch._foreach_*`` call each,
-    so that the batched update runs that function itself. ``1 - x`` is computed as
-    ``(-x) + 1``, which rounds the same."""
-
-    def __init__(self, tensors: list[Any]) -> None:
-        self.tensors = tensors
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.tensors[0].dtype
-
-    def float(self) -> Many:
-        return Many([x.float() for x in self.tensors])
-
-    def map(self, fn: Any) -> Many:
-        return Many([fn(x) for x in self.tensors])
-
-    def __rsub__(self, scalar: float) -> Many:
-        out = torch._foreach_neg(self.tensors)
-        torch._foreach_add_(out, scalar)
-        return Many(out)
-
-    def mul_(self, other: Any) -> Many:
-        torch._foreach_mul_(self.tensors, _unwrap(other))
-        return self
-
-    def add_(self, other: Any) -> Many:
-        torch._foreach_add_(self.tensors, _unwrap(other))
-        return self
-
-    def sub_(self, other: Many) -> Many:
-        torch._foreach_sub_(self.tensors, other.tensors)
-        return self
-
-    def addcmul_(self, a: Many, b: Many, value: float) -> Many:
-        torch._foreach_addcmul_(self.tensors, a.tensors, b.tensors, value=value)
-        return self
-
-    def copy_(self, other: Many) -> Many:
-        torch._foreach_copy_(self.tensors, other.tensors)
-        return self
-
-
-def _unwrap(x: Any) -> Any:
-    return x.tensors if isinstance(x, Many) else x
+        functional.full_slot_step(p_, g_, v_, b_, m_, h, *scalars, c_)

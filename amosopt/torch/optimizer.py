@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from amosopt.hyperparameters import DEFAULTS
-from amosopt.rules import as_eta_fn, as_shape_fn
+from amosopt.rules import Shape, as_eta_fn, as_shape_fn
 from amosopt.torch import _checkpoints, _fused, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
@@ -31,7 +31,6 @@ from amosopt.torch._sharding import check_not_flattened
 
 __all__ = ["Amos"]
 
-Shape = tuple[int, ...]
 #: one param group in a step: the group, its index, its symbols, its records, phase 1's result
 _Checked = tuple[dict[str, Any], int, Hyper, list[Record], _routes.Measured]
 
@@ -150,7 +149,8 @@ class Amos(Optimizer):
         # is checked then; valid stand-ins let the other defaults be checked now
         checked = {k: ({"lr": 0.0, "eta": 1.0}[k] if v is required else v)
                    for k, v in defaults.items()}
-        _validation.check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
+        # param_names=[]: whether names are needed is checked per group
+        _validation.check_hyperparameters(dict(checked, param_names=[]), "")
         super().__init__(params, defaults)
         #: the step's records, kept (see _plan), by (group index, position): keyed by
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their

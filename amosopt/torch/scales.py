@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from amosopt.rules import Shape
 from amosopt.scales import (
     GATES,
     MLP_OUTPUT_NAMES,
@@ -82,7 +83,6 @@ from amosopt.torch.optimizer import Amos
 
 __all__ = ["auto_amos", "auto_scales"]
 
-Shape = tuple[int, ...]
 
 _NORMS = (
     nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
