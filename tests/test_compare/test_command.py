@@ -115,7 +115,7 @@ def test_defaults_and_quick():
     assert full.xi_multipliers == [0.5, 1.0, 2.0]
     assert max(quick.budgets) < min(full.budgets) and quick.xi_multipliers == [1.0]
     # fair tuning: every optimizer with a learning rate gets as many trials as the others,
-    # Amos at least 3 (the issue's {0.5, 1, 2} x the suggested xi)
+    # Amos at least 3 ({0.5, 1, 2} x the suggested xi)
     assert {len(full.grid(n)) for n in ("adamw", "adamw-wsd", "adafactor", "schedulefree")} == {4}
     assert len(full.grid("amos")) == 3
     assert Path(quick.out) == Path("amos-results/lm")
