@@ -13,8 +13,11 @@ import argparse
 import math
 from pathlib import Path
 
+from amosopt.compare.registry import OPTIMIZERS
+
 TASK_NAMES = ("lm", "digits")
-OPTIMIZER_NAMES = ("amos", "amos-wsd", "adamw", "adamw-wsd", "adafactor", "schedulefree")
+#: the registry's names, read without torch
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +126,6 @@ def _parse_grids(args: argparse.Namespace) -> dict[str, list[float]]:
 
 def _parse_optimizers(text: str | None) -> list[str] | None:
     from amosopt.commands import CommandError
-    from amosopt.compare.optimizers import OPTIMIZERS
 
     if text is None:
         return None
@@ -234,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     from amosopt.compare import run_compare
     from amosopt.compare.data import DataError
-    from amosopt.compare.study import StudyError
+    from amosopt.compare.jobs import StudyError
 
     try:
         results = run_compare(config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
 import os
 import platform
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from amosopt.compare import data as data_lib
-from amosopt.compare import optimizers, report, study
+from amosopt.compare import jobs, optimizers, report
 from amosopt.compare.models import count_parameters
 from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
@@ -132,9 +131,9 @@ class CompareConfig:
         return {**{key: getattr(self, key) for key in FINGERPRINT}, **optional}
 
 
-def plan(config: CompareConfig) -> list[study.RunSpec]:
+def plan(config: CompareConfig) -> list[jobs.RunSpec]:
     """Every run, smallest budget first (so that a partial study has whole budgets)."""
-    return sorted(study.RunSpec(budget, seed, rank, name, float(value))
+    return sorted(jobs.RunSpec(budget, seed, rank, name, float(value))
                   for budget in config.budgets for seed in config.seeds
                   for rank, name in enumerate(config.optimizers)
                   for value in config.grid(name))
@@ -190,13 +189,13 @@ def _scaled_eta(eta: Any, k: float, name: str, shape: tuple) -> float:
     return k * eta(name, shape)
 
 
-def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext:
+def seed_context(config_dict: dict, seed: int, budget: int) -> jobs.SeedContext:
     """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
     return _seed_context(CompareConfig(**config_dict), seed, budget)[0]
 
 
 def _seed_context(config: CompareConfig, seed: int, budget: int
-                  ) -> tuple[study.SeedContext, list[dict]]:
+                  ) -> tuple[jobs.SeedContext, list[dict]]:
     """:func:`seed_context`, and Amos's scales table for the report (one trace of the model)."""
     task = build_task(config, seed, budget)
     torch.manual_seed(seed)
@@ -212,7 +211,7 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
         adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return study.SeedContext(task, init_state, settings, config.evals), table
+    return jobs.SeedContext(task, init_state, settings, config.evals), table
 
 
 def _warm_up(task: Task, model: torch.nn.Module) -> None:
@@ -309,12 +308,12 @@ def run_compare(config: CompareConfig) -> dict:
     """
     config.resolve()
     out = Path(config.out)
-    study.check_fingerprint(out, config.fingerprint())
+    jobs.check_fingerprint(out, config.fingerprint())
     threads = 1 if config.jobs > 1 else (config.threads or default_threads())
     torch.set_num_threads(threads)
     specs = plan(config)
     runs_dir = out / "runs"
-    done = study.load_done(runs_dir)
+    done = jobs.load_done(runs_dir)
     todo = [s for s in specs if s.key not in done]
     results: dict[str, Any] = {"complete": False, "config": asdict(config), "started": _now(),
                                **environment(), **_describe(config)}
@@ -332,7 +331,7 @@ def run_compare(config: CompareConfig) -> dict:
 
     results["runs"] = [done[s.key] for s in specs if s.key in done]
     try:
-        study.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
+        jobs.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
                       config.jobs, on_done, config.progress)
         results["complete"] = True
     except KeyboardInterrupt:
@@ -342,10 +341,3 @@ def run_compare(config: CompareConfig) -> dict:
         results["finished"] = _now()
         report.write_outputs(results, out)
     return results
-
-
-def check_values(config: CompareConfig) -> None:
-    """Rejects grids with values that are not finite and positive (ValueError)."""
-    for name, grid in {**config.grids, "xi multipliers": config.xi_multipliers or []}.items():
-        if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in grid):
-            raise ValueError(f"invalid grid for {name}: {grid}; give positive numbers")

@@ -13,7 +13,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
 from amosopt.cli import build_parser, main  # noqa: E402
-from amosopt.compare import study  # noqa: E402
+from amosopt.compare import jobs as study  # noqa: E402
 from amosopt.compare.runner import CompareConfig, plan  # noqa: E402
 
 TINY_LM = ["--width", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
