@@ -1,8 +1,10 @@
-"""Which way each tensor takes through an Amos step, and the multi-tensor step itself.
+"""Which way each tensor takes through an Amos step, and the two phases that follow it.
 
 :func:`route` is the one place that reads the size thresholds, DTensor and contiguity: it
-returns a :class:`Route`, and the rest of the step only follows it. The math is
-:mod:`amosopt.torch._functional`'s, whatever the way:
+returns a :class:`Route`, and the rest of the step only follows it: phase 1 (:func:`measure`)
+looks up ``route.measure``, phase 2 (:func:`update`) ``route.update`` (:class:`Update`: the
+rows below; flat coefficients are ``route.flat``, for the ways outside the full step).
+The math is :mod:`amosopt.torch._functional`'s, whatever the way:
 
 ======================  ===========================================================================
 way                     taken by
@@ -26,6 +28,7 @@ The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
@@ -64,21 +67,84 @@ def is_dtensor(x: Any) -> bool:
     return _DTensor is not None and isinstance(x, _DTensor)
 
 
-@dataclass(frozen=True)
+class Measure(enum.Enum):
+    """Phase 1's way of a tensor (:func:`measure`)."""
+
+    PEAK = "peak"  # full step: only the peak of clip(g)^2 is checked, M(g^2) comes in phase 2
+    KERNEL = "kernel"  # M(clip(g)^2) as one compiled kernel (fused, factored, clipped)
+    MEAN_SQUARE = "mean square"  # M(clip(g)^2) eagerly
+
+
+class Update(enum.Enum):
+    """Phase 2's way of a tensor (:func:`update`); the rows of the module's table."""
+
+    LOOP = "loop"  # foreach=False: slot coefficients and update, one tensor at a time
+    FULL_STEP = "full step"  # M(g^2), slots and parameter together, the tensor whole
+    FULL_STEP_BLOCKS = "full step in blocks"  # the same, in blocks of _BLOCK entries
+    FULL_STEP_KERNEL = "compiled full step"  # the same, as one compiled kernel
+    KERNEL = "compiled update"  # a factored tensor's update as one compiled kernel
+    BATCHED = "batched update"  # with the other small tensors', one _foreach call per op
+    ALONE = "one by one"  # the rest: apply_update of this tensor alone
+
+
+_FULL_STEPS = (Update.FULL_STEP, Update.FULL_STEP_BLOCKS, Update.FULL_STEP_KERNEL)
+
+
+@dataclass(frozen=True, init=False)
 class Route:
-    """The way of one tensor through the step (see the module's table); all ``False`` is the
-    loop's way: ``M(g^2)`` in phase 1, then slot coefficients and update, one tensor at a time."""
+    """The way of one tensor through the step (see the module's table): one choice per phase,
+    ``measure`` and ``update``, and what they need.
+
+    The table's flags (``full_step``, ``blocks``, ``compiled``, ``batched``) are read as
+    properties of ``update`` and accepted by the constructor in its place; without any, the
+    route is the multi-tensor step's "one by one" (:func:`route` names the loop's itself)."""
 
     axes: tuple[int, ...]  # the axes M(g^2) averages over (none: full-size slots)
-    keepdim: bool = True  # False for a scalar slot ``()``
-    sharded: bool = False  # a DTensor: its M(g^2) and checks involve every rank
-    full_step: bool = False  # phase 1 checks the peak of clip(g)^2; phase 2 does the rest
-    blocks: bool = False  # the full step in blocks of _BLOCK entries (all contiguous)
-    compiled: bool = False  # fused: the full step, or the factored update, as one kernel
-    matrix: Optional[_fused.Matrix] = None  # the compiled kernels' view of a factored tensor
-    flat: bool = False  # slot coefficients concatenated with the other small slots'
-    batched: bool = False  # update batched with the other small tensors'
-    scratch: bool = False  # clipped eagerly and whole, into the step's Scratch buffer
+    keepdim: bool  # False for a scalar slot ``()``
+    sharded: bool  # a DTensor: its M(g^2) and checks involve every rank
+    measure: Measure
+    update: Update
+    matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
+    flat: bool  # slot coefficients concatenated with the other small slots'
+    scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
+
+    def __init__(self, axes: tuple[int, ...], keepdim: bool = True, sharded: bool = False, *,
+                 measure: Optional[Measure] = None, update: Optional[Update] = None,
+                 matrix: Optional[_fused.Matrix] = None, flat: bool = False,
+                 scratch: bool = False, full_step: bool = False, blocks: bool = False,
+                 compiled: bool = False, batched: bool = False) -> None:
+        if update is None:
+            update = (Update.ALONE if not (full_step or compiled or batched)
+                      else Update.BATCHED if batched
+                      else Update.KERNEL if not full_step
+                      else Update.FULL_STEP_KERNEL if compiled
+                      else Update.FULL_STEP_BLOCKS if blocks else Update.FULL_STEP)
+        if measure is None:
+            measure = Measure.PEAK if update in _FULL_STEPS else Measure.MEAN_SQUARE
+        for name, value in (("axes", axes), ("keepdim", keepdim), ("sharded", sharded),
+                            ("measure", measure), ("update", update), ("matrix", matrix),
+                            ("flat", flat), ("scratch", scratch)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def full_step(self) -> bool:
+        """Phase 1 checks the peak of clip(g)^2; phase 2 does the rest."""
+        return self.update in _FULL_STEPS
+
+    @property
+    def blocks(self) -> bool:
+        """The full step in blocks of _BLOCK entries (all contiguous)."""
+        return self.update is Update.FULL_STEP_BLOCKS
+
+    @property
+    def compiled(self) -> bool:
+        """fused: the full step, or the factored update, as one kernel."""
+        return self.update in (Update.FULL_STEP_KERNEL, Update.KERNEL)
+
+    @property
+    def batched(self) -> bool:
+        """The update batched with the other small tensors'."""
+        return self.update is Update.BATCHED
 
 
 def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
@@ -88,9 +154,12 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     keepdim = slot_shape != ()
     sharded = is_dtensor(p)
     n = p.numel()
-    scratch = group["clip_value"] is not None and n >= _LARGE and not sharded
+    clip = group["clip_value"] is not None
+    scratch = clip and n >= _LARGE and not sharded
+    # foreach=None takes the multi-tensor ways: fewer launches on CUDA, and on CPU measured as
+    # fast as the loop for a few large tensors, faster for many small ones
     if group["foreach"] is False:
-        return Route(axes, keepdim, sharded, scratch=scratch)
+        return Route(axes, keepdim, sharded, update=Update.LOOP, scratch=scratch)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
     tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
@@ -98,16 +167,20 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     # the compiled kernels have no compensation buffer: compensated tensors stay eager
     fused = group["fused"] and contiguous and not compensated(p, group)
     if full and n >= _LARGE and not sharded:
-        return Route(axes, keepdim, full_step=True, blocks=contiguous, compiled=fused)
+        return Route(axes, keepdim, update=(
+            Update.FULL_STEP_KERNEL if fused
+            else Update.FULL_STEP_BLOCKS if contiguous else Update.FULL_STEP))
     matrix = None
     if fused and not full:
-        plain = group["clip_value"] is None and group["momentum"] == 0
+        plain = not clip and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
     flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
-    return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix, flat=flat,
-                 batched=matrix is None and n < _LARGE and (flat or not full),
-                 scratch=scratch and matrix is None)
+    if matrix is not None:  # without clipping the eager M(g^2) reads g once already
+        return Route(axes, keepdim, sharded, matrix=matrix, flat=flat, update=Update.KERNEL,
+                     measure=Measure.KERNEL if clip else Measure.MEAN_SQUARE)
+    return Route(axes, keepdim, sharded, flat=flat, scratch=scratch,
+                 update=Update.BATCHED if n < _LARGE and (flat or not full) else Update.ALONE)
 
 
 def group_signature(group: dict[str, Any]) -> tuple:
@@ -199,13 +272,13 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
     measured = Measured([], [])
     for r in records:
         grad, dtype = r.p.grad, functional.slot_dtype(r.p)
-        if r.route.full_step:
+        if r.route.measure is Measure.PEAK:
             g2, check = None, _peak_square(grad, h, dtype)
-        elif r.route.matrix is not None and h.clip is not None:
+        elif r.route.measure is Measure.KERNEL:
             g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
         else:
             g2 = check = functional.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
-                                       r.route.keepdim)
+                                                r.route.keepdim)
         measured.g2.append(g2)
         measured.checks.append(check)
     return measured
@@ -255,26 +328,11 @@ def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: An
 # Phase 2
 
 
-def single_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
-                  scratch: Scratch) -> None:
-    """The loop (``foreach=False``): the reference path, one parameter at a time; ``g2s``
-    from :func:`measure`."""
-    for r, g2 in zip(records, g2s):
-        v, b, m, c = r.slots(h)
-        p, g = r.p, clipped(r, h, scratch)
-        if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
-            # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
-            # torch.compile (aot_eager, inductor); of its 1-element view it does not
-            p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
-            v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
-        decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        functional.apply_update(p, g, decay, step, m, h, c)
-
-
-def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
-                 scratch: Scratch) -> None:
-    """The same update as :func:`single_tensor`, each record on its route; one pass per
-    (device, dtype), as concatenations and lists need one dtype."""
+def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch: Scratch
+           ) -> None:
+    """Phase 2: each record on its way (``route.update``), with its ``g2`` from
+    :func:`measure`; one pass per (device, dtype), as concatenations and lists need one dtype
+    (tensors of one device keep their order, and so their draws of stochastic rounding)."""
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Optional[Tensor]]]] = {}
     for r, g2 in zip(records, g2s):
         buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2))
@@ -284,18 +342,22 @@ def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
                             ) if flat else {}
         batched = []
         for r, g2 in bucket:
-            v, b, m, c = r.slots(h)
-            if r.route.full_step:
-                if r.route.compiled:
-                    _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
-                else:
-                    _full_step(r.p, v, b, m, c, h, r.scalars(h), r.route.blocks)
+            way = r.route.update
+            if way is Update.LOOP:
+                _loop_step(r, g2, h, scratch)
                 continue
-            decay, step = coefficients.get(r) or functional.slot_coefficients(g2, v, b, h,
-                                                                     *r.scalars(h))
-            if r.route.compiled:
+            v, b, m, c = r.slots(h)
+            if way is Update.FULL_STEP_KERNEL:
+                _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
+                continue
+            if way is Update.FULL_STEP or way is Update.FULL_STEP_BLOCKS:
+                _full_step(r.p, v, b, m, c, h, r.scalars(h), way is Update.FULL_STEP_BLOCKS)
+                continue
+            decay, step = coefficients.get(r) or functional.slot_coefficients(
+                g2, v, b, h, *r.scalars(h))
+            if way is Update.KERNEL:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
-            elif r.route.batched:
+            elif way is Update.BATCHED:
                 batched.append((r.p, functional.clip(r.p.grad, h), decay, step, m, c))
             else:
                 functional.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
@@ -303,7 +365,21 @@ def multi_tensor(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper,
             p, g, decay, step, m, c = (functional.TensorList(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
             functional.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
-                           c if c.tensors[0] is not None else None)
+                                    c if c.tensors[0] is not None else None)
+
+
+def _loop_step(r: Record, g2: Tensor, h: Hyper, scratch: Scratch) -> None:
+    """The loop's way (``foreach=False``), the reference path: one parameter's slot
+    coefficients, then its update."""
+    v, b, m, c = r.slots(h)
+    p, g = r.p, clipped(r, h, scratch)
+    if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
+        # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
+        # torch.compile (aot_eager, inductor); of its 1-element view it does not
+        p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
+        v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
+    decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
+    functional.apply_update(p, g, decay, step, m, h, c)
 
 
 def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper

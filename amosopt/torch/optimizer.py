@@ -8,7 +8,7 @@ runs in two phases so that bad input never corrupts anything:
    (:func:`amosopt.torch._routes.route`), reduce the clipped squared gradient to the slot shape;
    one host sync per device decides whether all of it is finite;
 2. *update* -- only then create state, and change slots and parameters: one tensor at a time
-   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.multi_tensor`).
+   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`).
 """
 
 from __future__ import annotations
@@ -269,12 +269,7 @@ class Amos(Optimizer):
                         or (compensated and "compensation" not in r.state)):
                     r.state = self._init_state(r, g2, h.mu, compensated)
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
-            # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
-            # measured as fast as the loop for a few large tensors, faster for many small ones
-            if group["foreach"] is False:
-                _routes.single_tensor(records, measured.g2, h, scratch)
-            else:
-                _routes.multi_tensor(records, measured.g2, h, scratch)
+            _routes.update(records, measured.g2, h, scratch)
 
     def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool
                     ) -> dict[str, Any]:
