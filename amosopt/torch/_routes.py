@@ -28,7 +28,6 @@ The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
@@ -67,16 +66,18 @@ def is_dtensor(x: Any) -> bool:
     return _DTensor is not None and isinstance(x, _DTensor)
 
 
-class Measure(enum.Enum):
-    """Phase 1's way of a tensor (:func:`measure`)."""
+class Measure:
+    """Phase 1's ways of a tensor (:func:`measure`): plain strings, as an ``enum`` member
+    costs some 10x more to look up in the per-tensor loop."""
 
     PEAK = "peak"  # full step: only the peak of clip(g)^2 is checked, M(g^2) comes in phase 2
     KERNEL = "kernel"  # M(clip(g)^2) as one compiled kernel (fused, factored, clipped)
     MEAN_SQUARE = "mean square"  # M(clip(g)^2) eagerly
 
 
-class Update(enum.Enum):
-    """Phase 2's way of a tensor (:func:`update`); the rows of the module's table."""
+class Update:
+    """Phase 2's ways of a tensor (:func:`update`), the rows of the module's table (strings,
+    as :class:`Measure`)."""
 
     LOOP = "loop"  # foreach=False: slot coefficients and update, one tensor at a time
     FULL_STEP = "full step"  # M(g^2), slots and parameter together, the tensor whole
@@ -102,14 +103,14 @@ class Route:
     axes: tuple[int, ...]  # the axes M(g^2) averages over (none: full-size slots)
     keepdim: bool  # False for a scalar slot ``()``
     sharded: bool  # a DTensor: its M(g^2) and checks involve every rank
-    measure: Measure
-    update: Update
+    measure: str  # a Measure
+    update: str  # an Update
     matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
     flat: bool  # slot coefficients concatenated with the other small slots'
     scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
 
     def __init__(self, axes: tuple[int, ...], keepdim: bool = True, sharded: bool = False, *,
-                 measure: Optional[Measure] = None, update: Optional[Update] = None,
+                 measure: Optional[str] = None, update: Optional[str] = None,
                  matrix: Optional[_fused.Matrix] = None, flat: bool = False,
                  scratch: bool = False, full_step: bool = False, blocks: bool = False,
                  compiled: bool = False, batched: bool = False) -> None:
@@ -134,7 +135,7 @@ class Route:
     @property
     def blocks(self) -> bool:
         """The full step in blocks of _BLOCK entries (all contiguous)."""
-        return self.update is Update.FULL_STEP_BLOCKS
+        return self.update == Update.FULL_STEP_BLOCKS
 
     @property
     def compiled(self) -> bool:
@@ -144,7 +145,7 @@ class Route:
     @property
     def batched(self) -> bool:
         """The update batched with the other small tensors'."""
-        return self.update is Update.BATCHED
+        return self.update == Update.BATCHED
 
 
 def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
@@ -272,9 +273,9 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
     measured = Measured([], [])
     for r in records:
         grad, dtype = r.p.grad, functional.slot_dtype(r.p)
-        if r.route.measure is Measure.PEAK:
+        if r.route.measure == Measure.PEAK:
             g2, check = None, _peak_square(grad, h, dtype)
-        elif r.route.measure is Measure.KERNEL:
+        elif r.route.measure == Measure.KERNEL:
             g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
         else:
             g2 = check = functional.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
@@ -343,21 +344,21 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
         batched = []
         for r, g2 in bucket:
             way = r.route.update
-            if way is Update.LOOP:
+            if way == Update.LOOP:
                 _loop_step(r, g2, h, scratch)
                 continue
             v, b, m, c = r.slots(h)
-            if way is Update.FULL_STEP_KERNEL:
+            if way == Update.FULL_STEP_KERNEL:
                 _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
                 continue
-            if way is Update.FULL_STEP or way is Update.FULL_STEP_BLOCKS:
-                _full_step(r.p, v, b, m, c, h, r.scalars(h), way is Update.FULL_STEP_BLOCKS)
+            if way == Update.FULL_STEP or way == Update.FULL_STEP_BLOCKS:
+                _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
                 continue
             decay, step = coefficients.get(r) or functional.slot_coefficients(
                 g2, v, b, h, *r.scalars(h))
-            if way is Update.KERNEL:
+            if way == Update.KERNEL:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
-            elif way is Update.BATCHED:
+            elif way == Update.BATCHED:
                 batched.append((r.p, functional.clip(r.p.grad, h), decay, step, m, c))
             else:
                 functional.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
