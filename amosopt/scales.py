@@ -45,9 +45,8 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from amosopt.rules import Rules, check_eta, is_rule_table, validate_slot_shape
+from amosopt.rules import Rules, Shape, check_eta, is_rule_table, validate_slot_shape
 
-Shape = tuple[int, ...]
 
 __all__ = [
     "ACTIVATIONS",
