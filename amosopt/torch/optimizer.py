@@ -176,7 +176,7 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
-    ):
+    ) -> None:
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,

@@ -55,7 +55,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,9 @@ from amosopt.scales import (
     kernel_scale,
     relative_position_scale,
 )
+
+if TYPE_CHECKING:  # imported at call time in auto_amos: optimizer imports this module
+    from amosopt.torch.optimizer import Amos
 
 __all__ = ["auto_amos", "auto_scales"]
 
@@ -535,7 +538,7 @@ def auto_amos(
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
     **amos_kwargs: Any,
-):
+) -> Amos:
     """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
 
     Equivalent to ``table = auto_scales(model, example_inputs, eta_overrides=...,
