@@ -549,7 +549,9 @@ def auto_amos(
     Args:
         model: the ``nn.Module``.
         lr: the global learning rate xi (about 1/sqrt(number of batches in the data)).
-        example_inputs, eta_overrides, slot_shape_overrides: see :func:`auto_scales`.
+        example_inputs: see :func:`auto_scales`.
+        eta_overrides: see :func:`auto_scales`.
+        slot_shape_overrides: see :func:`auto_scales`.
         **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
             ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
 
