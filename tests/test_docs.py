@@ -214,7 +214,11 @@ def test_site_builds_strict_and_offline(tmp_path) -> None:
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")
     site = tmp_path / "site"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    # a proxy that refuses every connection: a theme or plugin that fetched would fail the build
+    no_network = {key: "http://127.0.0.1:9" for key in
+                  ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")}
+    env = {**os.environ, **no_network, "NO_PROXY": "", "no_proxy": "",
+           "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
                              str(site)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
