@@ -1,6 +1,7 @@
-"""The documentation: every Python block of every guide runs as written (``tests/markdown_blocks.py``
-says how, and how a block is marked as not run), each page's blocks do what the text around them
-says, and the site builds in strict mode (a broken reference fails) without the network."""
+"""The documentation: every Python block of every guide runs as written
+(``tests/markdown_blocks.py`` says how, and how a block is marked as not run), each page's blocks
+do what the text around them says, and the site builds in strict mode (a broken reference fails)
+without the network."""
 
 from __future__ import annotations
 
@@ -160,7 +161,8 @@ def test_schedules_and_diagnostics(capsys) -> None:
         page.run(4)  # the optax schedule
     printed = eval(capsys.readouterr().out)  # noqa: S307  (a printed list of floats)
     # WSD by hand: 0.05 until step 240, then linear to 0 at 300
-    assert printed == [round(0.05 * min(1.0, (300 - s) / 60), 4) for s in (0, 239, 240, 270, 299, 300)]
+    steps = (0, 239, 240, 270, 299, 300)
+    assert printed == [round(0.05 * min(1.0, (300 - s) / 60), 4) for s in steps]
 
     page.run(6)  # 20 steps at a constant xi, then the diagnostics
     step, onset = capsys.readouterr().out.split()
