@@ -41,6 +41,20 @@ def test_blocks_not_run_are_few_and_say_why() -> None:
     assert all(len(b.skip_reason.strip()) >= 10 for _, b in skipped), skipped
 
 
+def test_blocks_and_the_not_run_marker(tmp_path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# t\n\n```python\nx = 1\n```\n\n<!-- not run: needs two GPUs -->\n"
+                    "```python\nraise SystemExit\n```\n\n```console\n$ amos\n```\n"
+                    "```python\ny = x + 1\n```\n")
+    blocks = python_blocks(page)
+    assert [(b.code, b.line, b.skip_reason) for b in blocks] == [  # the fences' lines
+        ("x = 1\n", 3, None), ("raise SystemExit\n", 8, "needs two GPUs"),
+        ("y = x + 1\n", 15, None)]
+    run = Page(page)
+    assert run.run()["y"] == 2  # one namespace; the marked block did not run
+    run.check_all_ran()
+
+
 def test_trainers_and_sharding(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("transformers")
     lightning = pytest.importorskip("lightning")
