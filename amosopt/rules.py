@@ -266,7 +266,7 @@ class Rules:
     ``(name, shape) -> value`` signature). :meth:`match` also returns the pattern that matched.
     """
 
-    def __init__(self, table: RuleTable | Rules, name_sep: str = "/"):
+    def __init__(self, table: RuleTable | Rules, name_sep: str = "/") -> None:
         if isinstance(table, Rules):
             pairs = list(table.pairs)
         elif isinstance(table, Mapping):

@@ -246,7 +246,7 @@ class ScaleTable(Mapping):
     the ``'/'``-joined form of a tuple.
     """
 
-    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]):
+    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]) -> None:
         self._scales: dict[Hashable, Scale] = {}
         self._shapes: dict[Hashable, Shape] = {}
         self._joined: dict[str, Hashable] = {}

@@ -80,7 +80,8 @@ class Amos(Optimizer):
         clip_value: element-wise gradient clipping threshold, or ``None`` (default). A clipped
             ``inf`` becomes ``clip_value``, as in the reference; ``NaN`` always raises.
         extra_l2: :math:`\lambda`, the reference's experimental constant L2 term (default 0).
-        c_coef, d_coef: :math:`c, d`, coefficients of the decay factors (default 0.25).
+        c_coef: :math:`c`, the coefficient of the weight-decay factor :math:`c_t` (default 0.25).
+        d_coef: :math:`d`, the coefficient of the step-decay factor :math:`d_t` (default 0.25).
         epsilon: :math:`\epsilon`, a floor on :math:`v` (default :math:`2^{-125}`).
         foreach: use the multi-tensor implementation (``torch._foreach_*``); ``None`` picks it,
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
@@ -138,7 +139,7 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
-    ):
+    ) -> None:
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,

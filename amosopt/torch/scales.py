@@ -55,7 +55,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,9 @@ from amosopt.scales import (
 )
 from amosopt.torch._sharding import check_not_flattened
 from amosopt.torch.optimizer import Amos
+
+if TYPE_CHECKING:  # imported at call time in auto_amos: optimizer imports this module
+    from amosopt.torch.optimizer import Amos
 
 __all__ = ["auto_amos", "auto_scales"]
 
@@ -513,7 +516,7 @@ def auto_amos(
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
     **amos_kwargs: Any,
-):
+) -> Amos:
     """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
 
     Equivalent to ``table = auto_scales(model, example_inputs, eta_overrides=...,
@@ -524,7 +527,9 @@ def auto_amos(
     Args:
         model: the ``nn.Module``.
         lr: the global learning rate xi (about 1/sqrt(number of batches in the data)).
-        example_inputs, eta_overrides, slot_shape_overrides: see :func:`auto_scales`.
+        example_inputs: see :func:`auto_scales`.
+        eta_overrides: see :func:`auto_scales`.
+        slot_shape_overrides: see :func:`auto_scales`.
         **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
             ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
 
