@@ -45,9 +45,15 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from amosopt.rules import Rules, check_eta, column_shape, is_rule_table, validate_slot_shape
+from amosopt.rules import (
+    Rules,
+    Shape,
+    check_eta,
+    column_shape,
+    is_rule_table,
+    validate_slot_shape,
+)
 
-Shape = tuple[int, ...]
 
 __all__ = [
     "ACTIVATIONS",
@@ -247,7 +253,7 @@ class ScaleTable(Mapping):
     the ``'/'``-joined form of a tuple.
     """
 
-    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]):
+    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]) -> None:
         self._scales: dict[Hashable, Scale] = {}
         self._shapes: dict[Hashable, Shape] = {}
         self._joined: dict[str, Hashable] = {}

@@ -224,9 +224,11 @@ def test_column_shape(shape, slot, column):
 
 @pytest.mark.parametrize("value", ["row", "Row-Col", None, 1])
 def test_check_second_moment_names_the_choices(value):
+    from amosopt.hyperparameters import check_second_moment
+
     with pytest.raises(ValueError, match="second_moment.*'slot', 'row-col'"):
-        rules.check_second_moment(value)
-    assert rules.check_second_moment("row-col") == "row-col"
+        check_second_moment(value)
+    assert check_second_moment("row-col") == "row-col"
 
 
 def test_eta_fn_checks_values():
