@@ -16,15 +16,17 @@ from typing import Any
 #: alone normalises the step; ``"row-col"``, the same ``v`` and a column factor ``u`` whose
 #: rank-1 product with it normalises each entry (:func:`amosopt.rules.column_shape`)
 SECOND_MOMENTS = ("slot", "row-col")
+#: the default ``second_moment`` of both backends: the paper's (not in :data:`DEFAULTS`, whose
+#: numbers are the update's symbols)
+SECOND_MOMENT = "slot"
 
 #: defaults of the arguments both backends take, named as in both signatures
-DEFAULTS: dict[str, float | str] = {
+DEFAULTS: dict[str, float] = {
     "beta": 0.999,  # β, decay of the running mean v of M(g^2)
     "extra_l2": 0.0,  # λ, the reference's constant L2 term
     "c_coef": 0.25,  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
     "d_coef": 0.25,  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
     "epsilon": 2.0**-125,  # ε, the floor on v
-    "second_moment": "slot",  # the normaliser of the step: the paper's slot v alone
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from amosopt.compare.registry import OPTIMIZERS
-from amosopt.hyperparameters import DEFAULTS as AMOS_DEFAULTS
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["DEFAULTS", "DEFAULT_OPTIMIZERS", "XI_MULTIPLIERS", "CompareConfig", "field_default"]
 
@@ -82,7 +82,7 @@ class CompareConfig:
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
     #: Amos's normaliser: "slot", the paper's v; "row-col", v with a column factor per matrix
-    amos_second_moment: str = AMOS_DEFAULTS["second_moment"]
+    amos_second_moment: str = SECOND_MOMENT
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
     adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from amosopt.compare.registry import OPTIMIZERS, OptimizerInfo
-from amosopt.hyperparameters import DEFAULTS as AMOS_DEFAULTS
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
 
@@ -61,7 +61,7 @@ class RunSettings:
     amos_momentum: float = 0.9
     amos_beta: float | None = None
     amos_warmup: int = 0
-    amos_second_moment: str = AMOS_DEFAULTS["second_moment"]  # Amos(second_moment=...)
+    amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amosopt.hyperparameters import DEFAULTS, INTERVALS, check_interval, check_second_moment
+from amosopt.hyperparameters import (
+    DEFAULTS,
+    INTERVALS,
+    SECOND_MOMENT,
+    check_interval,
+    check_second_moment,
+)
 from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, column_shape, reduced_axes
 
 __all__ = [
@@ -233,7 +239,7 @@ def scale_by_amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
-    second_moment: str = DEFAULTS["second_moment"],
+    second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
 
@@ -323,7 +329,7 @@ def amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
-    second_moment: str = DEFAULTS["second_moment"],
+    second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 

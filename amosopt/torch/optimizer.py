@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.hyperparameters import DEFAULTS
+from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
 from amosopt.rules import Shape, as_eta_fn, as_shape_fn
 from amosopt.torch import _checkpoints, _fused, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
@@ -169,7 +169,7 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
-        second_moment: str = DEFAULTS["second_moment"],
+        second_moment: str = SECOND_MOMENT,
     ) -> None:
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,

@@ -18,7 +18,7 @@ import torch
 
 from amosopt.rules import column_shape
 from amosopt.torch import Amos
-from amosopt.torch._routes import _LARGE, Route, route
+from amosopt.torch._routes import _LARGE, Route, Update, route
 from tests.oracles import FACTORED_LEAVES as LEAVES
 from tests.oracles import NumpyAmos
 
@@ -171,7 +171,8 @@ def test_routes_give_columns_only_where_there_is_a_column_factor():
     assert route_of((64, 32), (64, 1)) == Route(axes=(1,), flat=True, batched=True,
                                                 columns=(0,))
     assert route_of((64, 32), (64, 1), "slot").columns is None
-    assert route_of((64, 32), (64, 1), foreach=False) == Route(axes=(1,), columns=(0,))
+    assert route_of((64, 32), (64, 1), foreach=False) == Route(axes=(1,), update=Update.LOOP,
+                                                               columns=(0,))
     assert route_of((8, 3, 3, 3), (1, 3, 3, 3)).columns == (1, 2, 3)
     for shape, slot in [((64, 32), (64, 32)), ((64,), ()), ((64, 32), (1, 1)),
                         ((3, 70001), (3, 70001))]:
