@@ -34,7 +34,7 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
     """Per-variable diagnostics of Amos after the steps that ``state`` has seen.
 
     Pass the arguments given to :func:`amosopt.optax.amos` (``learning_rate`` may be a
-    schedule: the next step's ``xi`` is used). With ``grads`` (the last gradient) and
+    schedule: the next update's ``xi``, ``schedule(count)``, is used). With ``grads`` (the last gradient) and
     ``clip_value``, ``clip_fraction`` too.
 
     Returns:
@@ -56,7 +56,7 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
     """
     amos_state = _amos_state(state)
     count = amos_state.count
-    xi = learning_rate(count + 1) if callable(learning_rate) else learning_rate
+    xi = learning_rate(count) if callable(learning_rate) else learning_rate
     eta_of = _eta_function(eta_fn)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     vs, bs = treedef.flatten_up_to(amos_state.v), treedef.flatten_up_to(amos_state.b)

@@ -246,8 +246,10 @@ def scale_by_amos(
         del extra_args
         if params is None:
             raise ValueError(_NO_PARAMS_MSG)
+        # a schedule sees optax's count, the updates done before this one (0 first), as in
+        # optax.adam; the bias correction uses the 1-based step t = count + 1
+        xi = learning_rate(state.count) if callable(learning_rate) else learning_rate
         count = optax.safe_increment(state.count)  # t, 1-based
-        xi = learning_rate(count) if callable(learning_rate) else learning_rate
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         grads = treedef.flatten_up_to(updates)
         vs, bs = treedef.flatten_up_to(state.v), treedef.flatten_up_to(state.b)
@@ -304,8 +306,10 @@ def amos(
     per-variable *model-oriented scale* :math:`\eta`, the expected magnitude of the variable's
     entries once trained.
 
-    Let :math:`\xi_t` represent ``learning_rate`` (evaluated at the 1-based step :math:`t` if it is
-    a schedule), :math:`\eta` the value of ``eta_fn`` for the variable, :math:`\beta` ``beta``,
+    Let :math:`\xi_t` represent ``learning_rate`` (a schedule is called with optax's ``count``,
+    the number of updates done before this one: 0 for the first update, as ``optax.adam`` and
+    ``optax.inject_hyperparams`` do, so :math:`\xi_t` is ``schedule(t - 1)``), :math:`\eta` the
+    value of ``eta_fn`` for the variable, :math:`\beta` ``beta``,
     :math:`\lambda` ``extra_l2``, :math:`c, d` ``c_coef``, ``d_coef``, :math:`\epsilon`
     ``epsilon``, and :math:`\mu` ``momentum``. The slots :math:`v` and :math:`b` have the shape
     given by ``shape_fn`` (by default the variable's); :math:`M(\cdot)` averages over the axes
@@ -335,16 +339,27 @@ def amos(
 
     Slots are float32 for 16-bit parameters (the arithmetic too; the update is cast back to the
     gradient's dtype): ``epsilon = 2**-125`` is 0 in float16. Arguments and defaults are those of
-    ``jestimator.amos.amos``, so replacing its import gives the same numbers.
+    ``jestimator.amos.amos``, so replacing its import gives the same numbers (a schedule shifted
+    by one, see Schedules).
 
     A non-finite gradient cannot raise inside ``jit`` (the PyTorch ``Amos`` raises
     ``FloatingPointError`` instead): it would put NaN into the slots for good. Guard long runs with
     ``optax.apply_if_finite(amos(...), max_consecutive_errors=...)``, which skips such steps and
     leaves the state as it was.
 
+    Schedules: any optax schedule (``optax.warmup_cosine_decay_schedule``,
+    :func:`amosopt.optax.wsd_schedule`) drops in unchanged, also through
+    ``optax.inject_hyperparams(amos)(learning_rate=schedule, ...)``. ``jestimator.amos`` calls its
+    schedule with the 1-based step instead: port a jestimator schedule ``f`` as
+    ``lambda count: f(count + 1)``. The state's ``count`` is, as before, the number of updates
+    done, so an optax state saved by an earlier amosopt (which called the schedule with
+    ``count + 1``) loads and continues; only a schedule written for that 1-based call needs the
+    same ``lambda count: f(count + 1)``.
+
     Args:
-        learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``.
-            About :math:`1/\sqrt{N}` for :math:`N` independent batches in the training data.
+        learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``
+            (``count`` = updates done, 0 at the first update). About :math:`1/\sqrt{N}` for
+            :math:`N` independent batches in the training data.
         eta_fn: :math:`\eta` per variable: a positive number for all, an :mod:`amosopt.rules`
             table (``{regex: value}``, matched against the key path joined with ``'/'``), or
             jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings.
