@@ -30,12 +30,17 @@ def _amos_state(state: Any) -> ScaleByAmosState:
 def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
                 beta: float = 0.999, extra_l2: float = 0.0, d_coef: float = 0.25,
                 c_coef: float = 0.25, epsilon: float = 2**-125, clip_value: float | None = None,
-                grads: Any = None, per_parameter: bool = True) -> dict[str, jax.Array]:
+                grads: Any = None, per_parameter: bool = True, shape_fn: Any = None,
+                momentum: Any = None) -> dict[str, jax.Array]:
     """Per-variable diagnostics of Amos after the steps that ``state`` has seen.
 
     Pass the arguments given to :func:`amosopt.optax.amos` (``learning_rate`` may be a
-    schedule: the next update's ``xi``, ``schedule(count)``, is used). With ``grads`` (the last gradient) and
-    ``clip_value``, ``clip_fraction`` too.
+    schedule: the next update's ``xi``, ``schedule(count)``, is used). With ``grads`` (the last
+    gradient) and ``clip_value``, ``clip_fraction`` too. ``shape_fn`` and ``momentum`` are
+    accepted so that the same keyword arguments pass unchanged, and do not change the numbers:
+    the slots in ``state`` have their shapes already, and momentum averages the updates after
+    Amos has made them. ``per_parameter=False`` keeps only the min / median / max over the
+    variables (a few dozen keys however large the model).
 
     Returns:
         A flat dict: ``"KEY/NAME"`` for each variable (``NAME`` its key path joined with
@@ -54,6 +59,7 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
         >>> round(float(numbers["lr/w"]), 4), round(float(numbers["d_t/w"]), 6)
         (0.05, 0.999441)
     """
+    del shape_fn, momentum  # see the docstring
     amos_state = _amos_state(state)
     count = amos_state.count
     xi = learning_rate(count) if callable(learning_rate) else learning_rate

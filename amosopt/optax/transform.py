@@ -146,6 +146,12 @@ def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef:
 
 def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     """A checked ``(name, shape) -> eta``; a traced scalar (inject_hyperparams) passes as is."""
+    if spec is None:
+        raise TypeError(
+            "amos needs eta_fn, the expected magnitude eta of each variable's entries. The "
+            "automatic scales: scales = amosopt.optax.auto_scales(params), then "
+            "amos(learning_rate, eta_fn=scales.eta, shape_fn=scales.slot_shape); or a number "
+            "for all variables, or a rule table {regex: eta}.")
     if isinstance(spec, jax.Array) and spec.ndim == 0 and _concrete(spec) is None:
         return lambda name, shape: spec
     number = _concrete(spec)
@@ -208,7 +214,7 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi
 
 def scale_by_amos(
     learning_rate: ScalarOrSchedule,
-    eta_fn: EtaSpec,
+    eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
     beta: float = 0.999,
     extra_l2: float = 0.0,
@@ -290,7 +296,7 @@ def _momentum(mu: Any) -> optax.GradientTransformation:
 
 def amos(
     learning_rate: ScalarOrSchedule,
-    eta_fn: EtaSpec,
+    eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
     beta: float = 0.999,
     momentum: float | None = None,
@@ -362,7 +368,9 @@ def amos(
             :math:`N` independent batches in the training data.
         eta_fn: :math:`\eta` per variable: a positive number for all, an :mod:`amosopt.rules`
             table (``{regex: value}``, matched against the key path joined with ``'/'``), or
-            jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings.
+            jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings; the
+            automatic one is ``amosopt.optax.auto_scales(params).eta``. Required: without it,
+            a ``TypeError`` says so.
         shape_fn: the shape of the ``v`` and ``b`` slots per variable: ``None`` (full size), a
             rule table, or ``(name, shape) -> tuple``; each axis is the variable's or 1, or
             ``()`` for one scalar slot.
