@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
-from amosopt.torch import _fused, _routes
+from amosopt.torch import _fused, _mistakes, _routes
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
 from amosopt.torch.scales import check_not_flattened
@@ -176,7 +176,9 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
+        **unexpected: Any,
     ):
+        _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
@@ -189,17 +191,25 @@ class Amos(Optimizer):
                    for k, v in defaults.items()}
         _check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
         super().__init__(params, defaults)
+        _mistakes.warn_unused(self.param_groups)  # rules no parameter takes: a typo, likely
         #: the step's records, kept (see _plan), by (group index, position): keyed by
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
         self._records: dict[tuple[int, int], Record] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
+        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated, and
+        every named parameter's ``eta`` and slot shape resolved (a rule table without a value
+        for one fails here)."""
+        _mistakes.check_group(self, param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        where = f" (param group {len(self.param_groups) - 1})"
         try:
-            _check_hyperparameters(group, f" (param group {len(self.param_groups) - 1})")
+            _check_hyperparameters(group, where)
+            _mistakes.resolve_all(group, where)
+            if hasattr(self, "_records"):  # after the constructor, which warns for all groups
+                _mistakes.warn_unused([group])
             if group["fused"]:  # fails here, with the reason, where torch.compile cannot work
                 for device_type in sorted({p.device.type for p in group["params"]}):
                     _fused.check_available(device_type)
@@ -264,6 +274,7 @@ class Amos(Optimizer):
         host-side work only (no tensor is read or changed). A record is kept from step to step
         while its signature holds: deciding the route again each step measured ~10% of a step
         of a model of 200 small tensors."""
+        _mistakes.check_momentum_not_cycled(self.param_groups)  # OneCycleLR's default
         plan = []
         for group_index, group in enumerate(self.param_groups):
             records = []
@@ -415,6 +426,7 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
     """A load_state_dict pre-hook (the last): checks the format and the slot shapes of the
     saved state (see :func:`_check_saved_state`), then keeps the saved slot tensors, by
     parameter position, for ``__setstate__``."""
+    _mistakes.check_saved_state(optimizer, state_dict)  # another optimizer's, or model's
     _check_saved_state(optimizer, state_dict)
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [
