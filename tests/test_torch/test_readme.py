@@ -80,19 +80,28 @@ def test_use_with_hugging_face_and_lightning(tmp_path, monkeypatch) -> None:
                       if hasattr(namespace["trainer"].optimizer, "optimizer")
                       else namespace["trainer"].optimizer, Amos)
 
-    namespace = {"torch": torch}
+    namespace: dict = {}  # the block imports what it needs
     exec(compile(lightning_block, str(README), "exec"), namespace)  # noqa: S102
-    torch.manual_seed(0)
-    module = namespace["Regression"]()
     x, y = regression_data().tensors
-    before = torch.nn.functional.mse_loss(module(x), y).item()
-    trainer = lightning.Trainer(max_steps=150, accelerator="cpu", logger=False,
-                                enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(module, torch.utils.data.DataLoader(regression_data(), batch_size=16))
-    assert isinstance(trainer.optimizers[0], Amos)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # cooled down at max_steps
-    assert torch.nn.functional.mse_loss(module(x), y).item() < 0.5 * before
+    # Lightning's usual max_epochs (max_steps is then -1) and a max_steps budget: 10 batches
+    # of 16 per epoch, so 15 epochs are the same 150 steps
+    for limit in (dict(max_epochs=15), dict(max_steps=150)):
+        torch.manual_seed(0)
+        module = namespace["Regression"]()
+        before = torch.nn.functional.mse_loss(module(x), y).item()
+        trainer = lightning.Trainer(**limit, accelerator="cpu", logger=False,
+                                    enable_checkpointing=False, enable_progress_bar=False,
+                                    enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(module, torch.utils.data.DataLoader(regression_data(), batch_size=16))
+        assert trainer.global_step == 150, limit
+        assert isinstance(trainer.optimizers[0], Amos)
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        assert scheduler.total_steps == 150, limit
+        assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # cooled down at the end
+        assert torch.nn.functional.mse_loss(module(x), y).item() < 0.5 * before
+        # Lightning's wrapper has Amos's methods
+        numbers = module.optimizers().diagnostics(per_parameter=False)
+        assert numbers["step/max"] == 0.0 and "b/median" in numbers  # xi = 0 after cooldown
 
 
 def test_what_is_amos_doing(capsys) -> None:
