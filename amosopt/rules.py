@@ -476,7 +476,10 @@ def unused_rules(rules: Rules, names: Iterable[Name]) -> list[tuple[str, bool]]:
 def nearest_names(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:
     """The ``n`` names that read most like ``pattern`` (difflib's ratio): the likely intent of a
     mistyped regex."""
-    return sorted(names, key=lambda name: -difflib.SequenceMatcher(None, pattern, name).ratio())[:n]
+    def likeness(name: str) -> float:
+        return difflib.SequenceMatcher(None, pattern, name).ratio()
+
+    return sorted(names, key=likeness, reverse=True)[:n]
 
 
 def warn_unused_rules(rules: Rules, names: Iterable[Name], what: str,

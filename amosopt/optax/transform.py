@@ -18,7 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amosopt.rules import as_eta_fn, as_shape_fn, reduced_axes
+from amosopt.rules import (
+    Rules,
+    as_eta_fn,
+    as_shape_fn,
+    is_rule_table,
+    reduced_axes,
+    warn_unused_rules,
+)
 
 __all__ = [
     "ScaleByAmosState",
@@ -231,6 +238,11 @@ def scale_by_amos(
         ValueError: an invalid hyper-parameter (here), or, at ``init``, a slot shape that does
             not broadcast to its parameter, an ``eta`` that is not a positive finite number, or a
             non-floating parameter; at ``update``, ``params=None``.
+
+    Warns:
+        amosopt.rules.UnmatchedRuleWarning: at ``init``, for each rule of an ``eta_fn`` /
+            ``shape_fn`` table that no variable takes, naming the pattern and the nearest
+            names (an error under ``warnings.simplefilter("error", UnmatchedRuleWarning)``).
     """
     _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon)
     eta_of = _eta_function(eta_fn)
@@ -242,8 +254,14 @@ def scale_by_amos(
         slot = shape if slot_shape_of is None else slot_shape_of(name, shape)
         return jnp.zeros(slot, _slot_dtype(name, theta.dtype))
 
+    tables = [(Rules(spec, "/"), what)
+              for spec, what in ((eta_fn, "eta_fn"), (shape_fn, "shape_fn")) if is_rule_table(spec)]
+
     def init_fn(params: optax.Params) -> ScaleByAmosState:
         v = jax.tree_util.tree_map_with_path(lambda p, x: slot_zeros(path_to_name(p), x), params)
+        names = [path_to_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for rules, what in tables:  # a rule no variable takes: a typo in its regex, likely
+            warn_unused_rules(rules, names, what, stacklevel=2)
         b = jax.tree.map(jnp.zeros_like, v)
         return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b)
 

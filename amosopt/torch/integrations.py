@@ -27,7 +27,6 @@ The Trainer (through accelerate) wraps the optimizer: ``trainer.optimizer`` is a
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 

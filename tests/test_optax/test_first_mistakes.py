@@ -76,3 +76,18 @@ def test_flax_whole_variables_are_refused_with_the_fix():
     model, variables, x = _BatchNormModel.build()
     with pytest.raises(ValueError, match=r"whole flax variables.*variables\['params'\].*apply_fn="):
         auto_scales(variables, model, x)
+
+
+def test_rule_table_entry_that_matches_no_variable_warns_at_init():
+    from amosopt.rules import UnmatchedRuleWarning
+
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    tx = amos(0.1, eta_fn={r"dense/kernal": 0.5, r".*": 1.0},
+              shape_fn={r".*": (), r"dense/bias": ()})
+    with pytest.warns(UnmatchedRuleWarning) as record:
+        tx.init(params)
+    messages = [str(w.message) for w in record]
+    assert any("eta_fn: the rule 'dense/kernal' is never used: it matches no parameter" in m
+               and "Nearest parameter names: 'dense/kernel'" in m for m in messages)
+    assert any("shape_fn: the rule 'dense/bias' is never used: every parameter it matches is "
+               "taken by an earlier rule" in m for m in messages)
