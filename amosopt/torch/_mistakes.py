@@ -48,8 +48,8 @@ FOREIGN_ARGUMENTS = {
 #: the param-group keys of torch's cyclic schedulers: OneCycleLR and CyclicLR with their default
 #: cycle_momentum=True write group["momentum"] at every step
 _CYCLED_MOMENTUM_KEYS = ("base_momentum", "max_momentum")
-#: keys every Amos param group has, and another optimizer's does not
-_AMOS_KEYS = ("eta", "beta", "d_coef", "c_coef")
+#: keys every Amos param group has had since the first release, and AdamW's does not
+_AMOS_KEYS = ("eta", "beta")
 #: wrappers that prefix the names of the parameters of the model they wrap: torch.compile
 #: (``_orig_mod.``) and DistributedDataParallel / DataParallel (``module.``)
 _WRAPPER_PREFIXES = re.compile(r"(?:^|(?<=\.))(?:_orig_mod|module)\.")
