@@ -122,3 +122,6 @@ def test_what_is_amos_doing(capsys) -> None:
     assert float(step) == pytest.approx(numbers["step/median"], rel=1e-2)
     assert float(onset.replace(",", "")) == pytest.approx(numbers["decay_onset/min"], abs=1)
     assert {"lr/0.weight", "weight_decay/max", "clip_fraction/2.bias", "decay/min"} <= set(numbers)
+    summary = namespace["summary"]  # the same summary, without a key per parameter
+    assert summary == {k: v for k, v in numbers.items()
+                       if k.rsplit("/", 1)[1] in ("min", "median", "max")}
