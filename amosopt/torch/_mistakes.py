@@ -22,6 +22,7 @@ from amosopt.rules import (
     is_rule_table,
     warn_unused_rules,
 )
+from amosopt.torch.scales import check_not_flattened
 
 __all__ = [
     "check_arguments",
@@ -97,6 +98,7 @@ def resolve_all(group: dict[str, Any], where: str) -> None:
         return
     eta_of, shape_of = as_eta_fn(group["eta"]), as_shape_fn(group["slot_shape"])
     for name, p in zip(names, group["params"]):
+        check_not_flattened(name, p)  # before a lookup that would blame the shape
         shape = tuple(p.shape)
         try:
             eta_of(name, shape)
