@@ -94,8 +94,8 @@ def resolve_all(group: dict[str, Any], where: str) -> None:
     table that leaves one without a value fails at construction, naming it, not at the first
     ``step()``."""
     names = group.get("param_names")
-    if names is None:
-        return
+    if names is None or (isinstance(group["eta"], (int, float)) and group["slot_shape"] is None):
+        return  # nothing to look up: a number eta and full-size slots cannot fail by name
     eta_of, shape_of = as_eta_fn(group["eta"]), as_shape_fn(group["slot_shape"])
     for name, p in zip(names, group["params"]):
         check_not_flattened(name, p)  # before a lookup that would blame the shape
