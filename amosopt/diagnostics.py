@@ -35,6 +35,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from amosopt.hyperparameters import DEFAULTS
+
 __all__ = ["KEYS", "ONSET_DROP", "flatten", "steps_until_drop", "variable"]
 
 KEYS = ("lr", "step", "weight_decay", "d_t", "c_t", "b", "decay", "decay_onset",
@@ -60,7 +62,8 @@ def _b_clock(b: Any, xi: Any, c_coef: Any, xp: Any) -> Any:
 
 
 def steps_until_drop(xi: Any, eta: Any, b: Any = 0.0, *, drop: float = ONSET_DROP,
-                     c_coef: Any = 0.25, d_coef: Any = 0.25, xp: Any = math) -> Any:
+                     c_coef: Any = DEFAULTS["c_coef"], d_coef: Any = DEFAULTS["d_coef"],
+                     xp: Any = math) -> Any:
     """Steps until the decay factor ``d`` has fallen by ``drop`` from its value at ``b``, at
     steady gradient statistics (``g^2 / v_hat = 1``; exact in the limit of small steps for a
     constant gradient, see :func:`_b_clock`). ``d`` falls by ``drop`` when

@@ -31,8 +31,12 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
+#: a tensor's shape
 Shape = tuple[int, ...]
-Name = Union[str, Sequence[str]]
+#: an optax parameter's name: the strings of its key path (``path_to_name``), as in jestimator
+PathName = tuple[str, ...]
+#: a parameter's name as rules see it: torch's dotted string, or an optax :data:`PathName`
+ParamName = Union[str, Sequence[str]]
 RuleValue = Union[float, int, tuple, str, Callable[[Shape], Any]]
 RuleTable = Union[Mapping[str, RuleValue], Sequence[tuple[str, RuleValue]]]
 
@@ -248,7 +252,7 @@ def evaluate_shape_expression(expression: str, shape: Sequence[int]) -> Any:
     return _Evaluator(expression, tuple(int(d) for d in shape)).eval(tree)
 
 
-def _join(name: Name, sep: str) -> str:
+def _join(name: ParamName, sep: str) -> str:
     if isinstance(name, str):
         return name
     return sep.join(str(part) for part in name)
@@ -267,7 +271,7 @@ class Rules:
     ``(name, shape) -> value`` signature). :meth:`match` also returns the pattern that matched.
     """
 
-    def __init__(self, table: RuleTable | Rules, name_sep: str = "/"):
+    def __init__(self, table: RuleTable | Rules, name_sep: str = "/") -> None:
         if isinstance(table, Rules):
             pairs = list(table.pairs)
         elif isinstance(table, Mapping):
@@ -291,7 +295,7 @@ class Rules:
     def __repr__(self) -> str:
         return f"Rules({self.pairs!r})"
 
-    def find(self, name: Name, shape: Sequence[int]) -> tuple[str, Any] | None:
+    def find(self, name: ParamName, shape: Sequence[int]) -> tuple[str, Any] | None:
         """``(pattern, resolved value)`` of the first rule matching ``name``, or ``None``."""
         joined = _join(name, self.name_sep)
         shape = tuple(int(d) for d in shape)
@@ -300,7 +304,7 @@ class Rules:
                 return pattern, _resolve(value, shape)
         return None
 
-    def match(self, name: Name, shape: Sequence[int]) -> tuple[str, Any]:
+    def match(self, name: ParamName, shape: Sequence[int]) -> tuple[str, Any]:
         """Returns ``(pattern, resolved value)`` of the first rule matching ``name``; raises
         ``ValueError`` naming the parameter, its shape and the rules if none does."""
         found = self.find(name, shape)
@@ -314,7 +318,7 @@ class Rules:
             f"[{patterns}]. Add a rule for it (a catch-all such as r'.*' goes last)."
         )
 
-    def __call__(self, name: Name, shape: Sequence[int]) -> Any:
+    def __call__(self, name: ParamName, shape: Sequence[int]) -> Any:
         return self.match(name, shape)[1]
 
 
@@ -336,12 +340,12 @@ def is_rule_table(spec: Any) -> bool:
     return False
 
 
-def lookup(rules: RuleTable | Rules, name: Name, shape: Sequence[int]) -> Any:
+def lookup(rules: RuleTable | Rules, name: ParamName, shape: Sequence[int]) -> Any:
     """Resolves ``name`` (with ``shape``) against a rule table; see :class:`Rules`."""
     return Rules(rules)(name, shape)
 
 
-def check_eta(value: Any, name: Name, shape: Sequence[int] = ()) -> float:
+def check_eta(value: Any, name: ParamName, shape: Sequence[int] = ()) -> float:
     """Returns ``value`` as a float if it is a positive finite number, else raises ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
@@ -357,7 +361,7 @@ def check_eta(value: Any, name: Name, shape: Sequence[int] = ()) -> float:
     return eta
 
 
-def validate_slot_shape(name: Name, shape: Sequence[int], slot_shape: Any) -> Shape:
+def validate_slot_shape(name: ParamName, shape: Sequence[int], slot_shape: Any) -> Shape:
     """Checks that ``slot_shape`` broadcasts to ``shape``: ``()`` or the same rank, each axis
     either the parameter's size or 1. Returns it as a tuple of ints."""
     shape = tuple(int(d) for d in shape)
@@ -393,7 +397,7 @@ def reduced_axes(shape: Sequence[int], slot_shape: Sequence[int]) -> tuple[int, 
     return tuple(i for i, (s, d) in enumerate(zip(slot_shape, shape)) if s < d)
 
 
-def _own_lookup(spec: Any, attr: str) -> Callable[[Name, Shape], Any] | None:
+def _own_lookup(spec: Any, attr: str) -> Callable[[ParamName, Shape], Any] | None:
     """``spec.eta`` / ``spec.slot_shape`` when ``spec`` carries its own lookups, as the tables of
     :mod:`amosopt.scales` (``auto_scales``) do, so that ``eta=table`` works like
     ``eta=table.eta``."""
@@ -401,7 +405,7 @@ def _own_lookup(spec: Any, attr: str) -> Callable[[Name, Shape], Any] | None:
     return method if callable(method) else None
 
 
-def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], float]:
+def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], float]:
     """Turns an ``eta`` spec (number, rule table, ``(name, shape) -> number``, or a table with
     an ``eta(name, shape)`` method) into a checked ``(name, shape) -> float`` function."""
     if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
@@ -416,7 +420,7 @@ def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], float]:
     return lambda name, shape: check_eta(fn(name, tuple(shape)), name, shape)
 
 
-def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], Shape] | None:
+def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], Shape] | None:
     """Turns a slot-shape spec (``None``, rule table, ``(name, shape) -> tuple``, or a table
     with a ``slot_shape(name, shape)`` method) into a checked ``(name, shape) -> tuple``
     function; ``None`` stays ``None`` (full-size slots)."""
@@ -432,12 +436,14 @@ def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[Name, Shape], Shape
     return lambda name, shape: validate_slot_shape(name, shape, fn(name, tuple(shape)))
 
 
-def eta_fn_from_rules(rules: RuleTable, name_sep: str = "/") -> Callable[[Name, Shape], float]:
+def eta_fn_from_rules(rules: RuleTable, name_sep: str = "/"
+                      ) -> Callable[[ParamName, Shape], float]:
     """jestimator-style ``eta_fn`` from a rule table (values checked positive and finite)."""
     return as_eta_fn(Rules(rules, name_sep))
 
 
-def shape_fn_from_rules(rules: RuleTable, name_sep: str = "/") -> Callable[[Name, Shape], Shape]:
+def shape_fn_from_rules(rules: RuleTable, name_sep: str = "/"
+                        ) -> Callable[[ParamName, Shape], Shape]:
     """jestimator-style ``shape_fn`` from a rule table (results checked to broadcast)."""
     fn = as_shape_fn(Rules(rules, name_sep))
     assert fn is not None
@@ -455,7 +461,7 @@ class UnmatchedRuleWarning(UserWarning):
     ``-W error::amosopt.rules.UnmatchedRuleWarning``)."""
 
 
-def unused_rules(rules: Rules, names: Iterable[Name]) -> list[tuple[str, bool]]:
+def unused_rules(rules: Rules, names: Iterable[ParamName]) -> list[tuple[str, bool]]:
     """``(pattern, shadowed)`` for each rule that is the first match of none of ``names``:
     ``shadowed`` is True when the pattern matches some name that an earlier rule takes."""
     joined = [_join(name, rules.name_sep) for name in names]
@@ -482,7 +488,7 @@ def nearest_names(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:
     return sorted(names, key=likeness, reverse=True)[:n]
 
 
-def warn_unused_rules(rules: Rules, names: Iterable[Name], what: str,
+def warn_unused_rules(rules: Rules, names: Iterable[ParamName], what: str,
                       stacklevel: int = 3) -> None:
     """One :class:`UnmatchedRuleWarning` per unused rule of ``rules`` (``what``, e.g.
     ``"eta_overrides"``), naming the pattern and the nearest parameter names."""

@@ -45,9 +45,9 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from amosopt.rules import Rules, check_eta, is_rule_table, validate_slot_shape, warn_unused_rules
+from amosopt.rules import (Rules, Shape, check_eta, is_rule_table, validate_slot_shape,
+                           warn_unused_rules)
 
-Shape = tuple[int, ...]
 
 __all__ = [
     "ACTIVATIONS",
@@ -248,7 +248,7 @@ class ScaleTable(Mapping):
     the ``'/'``-joined form of a tuple.
     """
 
-    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]):
+    def __init__(self, entries: Iterable[tuple[Hashable, Shape, Scale]]) -> None:
         self._scales: dict[Hashable, Scale] = {}
         self._shapes: dict[Hashable, Shape] = {}
         self._joined: dict[str, Hashable] = {}

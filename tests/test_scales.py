@@ -29,7 +29,7 @@ def test_kernel_scale_is_sqrt_k_over_fan_in(fan_in, activation, k):
     assert f"sqrt({k}/{fan_in})" in scale.reason
 
 
-def test_kernel_reason_reads_like_the_issue():
+def test_kernel_reason_names_layer_fan_in_and_activation():
     scale = kernel_scale("Linear weight", 3072, (768, 1), "GELU")
     assert scale.reason == "Linear weight, fan-in 3072, input after GELU: sqrt(2/3072)"
 

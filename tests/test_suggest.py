@@ -167,11 +167,11 @@ def test_cli_steps(capsys):
     assert "invalid --steps" in capsys.readouterr().err
 
 
-def test_readme_console_example(capsys):
+def test_schedules_guide_console_example(capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme[readme.index("$ amos suggest --examples 80000"):]
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "schedules.md").read_text()
+    block = guide[guide.index("$ amos suggest --examples 80000"):]
     block = block[:block.index("```")].splitlines()
     assert main(block[0][len("$ amos "):].split()) == 0
     out = capsys.readouterr().out.splitlines()

@@ -13,75 +13,107 @@ import argparse
 import math
 from pathlib import Path
 
+from amosopt.compare.config import DEFAULT_OPTIMIZERS, DEFAULTS, field_default
+from amosopt.compare.registry import OPTIMIZERS
+
 TASK_NAMES = ("lm", "digits")
-OPTIMIZER_NAMES = ("amos", "amos-wsd", "adamw", "adamw-wsd", "adafactor", "schedulefree")
+#: the registry's names, read without torch
+OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="lm",
+    parser.add_argument("--task", default=field_default("task"),
                         help="lm (byte-level transformer on the Python stdlib, default) or digits "
                              "(small CNN on scikit-learn's digits)")
     parser.add_argument("--text", metavar="PATH",
                         help="train the language model on this text file instead (the last 10%% "
                              "is validation)")
     parser.add_argument("--quick", action="store_true",
-                        help="a short study (a few minutes on 2 cores): budgets 200,400, Amos at "
-                             "the suggested xi only")
+                        help="a short study (a few minutes on 2 cores): budgets "
+                             f"{_numbers(DEFAULTS['lm']['quick']['budgets'])}, Amos at the "
+                             "suggested xi only")
     parser.add_argument("--budgets", metavar="N,N,...",
-                        help="step budgets, each its own set of runs (default: lm 500,1000,2000; "
-                             "digits 400,1500; --quick 200,400)")
+                        help=f"step budgets, each its own set of runs (default: {_budgets()})")
     parser.add_argument("--steps", type=int, help="one budget: the same as --budgets N")
     parser.add_argument("--seeds", metavar="S,S,...",
                         help="seeds: initialisation and batch order (default 0)")
     parser.add_argument("--seed", type=int, help="one seed: the same as --seeds S")
     parser.add_argument("--optimizers", metavar="NAME,...",
-                        help=f"from {', '.join(OPTIMIZER_NAMES)} (default amos,amos-wsd,adamw)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs in parallel processes, one torch thread each (default 1)")
+                        help=f"from {', '.join(OPTIMIZER_NAMES)} (default "
+                             f"{','.join(DEFAULT_OPTIMIZERS)})")
+    parser.add_argument("--jobs", type=int, default=field_default("jobs"),
+                        help="runs in parallel processes, one torch thread each "
+                             "(default %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default ./amos-results/TASK)")
-    parser.add_argument("--batch-size", type=int, default=32, help="default 32")
+    parser.add_argument("--batch-size", type=int,
+                        default=field_default("batch_size"), help="default %(default)s")
     parser.add_argument("--adamw-lrs", metavar="LR,LR,...",
                         help="the learning-rate grid of adamw and adamw-wsd")
     parser.add_argument("--lrs", metavar="NAME=LR,LR,...", action="append", default=[],
                         help="the learning-rate grid of one optimizer (repeatable), e.g. "
                              "adafactor=5e-3,1e-2,2e-2")
     parser.add_argument("--xi-multipliers", metavar="M,M,...",
-                        help="Amos's grid, multiples of the suggested xi (default 0.5,1,2; "
-                             "--quick 1)")
-    parser.add_argument("--warmup-fraction", "--adamw-warmup", type=float, default=0.05,
+                        help="Amos's grid, multiples of the suggested xi (default "
+                             f"{_numbers(DEFAULTS['lm']['full']['xi_multipliers'])}; --quick "
+                             f"{_numbers(DEFAULTS['lm']['quick']['xi_multipliers'])})")
+    parser.add_argument("--warmup-fraction", "--adamw-warmup", type=float,
+                        default=field_default("warmup_fraction"),
                         dest="warmup_fraction", metavar="FRACTION",
                         help="linear warm-up of AdamW, Adafactor and schedule-free, as a "
-                             "fraction of the budget (default 0.05)")
-    parser.add_argument("--amos-warmup", type=int, default=0, metavar="STEPS",
-                        help="linear warm-up steps of Amos's global rate (default 0)")
-    parser.add_argument("--amos-momentum", type=float, default=0.9,
-                        help="Amos momentum (default 0.9, the paper's BERT/T5 setting; 0 = off)")
+                             "fraction of the budget (default %(default)s)")
+    parser.add_argument("--amos-warmup", type=int,
+                        default=field_default("amos_warmup"), metavar="STEPS",
+                        help="linear warm-up steps of Amos's global rate (default %(default)s)")
+    parser.add_argument("--amos-momentum", type=float, default=field_default("amos_momentum"),
+                        help="Amos momentum (default %(default)s, the paper's BERT/T5 setting; "
+                             "0 = off)")
     parser.add_argument("--amos-beta", type=float,
                         help="Amos beta (default: as amos suggest gives it)")
-    parser.add_argument("--amos-slots", choices=("factored", "full"), default="factored",
+    parser.add_argument("--amos-slots", choices=("factored", "full"),
+                        default=field_default("amos_slots"),
                         help="Amos slot shapes: automatic factored slots (default) or full-size")
     parser.add_argument("--amos-eta", type=float, metavar="ETA",
                         help="one eta for every parameter instead of the automatic scales")
-    parser.add_argument("--amos-eta-scale", type=float, default=1.0, metavar="K",
+    parser.add_argument("--amos-eta-scale", type=float,
+                        default=field_default("amos_eta_scale"), metavar="K",
                         help="every eta times K and the suggested xi divided by K: the same "
-                             "initial step, a weight decay K^2 times weaker (default 1)")
-    parser.add_argument("--adamw-weight-decay", type=float, default=0.01, metavar="WD",
-                        help="weight decay of adamw and adamw-wsd (default 0.01)")
-    parser.add_argument("--adamw-beta1", type=float, default=0.9, metavar="BETA1",
-                        help="beta1 of adamw and adamw-wsd (default 0.9)")
-    parser.add_argument("--cooldown-fraction", type=float, default=0.2, metavar="FRACTION",
-                        help="WSD runs: cooldown length as a fraction of the budget (default 0.2)")
-    parser.add_argument("--cooldown", choices=("linear", "1-sqrt"), default="linear",
-                        help="WSD runs: cooldown shape (default linear)")
+                             "initial step, a weight decay K^2 times weaker (default %(default)g)")
+    parser.add_argument("--adamw-weight-decay", type=float,
+                        default=field_default("adamw_weight_decay"), metavar="WD",
+                        help="weight decay of adamw and adamw-wsd (default %(default)s)")
+    parser.add_argument("--adamw-beta1", type=float,
+                        default=field_default("adamw_beta1"), metavar="BETA1",
+                        help="beta1 of adamw and adamw-wsd (default %(default)s)")
+    parser.add_argument("--cooldown-fraction", type=float,
+                        default=field_default("cooldown_fraction"), metavar="FRACTION",
+                        help="WSD runs: cooldown length as a fraction of the budget "
+                             "(default %(default)s)")
+    parser.add_argument("--cooldown", choices=("linear", "1-sqrt"),
+                        default=field_default("cooldown"),
+                        help="WSD runs: cooldown shape (default %(default)s)")
     parser.add_argument("--evals", type=int, help="validation evaluations per run")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads with --jobs 1 (default: torch's, less the cores "
                              "that other processes keep busy)")
-    parser.add_argument("--seq-len", type=int, default=128, help="lm: bytes per sequence")
-    parser.add_argument("--width", type=int, default=128, help="lm: model width")
-    parser.add_argument("--layers", type=int, default=2, help="lm: transformer layers")
-    parser.add_argument("--heads", type=int, default=4, help="lm: attention heads")
+    parser.add_argument("--seq-len", type=int,
+                        default=field_default("seq_len"), help="lm: bytes per sequence")
+    parser.add_argument("--width", type=int, default=field_default("width"), help="lm: model width")
+    parser.add_argument("--layers", type=int,
+                        default=field_default("layers"), help="lm: transformer layers")
+    parser.add_argument("--heads", type=int,
+                        default=field_default("heads"), help="lm: attention heads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _numbers(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _budgets() -> str:
+    """The default budgets, per task and with --quick, from the study's defaults."""
+    quick = {_numbers(DEFAULTS[task]["quick"]["budgets"]) for task in DEFAULTS}
+    return "; ".join([f"{task} {_numbers(DEFAULTS[task]['full']['budgets'])}" for task in DEFAULTS]
+                     + [f"--quick {q}" for q in sorted(quick)])
 
 
 def _parse_numbers(flag: str, text: str | None, kind: type = float, positive: bool = True
@@ -123,7 +155,6 @@ def _parse_grids(args: argparse.Namespace) -> dict[str, list[float]]:
 
 def _parse_optimizers(text: str | None) -> list[str] | None:
     from amosopt.commands import CommandError
-    from amosopt.compare.optimizers import OPTIMIZERS
 
     if text is None:
         return None
@@ -214,7 +245,7 @@ def _config(args: argparse.Namespace):
                                "--amos-warmup and --cooldown-fraction)") from None
     return CompareConfig(
         task=args.task, text=args.text, budgets=budgets, seeds=seeds,
-        optimizers=_parse_optimizers(args.optimizers) or ["amos", "amos-wsd", "adamw"],
+        optimizers=_parse_optimizers(args.optimizers) or list(DEFAULT_OPTIMIZERS),
         quick=args.quick, out=args.out, batch_size=args.batch_size, grids=_parse_grids(args),
         xi_multipliers=_parse_numbers("--xi-multipliers", args.xi_multipliers),
         warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
@@ -261,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     from amosopt.compare import run_compare
     from amosopt.compare.data import DataError
-    from amosopt.compare.study import StudyError
+    from amosopt.compare.jobs import StudyError
 
     try:
         results = run_compare(config)

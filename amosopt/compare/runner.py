@@ -10,131 +10,25 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from amosopt.compare import data as data_lib
-from amosopt.compare import optimizers, report, study
+from amosopt.compare import jobs, optimizers, report
+from amosopt.compare.config import DEFAULTS, CompareConfig
 from amosopt.compare.models import count_parameters
 from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
 
-#: Amos's grid: multiples of the xi that ``amos suggest`` gives
-XI_MULTIPLIERS = [0.5, 1.0, 2.0]
-
-#: per task: (full, quick) settings; the command-line flags override them. Every optimizer with
-#: a learning rate gets a log grid of the same length (4 trials in the full study, one more
-#: than Amos's xi grid: the first runs put some optima at the edge of 3-point grids), placed
-#: around the best rates seen in earlier runs (a best value at an edge is flagged).
-DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "lm": {
-        "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
-                 "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "adamw-wsd": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "adafactor": [2e-2, 4e-2, 8e-2, 1.6e-1],
-                           "schedulefree": [7.5e-4, 1.5e-3, 3e-3, 6e-3]}},
-        "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
-                  "xi_multipliers": [1.0],
-                  "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
-                            "adafactor": [5e-3, 1e-2, 2e-2],
-                            "schedulefree": [1e-3, 3e-3, 1e-2]}},
-    },
-    "digits": {
-        "full": {"budgets": [400, 1500], "evals": 20, "eval_batches": 0,
-                 "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "adamw-wsd": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "adafactor": [3e-2, 1e-1, 3e-1, 1.0],
-                           "schedulefree": [1e-3, 3e-3, 1e-2, 3e-2]}},
-        "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 0,
-                  "xi_multipliers": [1.0],
-                  "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
-                            "adafactor": [1e-1, 3e-1, 1.0],
-                            "schedulefree": [3e-3, 1e-2, 3e-2]}},
-    },
-}
-DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]
-#: the settings that change what a run computes: a resumed study must keep them
-FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "heads", "channels",
-               "evals", "eval_batches", "warmup_fraction", "amos_warmup", "amos_momentum",
-               "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
-#: settings added later: part of the fingerprint only where they differ from their default, so
-#: that studies recorded before them resume
-FINGERPRINT_OPTIONAL = {"amos_eta_scale": 1.0, "adamw_weight_decay": 0.01, "adamw_beta1": 0.9}
-
-
-@dataclass
-class CompareConfig:
-    """Every setting of a study (written to results.json)."""
-
-    task: str = "lm"
-    text: str | None = None
-    budgets: list[int] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    optimizers: list[str] = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))
-    quick: bool = False
-    out: str | None = None
-    batch_size: int = 32
-    grids: dict[str, list[float]] = field(default_factory=dict)  # overrides of the defaults
-    xi_multipliers: list[float] | None = None
-    warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
-    amos_warmup: int = 0
-    amos_momentum: float = 0.9
-    amos_beta: float | None = None  # None: as amos suggest gives it
-    amos_slots: str = "factored"  # or "full"
-    amos_eta: float | None = None  # None: automatic scales; a number: one eta for all
-    #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
-    #: the same and the weight decay (~ xi^2) is k^2 times weaker
-    amos_eta_scale: float = 1.0
-    adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
-    adamw_beta1: float = 0.9  # adamw and adamw-wsd
-    cooldown_fraction: float = 0.2
-    cooldown: str = "linear"
-    evals: int | None = None
-    eval_batches: int | None = None
-    threads: int | None = None
-    jobs: int = 1
-    seq_len: int = 128
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    channels: int = 16
-    progress: bool = True
-
-    def resolve(self) -> CompareConfig:
-        """Fills the task's defaults (full or quick) into the unset fields."""
-        defaults = DEFAULTS[self.task]["quick" if self.quick else "full"]
-        for key in ("budgets", "evals", "eval_batches", "xi_multipliers"):
-            if getattr(self, key) is None:
-                value = defaults[key]
-                setattr(self, key, list(value) if isinstance(value, list) else value)
-        self.grids = {**{k: list(v) for k, v in defaults["grids"].items()}, **self.grids}
-        if self.out is None:
-            self.out = str(Path("amos-results") / ("text" if self.text else self.task))
-        return self
-
-    def grid(self, optimizer: str) -> list[float]:
-        if optimizers.OPTIMIZERS[optimizer].hyper == "xi multiplier":
-            return list(self.xi_multipliers)
-        return list(self.grids[optimizer])
-
-    def fingerprint(self) -> dict:
-        optional = {key: getattr(self, key) for key, default in FINGERPRINT_OPTIONAL.items()
-                    if getattr(self, key) != default}
-        return {**{key: getattr(self, key) for key in FINGERPRINT}, **optional}
-
-
-def plan(config: CompareConfig) -> list[study.RunSpec]:
+def plan(config: CompareConfig) -> list[jobs.RunSpec]:
     """Every run, smallest budget first (so that a partial study has whole budgets)."""
-    return sorted(study.RunSpec(budget, seed, rank, name, float(value))
+    return sorted(jobs.RunSpec(budget, seed, rank, name, float(value))
                   for budget in config.budgets for seed in config.seeds
                   for rank, name in enumerate(config.optimizers)
                   for value in config.grid(name))
@@ -190,13 +84,13 @@ def _scaled_eta(eta: Any, k: float, name: str, shape: tuple) -> float:
     return k * eta(name, shape)
 
 
-def seed_context(config_dict: dict, seed: int, budget: int) -> study.SeedContext:
+def seed_context(config_dict: dict, seed: int, budget: int) -> jobs.SeedContext:
     """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
     return _seed_context(CompareConfig(**config_dict), seed, budget)[0]
 
 
 def _seed_context(config: CompareConfig, seed: int, budget: int
-                  ) -> tuple[study.SeedContext, list[dict]]:
+                  ) -> tuple[jobs.SeedContext, list[dict]]:
     """:func:`seed_context`, and Amos's scales table for the report (one trace of the model)."""
     task = build_task(config, seed, budget)
     torch.manual_seed(seed)
@@ -212,7 +106,7 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
         adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return study.SeedContext(task, init_state, settings, config.evals), table
+    return jobs.SeedContext(task, init_state, settings, config.evals), table
 
 
 def _warm_up(task: Task, model: torch.nn.Module) -> None:
@@ -309,12 +203,12 @@ def run_compare(config: CompareConfig) -> dict:
     """
     config.resolve()
     out = Path(config.out)
-    study.check_fingerprint(out, config.fingerprint())
+    jobs.check_fingerprint(out, config.fingerprint())
     threads = 1 if config.jobs > 1 else (config.threads or default_threads())
     torch.set_num_threads(threads)
     specs = plan(config)
     runs_dir = out / "runs"
-    done = study.load_done(runs_dir)
+    done = jobs.load_done(runs_dir)
     todo = [s for s in specs if s.key not in done]
     results: dict[str, Any] = {"complete": False, "config": asdict(config), "started": _now(),
                                **environment(), **_describe(config)}
@@ -332,7 +226,7 @@ def run_compare(config: CompareConfig) -> dict:
 
     results["runs"] = [done[s.key] for s in specs if s.key in done]
     try:
-        study.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
+        jobs.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
                       config.jobs, on_done, config.progress)
         results["complete"] = True
     except KeyboardInterrupt:
@@ -342,10 +236,3 @@ def run_compare(config: CompareConfig) -> dict:
         results["finished"] = _now()
         report.write_outputs(results, out)
     return results
-
-
-def check_values(config: CompareConfig) -> None:
-    """Rejects grids with values that are not finite and positive (ValueError)."""
-    for name, grid in {**config.grids, "xi multipliers": config.xi_multipliers or []}.items():
-        if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in grid):
-            raise ValueError(f"invalid grid for {name}: {grid}; give positive numbers")

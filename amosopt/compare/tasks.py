@@ -16,8 +16,6 @@ from torch.nn import functional as F
 from amosopt.compare import data as data_lib
 from amosopt.compare import models
 
-TASKS = ("lm", "digits")
-
 
 @dataclass
 class Task:

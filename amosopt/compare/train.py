@@ -31,7 +31,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One training run; filled in as it goes, so an interrupted run still has its numbers."""
 
     key: str
@@ -126,7 +126,7 @@ def eval_schedule(steps: int, evals: int) -> list[int]:
     return sorted({0, steps} | {round(steps * i / evals) for i in range(1, evals)})
 
 
-def _evaluate(task: Task, model: nn.Module, built: Built, run: Run, window: list[float],
+def _evaluate(task: Task, model: nn.Module, built: Built, run: RunRecord, window: list[float],
               step: int) -> None:
     built.eval_mode()
     run.val.append(task.evaluate(model))
@@ -138,8 +138,8 @@ def _evaluate(task: Task, model: nn.Module, built: Built, run: Run, window: list
     window.clear()
 
 
-def train(task: Task, model: nn.Module, built: Built, run: Run, evals: int,
-          progress: Progress | None = None) -> Run:
+def train(task: Task, model: nn.Module, built: Built, run: RunRecord, evals: int,
+          progress: Progress | None = None) -> RunRecord:
     """Trains ``model`` for ``run.budget`` steps on the task's batch order, evaluating
     ``evals`` times; stops early (``run.diverged_at``) at a non-finite training loss, or when
     the optimizer refuses a step (Amos raises on a non-finite gradient)."""

@@ -33,7 +33,7 @@ __all__ = [
     "wsd_schedule",
 ]
 
-# auto-scales exports (issue 4)
+# auto_scales: imported last, as it imports flax lazily
 from amosopt.optax.scales import auto_scales  # noqa: E402  (flax imported lazily)
 
 __all__ += ["auto_scales"]

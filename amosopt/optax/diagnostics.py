@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from amosopt import diagnostics as shared
+from amosopt.hyperparameters import DEFAULTS
 from amosopt.optax.transform import ScaleByAmosState, _eta_function, path_to_name
 
 __all__ = ["decay_onset", "diagnostics"]
@@ -28,8 +29,9 @@ def _amos_state(state: Any) -> ScaleByAmosState:
 
 
 def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
-                beta: float = 0.999, extra_l2: float = 0.0, d_coef: float = 0.25,
-                c_coef: float = 0.25, epsilon: float = 2**-125, clip_value: float | None = None,
+                beta: float = DEFAULTS["beta"], extra_l2: float = DEFAULTS["extra_l2"],
+                d_coef: float = DEFAULTS["d_coef"], c_coef: float = DEFAULTS["c_coef"],
+                epsilon: float = DEFAULTS["epsilon"], clip_value: float | None = None,
                 grads: Any = None, per_parameter: bool = True, shape_fn: Any = None,
                 momentum: Any = None) -> dict[str, jax.Array]:
     """Per-variable diagnostics of Amos after the steps that ``state`` has seen.

@@ -48,6 +48,7 @@ from typing import Any
 import jax
 
 from amosopt.optax.transform import path_to_name
+from amosopt.rules import PathName, Shape
 from amosopt.scales import (
     GATES,
     MLP_OUTPUT_NAMES,
@@ -66,8 +67,6 @@ from amosopt.scales import (
 
 __all__ = ["auto_scales"]
 
-Name = tuple[str, ...]
-Shape = tuple[int, ...]
 
 _MLP_ANCESTORS = ("mlp", "ffn", "feed")
 _QKV = {"query", "key", "value"}
@@ -265,7 +264,7 @@ def _apply_fn(model: Any) -> Callable:
 # Rules by name and shape
 
 
-def _kernel_geometry(name: Name, shape: Shape) -> tuple[tuple[int, ...], str]:
+def _kernel_geometry(name: PathName, shape: Shape) -> tuple[tuple[int, ...], str]:
     """Contracting (fan-in) axes of a flax kernel from its name and shape, and its kind."""
     parent = name[-2] if len(name) >= 2 else ""
     if len(shape) == 3 and parent in _QKV:
@@ -279,12 +278,12 @@ def _slot(shape: Shape, contracting: Sequence[int]) -> Shape:
     return tuple(1 if i in contracting else d for i, d in enumerate(shape))
 
 
-def _mlp_output(name: Name) -> bool:
+def _mlp_output(name: PathName) -> bool:
     return len(name) >= 2 and name[-2] in MLP_OUTPUT_NAMES and any(
         key in part.lower() for part in name[:-2] for key in _MLP_ANCESTORS)
 
 
-def _rule(name: Name, shape: Shape, uses: list[_KernelUse] | None) -> tuple[Scale, bool]:
+def _rule(name: PathName, shape: Shape, uses: list[_KernelUse] | None) -> tuple[Scale, bool]:
     """``(Scale, guessed)`` for one leaf."""
     last = name[-1] if name else ""
     if any(RELATIVE_POSITION.search(part) for part in name) and len(shape) >= 1:

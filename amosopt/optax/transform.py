@@ -8,7 +8,6 @@ so any pytree works.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union
@@ -18,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from amosopt.hyperparameters import DEFAULTS, INTERVALS, check_interval
 from amosopt.rules import (
+    PathName,
     Rules,
+    Shape,
     as_eta_fn,
     as_shape_fn,
     is_rule_table,
@@ -41,13 +43,11 @@ _NO_PARAMS_MSG = getattr(
     "You are using a transformation that requires the current value of parameters, but you are "
     "not passing `params` when calling `update`.")
 
-Name = tuple[str, ...]
-Shape = tuple[int, ...]
 ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
 #: ``eta_fn`` spec: a number, an :mod:`amosopt.rules` table, or ``(name, shape) -> number``.
-EtaSpec = Union[float, Any, Callable[[Name, Shape], float]]
+EtaSpec = Union[float, Any, Callable[[PathName, Shape], float]]
 #: ``shape_fn`` spec: ``None`` (full-size slots), a rule table, or ``(name, shape) -> tuple``.
-ShapeSpec = Union[None, Any, Callable[[Name, Shape], Shape]]
+ShapeSpec = Union[None, Any, Callable[[PathName, Shape], Shape]]
 
 
 class ScaleByAmosState(NamedTuple):
@@ -62,7 +62,7 @@ class ScaleByAmosState(NamedTuple):
 # Names from key paths
 
 
-def path_to_name(path: tuple[Any, ...]) -> Name:
+def path_to_name(path: tuple[Any, ...]) -> PathName:
     """A JAX key path as a tuple of strings: dict keys, attribute names, indices as strings.
 
     For nested dicts (flax linen params) this equals jestimator's names. A trailing ``value``
@@ -122,36 +122,27 @@ def _is_scalar(value: Any) -> bool:
     return _concrete(value) is not None or (isinstance(value, jax.Array) and value.ndim == 0)
 
 
-def _check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
-                  high_open: bool = True, hint: str = "") -> None:
-    """Raises ValueError naming ``name`` unless ``value`` (a scalar) lies in the interval."""
+def _check_number(name: str, value: Any, *, alias: str | None = None) -> None:
+    """Raises ValueError naming ``alias or name`` unless ``value`` (a scalar) lies in the
+    interval :data:`amosopt.hyperparameters.INTERVALS` gives ``name``; a tracer passes."""
     if not _is_scalar(value):
-        raise ValueError(f"Invalid {name}: {value!r}; expected a number. {hint}".rstrip())
+        raise ValueError(f"Invalid {alias or name}: {value!r}; expected a number. "
+                         f"{INTERVALS[name][1]}.")
     x = _concrete(value)
-    if x is None:
-        return  # a tracer (inject_hyperparams under jit): nothing to check at trace time
-    above = x > low if low_open else x >= low
-    below = x < high if high_open else x <= high
-    if not (math.isfinite(x) and above and below):
-        lo, hi = ("(" if low_open else "[") + f"{low}", f"{high}" + (")" if high_open else "]")
-        raise ValueError(f"Invalid {name}: {x}; it must lie in {lo}, {hi}. {hint}".rstrip())
+    if x is not None:  # a tracer (inject_hyperparams under jit): nothing to check at trace time
+        check_interval(name, x, alias=alias)
 
 
 def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef: Any,
                            c_coef: Any, epsilon: Any) -> None:
-    if not callable(learning_rate):
-        _check_number("learning_rate", learning_rate, 0.0, math.inf,
-                      hint="Pass a non-negative number or a schedule count -> number "
-                           "(about 1/sqrt(number of batches in the data)).")
-    _check_number("beta", beta, 0.0, 1.0, hint="A value slightly below 1, e.g. 0.999.")
-    _check_number("extra_l2", extra_l2, 0.0, math.inf, hint="0 turns it off.")
-    _check_number("d_coef", d_coef, 0.0, math.inf, hint="The paper uses 0.25.")
-    _check_number("c_coef", c_coef, 0.0, math.inf, hint="The paper uses 0.25.")
-    _check_number("epsilon", epsilon, 0.0, math.inf, low_open=True,
-                  hint="A tiny positive floor on v, e.g. 2**-125.")
+    if not callable(learning_rate):  # a schedule count -> number is checked by no one
+        _check_number("lr", learning_rate, alias="learning_rate")
+    for name, value in (("beta", beta), ("extra_l2", extra_l2), ("d_coef", d_coef),
+                        ("c_coef", c_coef), ("epsilon", epsilon)):
+        _check_number(name, value)
 
 
-def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
+def _eta_function(spec: EtaSpec) -> Callable[[PathName, Shape], Any]:
     """A checked ``(name, shape) -> eta``; a traced scalar (inject_hyperparams) passes as is."""
     if spec is None:
         raise TypeError(
@@ -165,7 +156,7 @@ def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     if number is not None:
         return as_eta_fn(number)
     if callable(spec) and not hasattr(spec, "pairs"):  # a user function, maybe using jnp
-        def fn(name: Name, shape: Shape) -> Any:
+        def fn(name: PathName, shape: Shape) -> Any:
             with jax.ensure_compile_time_eval():  # eta depends on (name, shape) only: a constant
                 value = spec(name, shape)
             concrete = _concrete(value)
@@ -174,7 +165,7 @@ def _eta_function(spec: EtaSpec) -> Callable[[Name, Shape], Any]:
     return as_eta_fn(spec, "/")
 
 
-def _slot_dtype(name: Name, dtype: Any) -> Any:
+def _slot_dtype(name: PathName, dtype: Any) -> Any:
     """float32 slots for 16-bit parameters, the parameter's own dtype otherwise."""
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
@@ -223,11 +214,11 @@ def scale_by_amos(
     learning_rate: ScalarOrSchedule,
     eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
-    beta: float = 0.999,
-    extra_l2: float = 0.0,
-    d_coef: float = 0.25,
-    c_coef: float = 0.25,
-    epsilon: float = 2**-125,
+    beta: float = DEFAULTS["beta"],
+    extra_l2: float = DEFAULTS["extra_l2"],
+    d_coef: float = DEFAULTS["d_coef"],
+    c_coef: float = DEFAULTS["c_coef"],
+    epsilon: float = DEFAULTS["epsilon"],
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
 
@@ -248,7 +239,7 @@ def scale_by_amos(
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
 
-    def slot_zeros(name: Name, theta: Any) -> jax.Array:
+    def slot_zeros(name: PathName, theta: Any) -> jax.Array:
         shape = tuple(theta.shape)
         eta_of(name, shape)  # validates eta now, not at the first update
         slot = shape if slot_shape_of is None else slot_shape_of(name, shape)
@@ -316,13 +307,13 @@ def amos(
     learning_rate: ScalarOrSchedule,
     eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
-    beta: float = 0.999,
+    beta: float = DEFAULTS["beta"],
     momentum: float | None = None,
     clip_value: float | None = None,
-    extra_l2: float = 0.0,
-    d_coef: float = 0.25,
-    c_coef: float = 0.25,
-    epsilon: float = 2**-125,
+    extra_l2: float = DEFAULTS["extra_l2"],
+    d_coef: float = DEFAULTS["d_coef"],
+    c_coef: float = DEFAULTS["c_coef"],
+    epsilon: float = DEFAULTS["epsilon"],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -439,10 +430,9 @@ def amos(
         ``jestimator.amos`` (google-research/jestimator).
     """
     if momentum is not None:
-        _check_number("momentum", momentum, 0.0, 1.0, hint="None or 0 turns momentum off.")
+        _check_number("momentum", momentum)
     if clip_value is not None:
-        _check_number("clip_value", clip_value, 0.0, math.inf, low_open=True,
-                      hint="None turns clipping off.")
+        _check_number("clip_value", clip_value)
     # A Python 0 turns momentum off, as in jestimator. An array (what inject_hyperparams passes)
     # keeps it on, so the state has the same structure at init and under jit.
     momentum_off = momentum is None or (isinstance(momentum, numbers.Real) and momentum == 0)

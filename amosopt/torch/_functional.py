@@ -11,7 +11,7 @@ parameter change in place, and the update is split where the optimizer needs to 
 
 Every path of :class:`amosopt.torch.Amos` runs these functions: one tensor at a time, on
 concatenations of small slots, on blocks of a large tensor, on lists of tensors (see
-``_routes.Many``), or compiled by ``torch.compile`` (``fused=True``). Each operation is written
+:class:`TensorList`), or compiled by ``torch.compile`` (``fused=True``). Each operation is written
 once, so those paths agree bit for bit (compiled kernels: up to rounding).
 """
 
@@ -24,9 +24,11 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-Shape = tuple[int, ...]
 #: a Python float for one tensor, a per-element tensor for concatenated slots
 Scalar = Union[float, Tensor]
+#: one tensor, or a :class:`TensorList` (the batched update: one ``torch._foreach_*`` call per
+#: operation)
+Tensors = Union[Tensor, "TensorList"]
 
 #: the 16-bit dtypes: float32 slots and arithmetic, and a choice of rounding when stored
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -163,8 +165,8 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
     return decay, step
 
 
-def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor],
-                 h: Hyper, c: Optional[Tensor] = None) -> None:
+def apply_update(p: Tensors, g: Tensors, decay: Tensors, step: Tensors, m: Optional[Tensors],
+                 h: Hyper, c: Optional[Tensors] = None) -> None:
     r""":math:`\theta_t = \theta_{t-1} + \Delta_t` with
     :math:`\Delta_t = -\text{decay}\,\theta_{t-1} - \text{sign}\cdot\text{step}\,g_t`, or, with
     momentum, :math:`m_t = \mu m_{t-1} + (1-\mu)\Delta_t` and :math:`\theta_t = \theta_{t-1} + m_t`.
@@ -193,7 +195,7 @@ def apply_update(p: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[
         c.copy_(theta.sub_(p.float()))
 
 
-def stochastic_round(x: Any) -> Any:
+def stochastic_round(x: Tensors) -> Tensors:
     r"""Float32 ``x`` rounded to bfloat16 up or down at random, up with probability
     :math:`(x - \lfloor x \rfloor) / (\lceil x \rceil - \lfloor x \rfloor)` (the bfloat16
     neighbours of :math:`x`), so that :math:`E[\mathrm{round}(x)] = x`: an update smaller than
@@ -204,7 +206,7 @@ def stochastic_round(x: Any) -> Any:
     lower half and truncating it carries into the upper half with exactly that probability
     (integer addition on the bits grows the magnitude, so negative numbers round alike). The
     random bits come from torch's default generator of ``x``'s device. ``x`` may be a tensor or
-    a list wrapper with ``map`` (``_routes.Many``)."""
+    a :class:`TensorList`."""
     if not isinstance(x, Tensor):
         return x.map(stochastic_round)
     bits = x.view(torch.int32)
@@ -222,3 +224,52 @@ def full_slot_step(p: Tensor, grad: Tensor, v: Tensor, b: Tensor, m: Optional[Te
     decay, step = slot_coefficients(mean_square(g, (), v.dtype), v, b, h, xi_eta, d_scale,
                                     bias_correction)
     apply_update(p, g, decay, step, m, h, c)
+
+
+class TensorList:
+    """A list of tensors of one dtype and device that answers the few tensor methods of
+    :func:`apply_update` and :func:`stochastic_round` with one ``torch._foreach_*`` call each,
+    so that the batched update runs those functions themselves. ``1 - x`` is computed as
+    ``(-x) + 1``, which rounds the same."""
+
+    def __init__(self, tensors: list[Any]) -> None:
+        self.tensors = tensors
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensors[0].dtype
+
+    def float(self) -> TensorList:
+        return TensorList([x.float() for x in self.tensors])
+
+    def map(self, fn: Any) -> TensorList:
+        return TensorList([fn(x) for x in self.tensors])
+
+    def __rsub__(self, scalar: float) -> TensorList:
+        out = torch._foreach_neg(self.tensors)
+        torch._foreach_add_(out, scalar)
+        return TensorList(out)
+
+    def mul_(self, other: Any) -> TensorList:
+        torch._foreach_mul_(self.tensors, _unwrap(other))
+        return self
+
+    def add_(self, other: Any) -> TensorList:
+        torch._foreach_add_(self.tensors, _unwrap(other))
+        return self
+
+    def sub_(self, other: TensorList) -> TensorList:
+        torch._foreach_sub_(self.tensors, other.tensors)
+        return self
+
+    def addcmul_(self, a: TensorList, b: TensorList, value: float) -> TensorList:
+        torch._foreach_addcmul_(self.tensors, a.tensors, b.tensors, value=value)
+        return self
+
+    def copy_(self, other: TensorList) -> TensorList:
+        torch._foreach_copy_(self.tensors, other.tensors)
+        return self
+
+
+def _unwrap(x: Any) -> Any:
+    return x.tensors if isinstance(x, TensorList) else x

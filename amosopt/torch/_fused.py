@@ -23,10 +23,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from amosopt.torch import _functional as F
+from amosopt.hyperparameters import DEFAULTS
+from amosopt.rules import Shape
+from amosopt.torch import _functional as functional
 from amosopt.torch._functional import Hyper
 
-Shape = tuple[int, ...]
 #: ``((R, C), axis)``: the matrix view, and the axis the slot reduces (1: rows kept, 0: columns
 #: kept, -1: nothing kept, a scalar slot)
 Matrix = tuple[tuple[int, int], int]
@@ -53,12 +54,12 @@ def matrix_shape(shape: Shape, slot_shape: Shape) -> Optional[Matrix]:
 
 def _clipped_mean_square(g: Tensor, h: Hyper, axes: tuple[int, ...], dtype: torch.dtype
                          ) -> Tensor:
-    return F.mean_square(F.clip(g, h), axes, dtype)
+    return functional.mean_square(functional.clip(g, h), axes, dtype)
 
 
 def _update(theta: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[Tensor],
             h: Hyper) -> None:
-    F.apply_update(theta, F.clip(g, h), decay, step, m, h)
+    functional.apply_update(theta, functional.clip(g, h), decay, step, m, h)
 
 
 @functools.cache
@@ -104,7 +105,7 @@ def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hy
     """:func:`~amosopt.torch._functional.full_slot_step` as one kernel that reads the
     gradient, the parameter and the slots once (contiguous tensors, seen flat)."""
     flat = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
-    kernel = _kernel(F.full_slot_step, p.dtype, p.grad.dtype, v.dtype, m is None,
+    kernel = _kernel(functional.full_slot_step, p.dtype, p.grad.dtype, v.dtype, m is None,
                      h.clip is None)
     kernel(*flat, h, *scalars)
 
@@ -113,8 +114,7 @@ def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hy
 def _probe(device_type: str) -> Optional[str]:
     try:
         x = torch.ones(4, 4, device=device_type)
-        h = Hyper(xi=1.0, beta=0.5, c_coef=0.25, d_coef=0.25, extra_l2=0.0, epsilon=1e-30,
-                  mu=0.0, sign=1.0, clip=None)
+        h = Hyper(xi=1.0, mu=0.0, sign=1.0, clip=None, **DEFAULTS)  # the plain update
         torch.compile(_update, dynamic=True)(x, x.clone(), x[:, :1] * 0.5, x[:1] * 0.25, None, h)
     except Exception as error:  # noqa: BLE001 (any failure means: not available here)
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"

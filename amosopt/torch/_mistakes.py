@@ -3,8 +3,8 @@ names the fix: arguments of other optimizers, a missing ``eta``, rule tables tha
 parameter without a value (or match nothing), another optimizer's or another model's state, and
 schedulers that cycle ``momentum``.
 
-Each check is one function that :mod:`amosopt.torch.optimizer` calls from one line; none of
-them changes the optimizer.
+Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved state,
+:mod:`amosopt.torch._checkpoints`) calls from one line; none of them changes the optimizer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from amosopt.rules import (
     is_rule_table,
     warn_unused_rules,
 )
-from amosopt.torch.scales import check_not_flattened
+from amosopt.torch._sharding import check_not_flattened
 
 __all__ = [
     "check_arguments",

@@ -1,8 +1,10 @@
-"""Which way each tensor takes through an Amos step, and the multi-tensor step itself.
+"""Which way each tensor takes through an Amos step, and the two phases that follow it.
 
 :func:`route` is the one place that reads the size thresholds, DTensor and contiguity: it
-returns a :class:`Route`, and the rest of the step only follows it. The math is
-:mod:`amosopt.torch._functional`'s, whatever the way:
+returns a :class:`Route`, and the rest of the step only follows it: phase 1 (:func:`measure`)
+looks up ``route.measure``, phase 2 (:func:`update`) ``route.update`` (:class:`Update`: the
+rows below; flat coefficients are ``route.flat``, for the ways outside the full step).
+The math is :mod:`amosopt.torch._functional`'s, whatever the way:
 
 ======================  ===========================================================================
 way                     taken by
@@ -28,17 +30,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from amosopt.rules import reduced_axes
-from amosopt.torch import _functional as F
+from amosopt.rules import Shape, reduced_axes
+from amosopt.torch import _functional as functional
 from amosopt.torch import _fused
 from amosopt.torch._functional import Hyper
 
-Shape = tuple[int, ...]
 
 #: parameter entries from which the update runs tensor by tensor: its few full-size passes
 #: then reuse the cache (measured faster on CPU than op-by-op over all tensors)
@@ -65,21 +66,86 @@ def is_dtensor(x: Any) -> bool:
     return _DTensor is not None and isinstance(x, _DTensor)
 
 
-@dataclass(frozen=True)
+class Measure:
+    """Phase 1's ways of a tensor (:func:`measure`): plain strings, as an ``enum`` member
+    costs some 10x more to look up in the per-tensor loop."""
+
+    PEAK = "peak"  # full step: only the peak of clip(g)^2 is checked, M(g^2) comes in phase 2
+    KERNEL = "kernel"  # M(clip(g)^2) as one compiled kernel (fused, factored, clipped)
+    MEAN_SQUARE = "mean square"  # M(clip(g)^2) eagerly
+
+
+class Update:
+    """Phase 2's ways of a tensor (:func:`update`), the rows of the module's table (strings,
+    as :class:`Measure`)."""
+
+    LOOP = "loop"  # foreach=False: slot coefficients and update, one tensor at a time
+    FULL_STEP = "full step"  # M(g^2), slots and parameter together, the tensor whole
+    FULL_STEP_BLOCKS = "full step in blocks"  # the same, in blocks of _BLOCK entries
+    FULL_STEP_KERNEL = "compiled full step"  # the same, as one compiled kernel
+    KERNEL = "compiled update"  # a factored tensor's update as one compiled kernel
+    BATCHED = "batched update"  # with the other small tensors', one _foreach call per op
+    ALONE = "one by one"  # the rest: apply_update of this tensor alone
+
+
+_FULL_STEPS = (Update.FULL_STEP, Update.FULL_STEP_BLOCKS, Update.FULL_STEP_KERNEL)
+
+
+@dataclass(frozen=True, init=False)
 class Route:
-    """The way of one tensor through the step (see the module's table); all ``False`` is the
-    loop's way: ``M(g^2)`` in phase 1, then slot coefficients and update, one tensor at a time."""
+    """The way of one tensor through the step (see the module's table): one choice per phase,
+    ``measure`` and ``update``, and what they need.
+
+    The table's flags (``full_step``, ``blocks``, ``compiled``, ``batched``) are read as
+    properties of ``update`` and accepted by the constructor in its place; without any, the
+    route is the multi-tensor step's "one by one" (:func:`route` names the loop's itself)."""
 
     axes: tuple[int, ...]  # the axes M(g^2) averages over (none: full-size slots)
-    keepdim: bool = True  # False for a scalar slot ``()``
-    sharded: bool = False  # a DTensor: its M(g^2) and checks involve every rank
-    full_step: bool = False  # phase 1 checks the peak of clip(g)^2; phase 2 does the rest
-    blocks: bool = False  # the full step in blocks of _BLOCK entries (all contiguous)
-    compiled: bool = False  # fused: the full step, or the factored update, as one kernel
-    matrix: Optional[_fused.Matrix] = None  # the compiled kernels' view of a factored tensor
-    flat: bool = False  # slot coefficients concatenated with the other small slots'
-    batched: bool = False  # update batched with the other small tensors'
-    scratch: bool = False  # clipped eagerly and whole, into the step's Scratch buffer
+    keepdim: bool  # False for a scalar slot ``()``
+    sharded: bool  # a DTensor: its M(g^2) and checks involve every rank
+    measure: str  # a Measure
+    update: str  # an Update
+    matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
+    flat: bool  # slot coefficients concatenated with the other small slots'
+    scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
+
+    def __init__(self, axes: tuple[int, ...], keepdim: bool = True, sharded: bool = False, *,
+                 measure: Optional[str] = None, update: Optional[str] = None,
+                 matrix: Optional[_fused.Matrix] = None, flat: bool = False,
+                 scratch: bool = False, full_step: bool = False, blocks: bool = False,
+                 compiled: bool = False, batched: bool = False) -> None:
+        if update is None:
+            update = (Update.ALONE if not (full_step or compiled or batched)
+                      else Update.BATCHED if batched
+                      else Update.KERNEL if not full_step
+                      else Update.FULL_STEP_KERNEL if compiled
+                      else Update.FULL_STEP_BLOCKS if blocks else Update.FULL_STEP)
+        if measure is None:
+            measure = Measure.PEAK if update in _FULL_STEPS else Measure.MEAN_SQUARE
+        for name, value in (("axes", axes), ("keepdim", keepdim), ("sharded", sharded),
+                            ("measure", measure), ("update", update), ("matrix", matrix),
+                            ("flat", flat), ("scratch", scratch)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def full_step(self) -> bool:
+        """Phase 1 checks the peak of clip(g)^2; phase 2 does the rest."""
+        return self.update in _FULL_STEPS
+
+    @property
+    def blocks(self) -> bool:
+        """The full step in blocks of _BLOCK entries (all contiguous)."""
+        return self.update == Update.FULL_STEP_BLOCKS
+
+    @property
+    def compiled(self) -> bool:
+        """fused: the full step, or the factored update, as one kernel."""
+        return self.update in (Update.FULL_STEP_KERNEL, Update.KERNEL)
+
+    @property
+    def batched(self) -> bool:
+        """The update batched with the other small tensors'."""
+        return self.update == Update.BATCHED
 
 
 def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
@@ -89,9 +155,12 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     keepdim = slot_shape != ()
     sharded = is_dtensor(p)
     n = p.numel()
-    scratch = group["clip_value"] is not None and n >= _LARGE and not sharded
+    clip = group["clip_value"] is not None
+    scratch = clip and n >= _LARGE and not sharded
+    # foreach=None takes the multi-tensor ways: fewer launches on CUDA, and on CPU measured as
+    # fast as the loop for a few large tensors, faster for many small ones
     if group["foreach"] is False:
-        return Route(axes, keepdim, sharded, scratch=scratch)
+        return Route(axes, keepdim, sharded, update=Update.LOOP, scratch=scratch)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
     tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
@@ -99,16 +168,20 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     # the compiled kernels have no compensation buffer: compensated tensors stay eager
     fused = group["fused"] and contiguous and not compensated(p, group)
     if full and n >= _LARGE and not sharded:
-        return Route(axes, keepdim, full_step=True, blocks=contiguous, compiled=fused)
+        return Route(axes, keepdim, update=(
+            Update.FULL_STEP_KERNEL if fused
+            else Update.FULL_STEP_BLOCKS if contiguous else Update.FULL_STEP))
     matrix = None
     if fused and not full:
-        plain = group["clip_value"] is None and group["momentum"] == 0
+        plain = not clip and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
     flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
-    return Route(axes, keepdim, sharded, compiled=matrix is not None, matrix=matrix, flat=flat,
-                 batched=matrix is None and n < _LARGE and (flat or not full),
-                 scratch=scratch and matrix is None)
+    if matrix is not None:  # without clipping the eager M(g^2) reads g once already
+        return Route(axes, keepdim, sharded, matrix=matrix, flat=flat, update=Update.KERNEL,
+                     measure=Measure.KERNEL if clip else Measure.MEAN_SQUARE)
+    return Route(axes, keepdim, sharded, flat=flat, scratch=scratch,
+                 update=Update.BATCHED if n < _LARGE and (flat or not full) else Update.ALONE)
 
 
 def group_signature(group: dict[str, Any]) -> tuple:
@@ -119,7 +192,7 @@ def group_signature(group: dict[str, Any]) -> tuple:
 
 def compensated(p: Tensor, group: dict[str, Any]) -> bool:
     """Does ``p`` keep a Kahan compensation buffer (``rounding="compensated"``, 16-bit)?"""
-    return group["rounding"] == "compensated" and p.dtype in F.LOW_PRECISION
+    return group["rounding"] == "compensated" and p.dtype in functional.LOW_PRECISION
 
 
 def layout(p: Tensor) -> tuple:
@@ -130,8 +203,9 @@ def layout(p: Tensor) -> tuple:
 
 @dataclass(eq=False)
 class Record:
-    """One parameter in the steps: phase 1 fills ``g2`` and ``check``, phase 2 ``state``. Kept
-    from step to step while its ``signature`` (:func:`group_signature`, :func:`layout`) holds."""
+    """One parameter in the steps, kept from step to step while its ``signature``
+    (:func:`group_signature`, :func:`layout`) holds; phase 2 of its first step fills ``state``.
+    What one step computes for it is in that step's :class:`Measured`."""
 
     p: Tensor
     index: int  # in its param group, to name it in errors
@@ -139,8 +213,6 @@ class Record:
     slot_shape: Shape
     route: Route
     signature: tuple
-    g2: Optional[Tensor] = None  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
-    check: Optional[Tensor] = None  # what must be finite: g2, or the peak of clip(g)^2
     state: Optional[dict[str, Any]] = None
 
     def slots(self, h: Hyper) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -150,13 +222,13 @@ class Record:
         return (s["v"], s["b"], (s["momentum_buffer"] if h.mu > 0 else None),
                 (s.get("compensation") if h.rounding == "compensated" else None))
 
-    def scalars(self, h: Hyper) -> tuple[F.Scalar, F.Scalar, F.Scalar]:
+    def scalars(self, h: Hyper) -> tuple[functional.Scalar, functional.Scalar, functional.Scalar]:
         """:func:`~amosopt.torch._functional.per_tensor`'s numbers at this step: floats, or
         inside ``torch.compile`` tensors computed from the step tensor (``int(step)`` would
         break the graph and make ``1 - beta^t`` a new constant, so a recompile, every step)."""
         step = self.state["step"]
         t = step.to(torch.float64) if torch.compiler.is_compiling() else int(step)
-        return F.per_tensor(h, self.eta, t)
+        return functional.per_tensor(h, self.eta, t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,6 +237,13 @@ class Record:
 
 #: one flat buffer per (device, dtype), for the step: see :func:`clipped`
 Scratch = dict[tuple[torch.device, torch.dtype], Tensor]
+
+
+class Measured(NamedTuple):
+    """Phase 1's result for a group's records, by position, for one step only."""
+
+    g2: list[Optional[Tensor]]  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
+    checks: list[Tensor]  # what must be finite: g2, or the peak of clip(g)^2
 
 
 def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
@@ -176,13 +255,13 @@ def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
     faults; in others equal, benchmarks/torch_step_ab.py)."""
     g = r.p.grad
     if not r.route.scratch:
-        return F.clip(g, h)
-    return F.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
+        return functional.clip(g, h)
+    return functional.clip(g, h, out=scratch[g.device, g.dtype][: g.numel()].view(g.shape))
 
 
-def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
-    """Phase 1: fills each record's ``g2`` (``M(clip(g)^2)``) and ``check``; changes nothing
-    but ``scratch``, which grows to the largest gradient that :func:`clipped` takes."""
+def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
+    """Phase 1: ``M(clip(g)^2)`` of each record and what must be finite; changes nothing but
+    ``scratch``, which grows to the largest gradient that :func:`clipped` takes."""
     sizes: dict[tuple[torch.device, torch.dtype], int] = {}
     for r in records:
         if r.route.scratch:
@@ -191,16 +270,19 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> None:
     for (device, dtype), size in sizes.items():
         if (device, dtype) not in scratch or scratch[device, dtype].numel() < size:
             scratch[device, dtype] = torch.empty(size, device=device, dtype=dtype)
+    measured = Measured([], [])
     for r in records:
-        grad, dtype = r.p.grad, F.slot_dtype(r.p)
-        if r.route.full_step:
-            r.g2, r.check = None, _peak_square(grad, h, dtype)
-        elif r.route.matrix is not None and h.clip is not None:
-            r.g2 = r.check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape,
-                                                        dtype, h)
+        grad, dtype = r.p.grad, functional.slot_dtype(r.p)
+        if r.route.measure == Measure.PEAK:
+            g2, check = None, _peak_square(grad, h, dtype)
+        elif r.route.measure == Measure.KERNEL:
+            g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
         else:
-            r.g2 = r.check = F.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
-                                           r.route.keepdim)
+            g2 = check = functional.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
+                                                r.route.keepdim)
+        measured.g2.append(g2)
+        measured.checks.append(check)
+    return measured
 
 
 def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
@@ -213,17 +295,17 @@ def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
     return peak * peak
 
 
-def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
-    """One host sync per device: are all checks finite? If not, raises FloatingPointError
-    naming the first culprit (``name_of(record)``)."""
+def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: Any) -> None:
+    """One host sync per device: are all ``checks`` (by position in ``records``) finite? If
+    not, raises FloatingPointError naming the first culprit (``name_of(record)``)."""
     peaks: dict[torch.device, list[Tensor]] = {}
     local: dict[torch.device, list[Tensor]] = {}
-    for r in records:
+    for r, check in zip(records, checks):
         if r.route.sharded:  # full_tensor is a collective: all ranks decide alike
-            peak = r.check.amax().full_tensor()
+            peak = check.amax().full_tensor()
             peaks.setdefault(peak.device, []).append(peak)
         else:
-            local.setdefault(r.check.device, []).append(r.check)
+            local.setdefault(check.device, []).append(check)
     for device, checks in local.items():
         # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
         peaks.setdefault(device, []).extend(
@@ -234,8 +316,8 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
     flags = [torch.isfinite(torch.stack(x)).all().cpu() for x in peaks.values()]
     if bool(torch.stack(flags).all()):
         return
-    for r in records:
-        peak = r.check.amax()
+    for r, check in zip(records, checks):
+        peak = check.amax()
         if not bool(torch.isfinite(peak.full_tensor() if r.route.sharded else peak)):
             raise FloatingPointError(
                 f"Amos: non-finite gradient (inf or NaN, or its square overflows) for parameter "
@@ -247,72 +329,82 @@ def raise_if_not_finite(records: list[Record], name_of: Any) -> None:
 # Phase 2
 
 
-def single_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
-    """The loop (``foreach=False``): the reference path, one parameter at a time."""
-    for r in records:
-        v, b, m, c = r.slots(h)
-        p, g, g2 = r.p, clipped(r, h, scratch), r.g2
-        if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
-            # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
-            # torch.compile (aot_eager, inductor); of its 1-element view it does not
-            p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
-            v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
-        decay, step = F.slot_coefficients(g2, v, b, h, *r.scalars(h))
-        F.apply_update(p, g, decay, step, m, h, c)
-
-
-def multi_tensor(records: list[Record], h: Hyper, scratch: Scratch) -> None:
-    """The same update as :func:`single_tensor`, each record on its route; one pass per
-    (device, dtype), as concatenations and lists need one dtype."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[Record]] = {}
-    for r in records:
-        buckets.setdefault((r.p.device, r.p.dtype), []).append(r)
+def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch: Scratch
+           ) -> None:
+    """Phase 2: each record on its way (``route.update``), with its ``g2`` from
+    :func:`measure`; one pass per (device, dtype), as concatenations and lists need one dtype
+    (tensors of one device keep their order, and so their draws of stochastic rounding)."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Optional[Tensor]]]] = {}
+    for r, g2 in zip(records, g2s):
+        buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2))
     for bucket in buckets.values():
-        flat = [r for r in bucket if r.route.flat]
-        coefficients = dict(zip(flat, _flat_slot_coefficients(flat, h))) if flat else {}
+        flat = [(r, g2) for r, g2 in bucket if r.route.flat]
+        coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
+                            ) if flat else {}
         batched = []
-        for r in bucket:
-            v, b, m, c = r.slots(h)
-            if r.route.full_step:
-                if r.route.compiled:
-                    _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
-                else:
-                    _full_step(r.p, v, b, m, c, h, r.scalars(h), r.route.blocks)
+        for r, g2 in bucket:
+            way = r.route.update
+            if way == Update.LOOP:
+                _loop_step(r, g2, h, scratch)
                 continue
-            decay, step = coefficients.get(r) or F.slot_coefficients(r.g2, v, b, h,
-                                                                     *r.scalars(h))
-            if r.route.compiled:
+            v, b, m, c = r.slots(h)
+            if way == Update.FULL_STEP_KERNEL:
+                _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
+                continue
+            if way == Update.FULL_STEP or way == Update.FULL_STEP_BLOCKS:
+                _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
+                continue
+            decay, step = coefficients.get(r) or functional.slot_coefficients(
+                g2, v, b, h, *r.scalars(h))
+            if way == Update.KERNEL:
                 _fused.update(r.p, decay, step, m, r.route.matrix, h)
-            elif r.route.batched:
-                batched.append((r.p, F.clip(r.p.grad, h), decay, step, m, c))
+            elif way == Update.BATCHED:
+                batched.append((r.p, functional.clip(r.p.grad, h), decay, step, m, c))
             else:
-                F.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
+                functional.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
         if batched:
-            p, g, decay, step, m, c = (Many(list(x)) for x in zip(*batched))
+            p, g, decay, step, m, c = (functional.TensorList(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
-            F.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
-                           c if c.tensors[0] is not None else None)
+            functional.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
+                                    c if c.tensors[0] is not None else None)
 
 
-def _flat_slot_coefficients(records: list[Record], h: Hyper) -> list[tuple[Tensor, Tensor]]:
-    """:func:`~amosopt.torch._functional.slot_coefficients` of many small slots at once:
-    concatenated, the per-tensor numbers repeated per element, then ``v`` and ``b`` copied
-    back. The same operations on the same values, so the result equals the loop's bit for bit."""
+def _loop_step(r: Record, g2: Tensor, h: Hyper, scratch: Scratch) -> None:
+    """The loop's way (``foreach=False``), the reference path: one parameter's slot
+    coefficients, then its update."""
+    v, b, m, c = r.slots(h)
+    p, g = r.p, clipped(r, h, scratch)
+    if torch.compiler.is_compiling() and (p.dim() == 0 or v.dim() == 0):
+        # torch 2.13 can lose an in-place update of a 0-d float64 graph input under
+        # torch.compile (aot_eager, inductor); of its 1-element view it does not
+        p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
+        v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
+    decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
+    functional.apply_update(p, g, decay, step, m, h, c)
+
+
+def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper
+                            ) -> list[tuple[Tensor, Tensor]]:
+    """:func:`~amosopt.torch._functional.slot_coefficients` of many small slots at once (each
+    record with its ``g2``): concatenated, the per-tensor numbers repeated per element, then
+    ``v`` and ``b`` copied back. The same operations on the same values, so the result equals
+    the loop's bit for bit."""
+    records = [r for r, _ in pairs]
     v, b = [r.state["v"] for r in records], [r.state["b"] for r in records]
     sizes = [x.numel() for x in v]
     v_flat, b_flat = torch.cat([x.reshape(-1) for x in v]), torch.cat([x.reshape(-1) for x in b])
-    g2 = torch.cat([r.g2.reshape(-1) for r in records])
+    g2 = torch.cat([g2.reshape(-1) for _, g2 in pairs])
     counts = torch.tensor(sizes, device=v_flat.device)
     per_element = [_vector(values, v_flat).repeat_interleave(counts, output_size=v_flat.numel())
                    for values in zip(*(r.scalars(h) for r in records))]
-    decay, step = F.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
+    decay, step = functional.slot_coefficients(g2, v_flat, b_flat, h, *per_element)
     torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
     torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])
     return [(d.view(x.shape), s.view(x.shape))
             for d, s, x in zip(decay.split(sizes), step.split(sizes), v)]
 
 
-def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
+def _vector(values: tuple[functional.Scalar, ...], like: Tensor) -> Tensor:
     """``values`` (floats, or float64 0-d tensors inside ``torch.compile``) as one vector of
     ``like``'s dtype and device, each rounded once from double."""
     if not any(isinstance(x, Tensor) for x in values):
@@ -321,64 +413,15 @@ def _vector(values: tuple[F.Scalar, ...], like: Tensor) -> Tensor:
 
 
 def _full_step(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], c: Optional[Tensor],
-               h: Hyper, scalars: tuple[F.Scalar, F.Scalar, F.Scalar], blocks: bool) -> None:
+               h: Hyper, scalars: tuple[functional.Scalar, ...], blocks: bool) -> None:
     """:func:`~amosopt.torch._functional.full_slot_step` of a large tensor, with ``blocks``
     (all contiguous) on blocks of :data:`_BLOCK` entries: its some twenty passes then run on
     data that stays in the cache. Element-wise the loop's operations: the same bits."""
     if not blocks:
-        F.full_slot_step(p, p.grad, v, b, m, h, *scalars, c)
+        functional.full_slot_step(p, p.grad, v, b, m, h, *scalars, c)
         return
     views = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m, c)]
     for start in range(0, p.numel(), _BLOCK):
         p_, g_, v_, b_, m_, c_ = (None if x is None else x[block] for x in views
                                   for block in [slice(start, start + _BLOCK)])
-        F.full_slot_step(p_, g_, v_, b_, m_, h, *scalars, c_)
-
-
-class Many:
-    """A list of tensors of one dtype and device that answers the few tensor methods of
-    :func:`~amosopt.torch._functional.apply_update` with one ``torch._foreach_*`` call each,
-    so that the batched update runs that function itself. ``1 - x`` is computed as
-    ``(-x) + 1``, which rounds the same."""
-
-    def __init__(self, tensors: list[Any]) -> None:
-        self.tensors = tensors
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.tensors[0].dtype
-
-    def float(self) -> Many:
-        return Many([x.float() for x in self.tensors])
-
-    def map(self, fn: Any) -> Many:
-        return Many([fn(x) for x in self.tensors])
-
-    def __rsub__(self, scalar: float) -> Many:
-        out = torch._foreach_neg(self.tensors)
-        torch._foreach_add_(out, scalar)
-        return Many(out)
-
-    def mul_(self, other: Any) -> Many:
-        torch._foreach_mul_(self.tensors, _unwrap(other))
-        return self
-
-    def add_(self, other: Any) -> Many:
-        torch._foreach_add_(self.tensors, _unwrap(other))
-        return self
-
-    def sub_(self, other: Many) -> Many:
-        torch._foreach_sub_(self.tensors, other.tensors)
-        return self
-
-    def addcmul_(self, a: Many, b: Many, value: float) -> Many:
-        torch._foreach_addcmul_(self.tensors, a.tensors, b.tensors, value=value)
-        return self
-
-    def copy_(self, other: Many) -> Many:
-        torch._foreach_copy_(self.tensors, other.tensors)
-        return self
-
-
-def _unwrap(x: Any) -> Any:
-    return x.tensors if isinstance(x, Many) else x
+        functional.full_slot_step(p_, g_, v_, b_, m_, h, *scalars, c_)

@@ -8,13 +8,12 @@ runs in two phases so that bad input never corrupts anything:
    (:func:`amosopt.torch._routes.route`), reduce the clipped squared gradient to the slot shape;
    one host sync per device decides whether all of it is finite;
 2. *update* -- only then create state, and change slots and parameters: one tensor at a time
-   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.multi_tensor`).
+   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
@@ -23,54 +22,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
-from amosopt.torch import _fused, _mistakes, _routes
+from amosopt.hyperparameters import DEFAULTS
+from amosopt.rules import Shape, as_eta_fn, as_shape_fn
+from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
-from amosopt.torch.scales import check_not_flattened
+from amosopt.torch._sharding import check_not_flattened
 
 __all__ = ["Amos"]
 
-Shape = tuple[int, ...]
-
-#: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
-_SLOT_KEYS = ("v", "b", "momentum_buffer")
-#: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
-_PARAMETER_SHAPED = ("momentum_buffer", "compensation")
-#: every tensor of a parameter's state but ``step``: the slot-shape check reads them
-_STATE_TENSORS = ("v", "b", *_PARAMETER_SHAPED)
-#: the values of ``rounding``
-ROUNDINGS = ("nearest", "stochastic", "compensated")
-#: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
-#: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
-_NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
-_PLAIN_TYPES = (bool, int, float, str, type(None))
-#: key of every param group of a state_dict: the layout of the state it goes with. Per group,
-#: not top-level, because tools that rebuild optimizer state dicts (torch.distributed.checkpoint,
-#: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
-FORMAT_KEY = "amosopt_format"
-#: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
-#: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
-#: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
-#: state lacks it). A state_dict without the key was written before it was
-#: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
-FORMAT = 1
-
-
-def _is_plain(value: Any) -> bool:
-    """Loads with ``torch.load(weights_only=True)``: numbers, strings, None, and tuples, lists
-    and dicts of them."""
-    if isinstance(value, _PLAIN_TYPES):
-        return True
-    if type(value) in (tuple, list):
-        return all(_is_plain(v) for v in value)
-    if type(value) is dict:
-        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
-    return False
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+#: one param group in a step: the group, its index, its symbols, its records, phase 1's result
+_Checked = tuple[dict[str, Any], int, Hyper, list[Record], _routes.Measured]
 
 
 class Amos(Optimizer):
@@ -118,7 +80,8 @@ class Amos(Optimizer):
         clip_value: element-wise gradient clipping threshold, or ``None`` (default). A clipped
             ``inf`` becomes ``clip_value``, as in the reference; ``NaN`` always raises.
         extra_l2: :math:`\lambda`, the reference's experimental constant L2 term (default 0).
-        c_coef, d_coef: :math:`c, d`, coefficients of the decay factors (default 0.25).
+        c_coef: :math:`c`, the coefficient of the weight-decay factor :math:`c_t` (default 0.25).
+        d_coef: :math:`d`, the coefficient of the step-decay factor :math:`d_t` (default 0.25).
         epsilon: :math:`\epsilon`, a floor on :math:`v` (default :math:`2^{-125}`).
         foreach: use the multi-tensor implementation (``torch._foreach_*``); ``None`` picks it,
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
@@ -165,19 +128,19 @@ class Amos(Optimizer):
         *,
         eta: float | Any = required,
         slot_shape: Any = None,
-        beta: float = 0.999,
+        beta: float = DEFAULTS["beta"],
         momentum: float = 0.0,
         clip_value: Optional[float] = None,
-        extra_l2: float = 0.0,
-        c_coef: float = 0.25,
-        d_coef: float = 0.25,
-        epsilon: float = 2.0**-125,
+        extra_l2: float = DEFAULTS["extra_l2"],
+        c_coef: float = DEFAULTS["c_coef"],
+        d_coef: float = DEFAULTS["d_coef"],
+        epsilon: float = DEFAULTS["epsilon"],
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
         **unexpected: Any,
-    ):
+    ) -> None:
         _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
@@ -189,7 +152,8 @@ class Amos(Optimizer):
         # is checked then; valid stand-ins let the other defaults be checked now
         checked = {k: ({"lr": 0.0, "eta": 1.0}[k] if v is required else v)
                    for k, v in defaults.items()}
-        _check_hyperparameters(dict(checked, param_names=[]), "")  # names: checked per group
+        # param_names=[]: whether names are needed is checked per group
+        _validation.check_hyperparameters(dict(checked, param_names=[]), "")
         super().__init__(params, defaults)
         _mistakes.warn_unused(self.param_groups)  # rules no parameter takes: a typo, likely
         #: the step's records, kept (see _plan), by (group index, position): keyed by
@@ -206,7 +170,7 @@ class Amos(Optimizer):
         group = self.param_groups[-1]
         where = f" (param group {len(self.param_groups) - 1})"
         try:
-            _check_hyperparameters(group, where)
+            _validation.check_hyperparameters(group, where)
             _mistakes.resolve_all(group, where)
             if hasattr(self, "_records"):  # after the constructor, which warns for all groups
                 _mistakes.warn_unused([group])
@@ -261,10 +225,10 @@ class Amos(Optimizer):
         if not plan:
             return loss
         scratch: _routes.Scratch = {}
-        checked = [(group, group_index, Hyper.of(group), records)
-                   for group, group_index, records in plan]
-        for _, _, h, records in checked:
-            _routes.measure(records, h, scratch)
+        checked = []
+        for group, group_index, records in plan:
+            h = Hyper.of(group)
+            checked.append((group, group_index, h, records, _routes.measure(records, h, scratch)))
         self._raise_if_not_finite(checked)
         self._update(checked, scratch)
         return loss
@@ -301,31 +265,26 @@ class Amos(Optimizer):
     #: first step) and leave the steady-state steps in pieces
     _plan_outside_graph = torch.compiler.disable(_plan)
 
-    def _raise_if_not_finite(self, checked: list[tuple[dict, int, Hyper, list[Record]]]) -> None:
-        names = {id(r): self._param_name(g, gi, r.index) for g, gi, _, rs in checked for r in rs}
-        _routes.raise_if_not_finite([r for *_, rs in checked for r in rs],
+    def _raise_if_not_finite(self, checked: list[_Checked]) -> None:
+        names = {id(r): self._param_name(g, gi, r.index)
+                 for g, gi, _, rs, _ in checked for r in rs}
+        _routes.raise_if_not_finite([r for *_, rs, _ in checked for r in rs],
+                                    [c for *_, m in checked for c in m.checks],
                                     lambda r: names[id(r)])
 
-    def _update(self, checked: list[tuple[dict, int, Hyper, list[Record]]],
-                scratch: _routes.Scratch) -> None:
+    def _update(self, checked: list[_Checked], scratch: _routes.Scratch) -> None:
         """Phase 2: state created where new, then slots and parameters changed."""
-        for group, _, h, records in checked:
-            for r in records:  # a kept record has its state (see _plan)
+        for group, _, h, records, measured in checked:
+            for r, g2 in zip(records, measured.g2):  # a kept record has its state (see _plan)
                 compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)):
-                    r.state = self._init_state(r, h.mu, compensated)
+                    r.state = self._init_state(r, g2, h.mu, compensated)
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
-            # foreach=None takes the multi-tensor routes: fewer launches on CUDA, and on CPU
-            # measured as fast as the loop for a few large tensors, faster for many small ones
-            if group["foreach"] is False:
-                _routes.single_tensor(records, h, scratch)
-            else:
-                _routes.multi_tensor(records, h, scratch)
-            for r in records:  # the kept records must not keep g2 alive
-                r.g2 = r.check = None
+            _routes.update(records, measured.g2, h, scratch)
 
-    def _init_state(self, r: Record, momentum: float, compensated: bool) -> dict[str, Any]:
+    def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool
+                    ) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -333,7 +292,7 @@ class Amos(Optimizer):
             state["slot_shape"] = tuple(r.slot_shape)
             # slot shape, dtype and placement of g2; where the full step recomputes M(g^2),
             # the parameter's shape, contiguous
-            like = r.g2 if r.g2 is not None else torch.empty_like(
+            like = g2 if g2 is not None else torch.empty_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.contiguous_format)
             state["v"] = torch.zeros_like(like)
             state["b"] = torch.zeros_like(like)
@@ -363,13 +322,7 @@ class Amos(Optimizer):
         ``ScaleTable``, a ``Rules`` object) is replaced by a marker, and :meth:`load_state_dict`
         keeps the loading optimizer's own spec. Each parameter's resolved ``eta`` and slot shape
         are in its state either way."""
-        state_dict = super().state_dict()
-        for group in state_dict["param_groups"]:
-            for key in ("eta", "slot_shape"):
-                if not _is_plain(group[key]):
-                    group[key] = _NOT_PLAIN
-            group[FORMAT_KEY] = FORMAT
-        return state_dict
+        return _checkpoints.to_plain(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's (pre-hooks, then the state, then post-hooks), with these differences: the
@@ -384,107 +337,19 @@ class Amos(Optimizer):
                 plain data, else this optimizer's): they would silently broadcast. Nothing has
                 been changed.
         """
-        specs = [(g["eta"], g["slot_shape"]) for g in self.param_groups]
-        # the saved state, checked and its slots read after every user pre-hook has had its say
-        # (this hook is registered last) and before torch changes anything or casts the slots
-        # to the parameters' dtype
-        handle = self.register_load_state_dict_pre_hook(_check_and_remember_saved_state)
-        try:
+        with _checkpoints.loading(self):
             super().load_state_dict(state_dict)
-        finally:
-            handle.remove()
-            self._saved_slots = None
-        for group, (eta, slot_shape) in zip(self.param_groups, specs):
-            group.pop(FORMAT_KEY, None)  # describes the saved form, not a hyper-parameter
-            for key, own in (("eta", eta), ("slot_shape", slot_shape)):
-                if isinstance(group[key], str) and group[key] == _NOT_PLAIN:
-                    group[key] = own
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._records = {}  # new slot tensors: decide the routes again
-        for group in self.param_groups:  # options added after a release get defaults here
-            for key, default in (("foreach", None), ("maximize", False), ("extra_l2", 0.0),
-                                 ("c_coef", 0.25), ("d_coef", 0.25), ("epsilon", 2.0**-125),
-                                 ("fused", False), ("rounding", "nearest")):
-                group.setdefault(key, default)
-        # inside load_state_dict, before the post-hooks: the final state's dtypes
-        saved = getattr(self, "_saved_slots", None)
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, p in enumerate(params):
-            entry = self.state.get(p)
-            if not entry:
-                continue
-            if "step" in entry and not isinstance(entry["step"], Tensor):
-                entry["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
-            for key, value in (saved[index] if saved else {}).items():
-                if key in entry and entry[key].dtype != slot_dtype(p):
-                    entry[key] = value.to(device=entry[key].device, dtype=slot_dtype(p))
+        _checkpoints.restore(self, _OPTIONS_DEFAULTS)
 
 
-def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
-    """A load_state_dict pre-hook (the last): checks the format and the slot shapes of the
-    saved state (see :func:`_check_saved_state`), then keeps the saved slot tensors, by
-    parameter position, for ``__setstate__``."""
-    _mistakes.check_saved_state(optimizer, state_dict)  # another optimizer's, or model's
-    _check_saved_state(optimizer, state_dict)
-    ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-    optimizer._saved_slots = [
-        {k: v for k, v in state_dict["state"].get(i, {}).items()
-         if k in _SLOT_KEYS and isinstance(v, Tensor)} for i in ids]
-
-
-def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
-    """Raises ValueError for a state_dict of an unknown format, or one whose slots do not have
-    the shapes that the ``slot_shape`` rules in force after loading give the parameters: the
-    saved group's spec where it is plain data (saved hyper-parameters win, as in torch), else
-    (a callable, a ``ScaleTable``, saved as a marker) ``optimizer``'s own.
-
-    The slots must match those rules, not only broadcast to the parameters: a slot of another
-    shape would broadcast silently (``(n, 1)`` saved where ``(1, m)`` is wanted runs, and
-    averages over the wrong axis). Parameters are paired by position, as torch does; the
-    group-count and size checks are torch's own, later.
-    """
-    groups = state_dict.get("param_groups", [])
-    formats = {g.get(FORMAT_KEY, FORMAT) if isinstance(g, dict) else FORMAT for g in groups}
-    for version in sorted(formats, key=repr):
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"Invalid optimizer state_dict: {FORMAT_KEY} is {version!r}, "
-                             f"expected an int >= 1 (this amosopt writes {FORMAT})")
-        if version > FORMAT:
-            raise ValueError(
-                f"This optimizer state_dict has {FORMAT_KEY} {version}, written by a newer "
-                f"amosopt; this version reads formats up to {FORMAT}. Upgrade amosopt to load it."
-            )
-    saved_state = state_dict.get("state", {})
-    for group_index, (group, saved) in enumerate(zip(optimizer.param_groups, groups)):
-        spec = saved.get("slot_shape", group["slot_shape"])
-        if isinstance(spec, str) and spec == _NOT_PLAIN:
-            spec = group["slot_shape"]
-        shape_fn = as_shape_fn(spec)
-        for i, (p, saved_id) in enumerate(zip(group["params"], saved.get("params", []))):
-            entry = saved_state.get(saved_id)
-            if not entry or not any(k in entry for k in _STATE_TENSORS):
-                continue
-            name = optimizer._param_name(group, group_index, i)
-            shape = tuple(p.shape)
-            want = shape if shape_fn is None else shape_fn(name, shape)
-            found = {k: tuple(entry[k].shape) for k in _STATE_TENSORS
-                     if isinstance(entry.get(k), Tensor)}
-            if "slot_shape" in entry:
-                found["slot_shape"] = tuple(entry["slot_shape"])
-            wrong = {k: got for k, got in found.items()
-                     if got != (shape if k in _PARAMETER_SHAPED else want)}
-            if wrong:
-                raise ValueError(
-                    f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "
-                    f"its slot_shape rule gives {want}, but the saved state has "
-                    + ", ".join(f"{k} {got}" if k == "slot_shape" else f"{k} of shape {got}"
-                                for k, got in wrong.items())
-                    + ". The checkpoint was written with other slot_shape rules (or for another "
-                    "model): build the optimizer with the same slot_shape as the one that "
-                    "saved it."
-                )
+#: the defaults of the signature: a group saved before an option existed gets its default
+_OPTIONS_DEFAULTS = {name: arg.default
+                     for name, arg in inspect.signature(Amos.__init__).parameters.items()
+                     if arg.default not in (arg.empty, required)}
 
 
 def _unsupported(p: Tensor, name: str) -> str:
@@ -493,65 +358,3 @@ def _unsupported(p: Tensor, name: str) -> str:
                 "embedding (sparse=False)")
     return (f"Amos does not support complex parameters or gradients (parameter {name!r}); "
             "optimise torch.view_as_real of the parameter instead")
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_hyperparameters(group: dict[str, Any], where: str) -> None:
-    """Raises ValueError naming the first invalid hyper-parameter of ``group``."""
-
-    def bad(arg: str, why: str) -> ValueError:
-        return ValueError(f"Invalid {arg}{where}: {group[arg]!r}; {why}")
-
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise bad("lr", "a tensor lr must have one element")
-        lr = lr.item()
-    if not _is_number(lr) or not (math.isfinite(lr) and lr >= 0):
-        raise bad("lr", "the global learning rate xi must be a finite number >= 0")
-    for arg in ("beta", "momentum"):
-        if not _is_number(group[arg]) or not 0.0 <= group[arg] < 1.0:
-            raise bad(arg, "it must be in [0, 1)")
-    clip = group["clip_value"]
-    if clip is not None and (not _is_number(clip) or not clip > 0):
-        raise bad("clip_value", "pass None (no clipping) or a number > 0")
-    for arg in ("c_coef", "d_coef", "extra_l2"):
-        if not _is_number(group[arg]) or not (math.isfinite(group[arg]) and group[arg] >= 0):
-            raise bad(arg, "it must be a finite number >= 0")
-    eps = group["epsilon"]
-    if not _is_number(eps) or not (math.isfinite(eps) and eps > 0):
-        raise bad("epsilon", "the floor on v must be a finite number > 0 (default 2**-125)")
-    if not isinstance(group["rounding"], str) or group["rounding"] not in ROUNDINGS:
-        raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
-    for arg in ("foreach", "maximize", "fused"):
-        if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
-            raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))
-    if group["fused"] and group["foreach"] is False:
-        raise bad("foreach", "fused=True runs on the multi-tensor path: pass foreach=None or "
-                  "True with it, or fused=False for the single-tensor loop")
-    _check_specs(group, where)
-
-
-def _check_specs(group: dict[str, Any], where: str) -> None:
-    """Checks ``eta`` / ``slot_shape`` specs, and that name-based specs have names to use."""
-    eta, slot_shape = group["eta"], group["slot_shape"]
-    if _is_number(eta) and not (math.isfinite(eta) and eta > 0):
-        raise ValueError(f"Invalid eta{where}: {eta!r}; eta, the expected magnitude of a "
-                         "parameter's entries, must be a finite number > 0")
-    try:
-        as_eta_fn(eta)  # numbers are checked here; tables compile their regexes
-        as_shape_fn(slot_shape)
-    except ValueError as error:
-        raise ValueError(f"{error}{where}") from None
-    named = [arg for arg, spec in (("eta", eta), ("slot_shape", slot_shape))
-             if spec is not None and not _is_number(spec)]
-    if named and "param_names" not in group:
-        kind = "a rule table" if is_rule_table(group[named[0]]) else "a callable"
-        raise ValueError(
-            f"{named[0]} is {kind}{where}, which needs parameter names, but the parameters were "
-            "given without names. Pass model.named_parameters(), (name, tensor) pairs, or a "
-            "param group dict {'params': [(name, tensor), ...]}; or pass a plain float eta."
-        )

@@ -55,12 +55,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from amosopt.rules import Shape
 from amosopt.scales import (
     GATES,
     MLP_OUTPUT_NAMES,
@@ -77,10 +78,14 @@ from amosopt.scales import (
     kernel_scale,
     relative_position_scale,
 )
+from amosopt.torch._sharding import check_not_flattened
+from amosopt.torch.optimizer import Amos
+
+if TYPE_CHECKING:  # imported at call time in auto_amos: optimizer imports this module
+    from amosopt.torch.optimizer import Amos
 
 __all__ = ["auto_amos", "auto_scales"]
 
-Shape = tuple[int, ...]
 
 _NORMS = (
     nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm,
@@ -437,30 +442,6 @@ def _parent_activation(parent: nn.Module) -> str | None:
 # Public API
 
 
-#: modules whose ``weight`` has at least two axes; a 1-D one was flattened by a sharding engine
-_MATRIX_WEIGHTS = (nn.Linear, nn.Embedding, nn.modules.conv._ConvNd, nn.Bilinear)
-
-
-def check_not_flattened(name: str, param: torch.Tensor, module: nn.Module | None = None) -> None:
-    """Raises ``ValueError`` for a parameter that a sharding engine flattened into a 1-D shard
-    (FSDP1: a ``FlatParameter``, or with ``use_orig_params=True`` 1-D views of it; DeepSpeed
-    ZeRO: partitioned parameters), where the shape that ``eta`` and factored slots depend on is
-    lost."""
-    engine = None
-    if type(param).__name__ == "FlatParameter" or name.endswith("_flat_param"):
-        engine = "FSDP1's FlatParameter (FullyShardedDataParallel without use_orig_params=True)"
-    elif hasattr(param, "ds_shape") or hasattr(param, "ds_id"):
-        engine = "a DeepSpeed ZeRO partition"
-    elif (module is not None and name.rpartition(".")[2] == "weight"
-          and isinstance(module, _MATRIX_WEIGHTS) and param.dim() < 2):
-        engine = f"a 1-D tensor, but a {type(module).__name__} weight has >= 2 axes"
-    if engine is not None:
-        raise ValueError(
-            f"Parameter {name!r} (shape {tuple(param.shape)}) is {engine}: Amos's scales and "
-            "factored slots need each parameter's own shape. Shard with FSDP2 "
-            "(torch.distributed.fsdp.fully_shard) or DTensor, which keep it")
-
-
 def auto_scales(
     model: nn.Module,
     example_inputs: Any = None,
@@ -535,7 +516,7 @@ def auto_amos(
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
     **amos_kwargs: Any,
-):
+) -> Amos:
     """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
 
     Equivalent to ``table = auto_scales(model, example_inputs, eta_overrides=...,
@@ -546,7 +527,9 @@ def auto_amos(
     Args:
         model: the ``nn.Module``.
         lr: the global learning rate xi (about 1/sqrt(number of batches in the data)).
-        example_inputs, eta_overrides, slot_shape_overrides: see :func:`auto_scales`.
+        example_inputs: see :func:`auto_scales`.
+        eta_overrides: see :func:`auto_scales`.
+        slot_shape_overrides: see :func:`auto_scales`.
         **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
             ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
 
@@ -559,8 +542,6 @@ def auto_amos(
         >>> optimizer.scales["2.bias"].eta
         0.1
     """
-    from amosopt.torch.optimizer import Amos
-
     for key in ("eta", "slot_shape"):
         if key in amos_kwargs:
             raise TypeError(

@@ -13,7 +13,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
 from amosopt.cli import build_parser, main  # noqa: E402
-from amosopt.compare import study  # noqa: E402
+from amosopt.compare import jobs as study  # noqa: E402
 from amosopt.compare.runner import CompareConfig, plan  # noqa: E402
 
 TINY_LM = ["--width", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
@@ -67,6 +67,9 @@ def _one_line_error(capsys, argv, *fragments):
     (["--amos-momentum", "1"], ["--amos-momentum"]),
     (["--amos-beta", "1"], ["--amos-beta"]),
     (["--amos-eta", "-0.5"], ["--amos-eta"]),
+    (["--amos-eta-scale", "0"], ["--amos-eta-scale", "positive"]),
+    (["--adamw-weight-decay", "-0.1"], ["--adamw-weight-decay", ">= 0"]),
+    (["--adamw-beta1", "1"], ["--adamw-beta1"]),
     (["--width", "10", "--heads", "4"], ["--width", "divisible"]),
 ])
 def test_bad_arguments(capsys, tmp_path, argv, fragments):
@@ -115,7 +118,7 @@ def test_defaults_and_quick():
     assert full.xi_multipliers == [0.5, 1.0, 2.0]
     assert max(quick.budgets) < min(full.budgets) and quick.xi_multipliers == [1.0]
     # fair tuning: every optimizer with a learning rate gets as many trials as the others,
-    # Amos at least 3 (the issue's {0.5, 1, 2} x the suggested xi)
+    # Amos at least 3 ({0.5, 1, 2} x the suggested xi)
     assert {len(full.grid(n)) for n in ("adamw", "adamw-wsd", "adafactor", "schedulefree")} == {4}
     assert len(full.grid("amos")) == 3
     assert Path(quick.out) == Path("amos-results/lm")

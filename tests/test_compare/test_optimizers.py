@@ -130,3 +130,34 @@ def test_layer_kinds_of_the_study_models():
     assert kinds["blocks.0.norm1.weight"] == kinds["norm_f.weight"] == "norm"
     assert kinds["blocks.0.mlp.fc.bias"] == "bias" and kinds["head.weight"] == "other"
     assert layer_kind("conv1.weight") == "conv" and layer_kind("fc2.weight") == "mlp"
+
+
+def test_adamw_takes_the_studys_weight_decay_and_beta1():
+    from dataclasses import replace
+
+    run = replace(SETTINGS, adamw_weight_decay=0.1, adamw_beta1=0.95)
+    for name in ("adamw", "adamw-wsd"):
+        group = build(name, torch.nn.Linear(3, 2), 1e-3, run).optimizer.param_groups[0]
+        assert group["weight_decay"] == 0.1 and group["betas"] == (0.95, 0.999)
+    group = build("adamw", torch.nn.Linear(3, 2), 1e-3, SETTINGS).optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.01 and group["betas"] == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("k", [1.0, 4.0])
+def test_eta_scale_keeps_the_initial_step_and_weakens_the_decay(k):
+    """--amos-eta-scale k: eta x k, xi / k, so xi * eta is unchanged and xi^2 (the decay)
+    is k^2 times smaller; the studies recorded before the option resume (fingerprint)."""
+    from amosopt.compare.runner import CompareConfig, seed_context
+    from amosopt.suggest import suggest
+
+    config = CompareConfig(task="digits", budgets=[10], amos_eta_scale=k).resolve()
+    base = seed_context({**vars(config), "amos_eta_scale": 1.0}, 0, 10).settings
+    scaled = seed_context(vars(config), 0, 10).settings
+    examples = seed_context(vars(config), 0, 10).task.train_examples
+    assert base.xi == suggest(examples, config.batch_size, "mean").xi
+    assert scaled.xi == pytest.approx(base.xi / k, rel=1e-15)
+    for name, shape in [("conv1.weight", (16, 1, 3, 3)), ("fc2.bias", (10,))]:
+        assert scaled.eta(name, shape) == pytest.approx(k * base.eta(name, shape), rel=1e-15)
+        assert scaled.xi * scaled.eta(name, shape) == pytest.approx(
+            base.xi * base.eta(name, shape), rel=1e-12)
+    assert ("amos_eta_scale" in config.fingerprint()) == (k != 1)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from amosopt.torch import Amos
-from amosopt.torch.optimizer import _NOT_PLAIN, FORMAT, FORMAT_KEY
+from amosopt.torch._checkpoints import _NOT_PLAIN, FORMAT, FORMAT_KEY
 from tests.fixtures.make_checkpoints import OPTIONS, STEPS_BEFORE
 from tests.oracles import NumpyAmos
 from tests.test_torch.conftest import assert_same, mlp, snapshot

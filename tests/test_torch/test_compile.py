@@ -135,8 +135,8 @@ def test_equals_eager_with_at_most_one_recompile(whole: bool, options: dict) -> 
 
 def test_float_lr_gives_the_eager_numbers() -> None:
     """A Python float ``lr`` that a scheduler changes is guarded on, so dynamo recompiles at
-    each new value (as for torch's own optimizers: the README says to pass a tensor ``lr``),
-    but the numbers stay right."""
+    each new value (as for torch's own optimizers: docs/guides/precision.md says to pass a
+    tensor ``lr``), but the numbers stay right."""
     _, compiled, eager = run(torch.float64, "aot_eager", whole=False, tensor_lr=False, steps=4,
                              steady=False)
     assert_close(compiled, eager, rtol=1e-12)
@@ -151,7 +151,7 @@ def test_low_precision_matches_eager(dtype: torch.dtype, rtol: float) -> None:
 
 def test_graphs_per_step() -> None:
     """From the second step on, a compiled ``opt.step()`` runs three graphs: phase 1, the
-    finiteness check's reduction, phase 2 (the README's numbers)."""
+    finiteness check's reduction, phase 2 (the numbers of docs/guides/precision.md)."""
     model, opt, sched = make(torch.float64)
     calls = []
 

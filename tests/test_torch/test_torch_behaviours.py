@@ -346,7 +346,7 @@ def test_loads_an_older_state_dict_without_param_names():
 
 
 # ------------------------------------------------------------------------------------------
-# The defects of issue 9 (each fails on the code before its fix)
+# Param groups and checkpoints: each test failed on the code before its fix
 
 
 def test_param_groups_alone_supply_the_required_lr():
@@ -428,7 +428,7 @@ def _specs():
     "Rules", "ScaleTable",
 ])
 def test_state_dict_is_plain_data_for_every_kind_of_spec(kind, tmp_path):
-    """Issue 9, defect 0: whatever eta and slot_shape are, the state_dict loads with torch.load's
+    """Whatever eta and slot_shape are, the state_dict loads with torch.load's
     defaults (weights_only=True) into an optimizer built the same way, and continues exactly."""
     net = model()
     opt = Amos(net.named_parameters(), lr=0.05, momentum=0.9, **_specs()[kind])

@@ -24,7 +24,7 @@ import torch
 
 from amosopt.compare import optimizers
 from amosopt.compare.tasks import Task
-from amosopt.compare.train import Run, train
+from amosopt.compare.train import RunRecord, train
 
 __all__ = ["RunSpec", "StudyError", "execute", "load_done", "run_all"]
 
@@ -109,7 +109,7 @@ def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs
     model = context.task.make_model()
     model.load_state_dict(context.init_state)
     built = optimizers.build(spec.optimizer, model, spec.value, context.settings)
-    run = Run(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
+    run = RunRecord(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
               {"schedule": optimizers.schedule_description(spec.optimizer, context.settings),
                "hyper": optimizers.OPTIMIZERS[spec.optimizer].hyper,
                "lr": built.lr() if spec.optimizer.startswith("amos") else spec.value})

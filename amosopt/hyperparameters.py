@@ -1,0 +1,68 @@
+"""The hyper-parameters both backends share: their defaults and the interval each must lie in.
+
+Framework-free: :class:`amosopt.torch.Amos` and :func:`amosopt.optax.amos` take their defaults
+from :data:`DEFAULTS` and check numbers with :func:`check_interval`; each backend first turns a
+value into a Python float its own way (a torch tensor ``lr``, a JAX scalar, a tracer that cannot
+be checked). The defaults are the paper's and the reference code's (``jestimator.amos``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: defaults of the arguments both backends take, named as in both signatures
+DEFAULTS: dict[str, float] = {
+    "beta": 0.999,  # β, decay of the running mean v of M(g^2)
+    "extra_l2": 0.0,  # λ, the reference's constant L2 term
+    "c_coef": 0.25,  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
+    "d_coef": 0.25,  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
+    "epsilon": 2.0**-125,  # ε, the floor on v
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range of numbers; an open end excludes its bound, and only a closed infinite end
+    admits an infinite value."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = True
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below and not math.isnan(x)
+
+    def __str__(self) -> str:
+        return (("(" if self.low_open else "[") + f"{self.low:g}, {self.high:g}"
+                + (")" if self.high_open else "]"))
+
+
+#: name -> (interval, what the number is or how to turn the option off)
+INTERVALS: dict[str, tuple[Interval, str]] = {
+    "lr": (Interval(0.0), "the global learning rate xi, about 1/sqrt(number of batches)"),
+    "beta": (Interval(0.0, 1.0), "a value slightly below 1, e.g. 0.999"),
+    "momentum": (Interval(0.0, 1.0), "0 turns momentum off"),
+    # an infinite threshold clips nothing, as the reference's optax.clip
+    "clip_value": (Interval(0.0, math.inf, low_open=True, high_open=False),
+                   "None turns clipping off"),
+    "extra_l2": (Interval(0.0), "0 turns it off"),
+    "c_coef": (Interval(0.0), "the paper uses 0.25"),
+    "d_coef": (Interval(0.0), "the paper uses 0.25"),
+    "epsilon": (Interval(0.0, low_open=True), "the floor on v, e.g. 2**-125"),
+}
+
+
+def check_interval(name: str, x: float, *, shown: Any = None, where: str = "",
+                   alias: str | None = None) -> None:
+    """Raises ValueError naming ``alias or name`` (and ``where``) unless the number ``x`` lies
+    in :data:`INTERVALS`' interval for ``name``; the message shows ``shown`` (the value as
+    given) if not None, else ``x``."""
+    interval, hint = INTERVALS[name]
+    if x not in interval:
+        raise ValueError(f"Invalid {alias or name}{where}: {x if shown is None else shown!r}; "
+                         f"it must be in {interval}: {hint}")
