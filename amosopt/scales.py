@@ -52,6 +52,7 @@ from amosopt.rules import (
     column_shape,
     is_rule_table,
     validate_slot_shape,
+    warn_unused_rules,
 )
 
 
@@ -219,7 +220,8 @@ def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> N
     warnings.warn(
         f"amosopt auto_scales: no rule for {len(guessed)} parameter(s), used the rank-based "
         f"fallback (>=2-d: kernel with fan-in prod(shape[1:]), k=1; else additive 0.5): "
-        f"{listing}. Check them and override if needed (overrides={{regex: eta}}).",
+        f"{listing}. Check them and override if needed (auto_scales(..., eta_overrides={{regex: "
+        "eta}, slot_shape_overrides={regex: shape}); auto_amos takes the same).",
         UserWarning,
         stacklevel=stacklevel,
     )
@@ -301,7 +303,10 @@ class ScaleTable(Mapping):
                 f"Parameter {_join(name)!r} with shape {tuple(shape)} is not in the automatic "
                 f"scale table ({len(self)} entries). It is frozen, new, or from another model: "
                 "build the table from the same model after freezing, or pass only trainable "
-                "parameters to the optimizer."
+                "parameters to the optimizer. Parameters added later (add_param_group) need "
+                "their own table: table = auto_scales(module), and the group {'params': "
+                "list(module.named_parameters()), 'eta': table.eta, 'slot_shape': "
+                "table.slot_shape}."
             ) from None
         if tuple(int(d) for d in shape) != self._shapes[key]:
             raise ValueError(
@@ -330,9 +335,17 @@ class ScaleTable(Mapping):
 
         Overridden entries say ``"override ..."`` in their reason. Values are checked (positive
         eta, slot shape broadcasting to the parameter) right here, before any optimizer exists.
+
+        Warns:
+            amosopt.rules.UnmatchedRuleWarning: for each rule that overrides no entry (a typo
+                in its regex, most often), naming the pattern and the nearest names; an error
+                under ``warnings.simplefilter("error", UnmatchedRuleWarning)``.
         """
         eta_rules = _as_rules(eta, "eta")
         shape_rules = _as_rules(slot_shape, "slot_shape")
+        for rules, what in ((eta_rules, "eta_overrides"), (shape_rules, "slot_shape_overrides")):
+            if rules is not None:  # stacklevel: the caller of the backend's auto_scales
+                warn_unused_rules(rules, [_join(name) for name in self], what, stacklevel=4)
         entries = []
         for name, shape, scale in self.items_with_shapes():
             entries.append((name, shape, _override(name, shape, scale, eta_rules, shape_rules)))

@@ -264,9 +264,36 @@ def _config(args: argparse.Namespace):
         progress=not args.no_progress)
 
 
+#: import name -> distribution, of what ``amos compare`` runs on (the ``cli`` extra)
+_NEEDS = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "matplotlib": "matplotlib",
+          "sklearn": "scikit-learn", "scipy": "scipy"}
+
+
+def _check_installed() -> None:
+    """Names the extra to install instead of ending in a ModuleNotFoundError mid-import."""
+    import importlib.util
+    import sys
+
+    from amosopt.commands import CommandError
+
+    missing = []
+    for module, distribution in _NEEDS.items():
+        try:
+            found = sys.modules[module] is not None if module in sys.modules else (
+                importlib.util.find_spec(module) is not None)
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(distribution)
+    if missing:
+        raise CommandError(f"amos compare needs {', '.join(missing)}, not installed here: "
+                           "pip install 'amosopt[cli]'")
+
+
 def run(args: argparse.Namespace) -> int:
     from amosopt.commands import CommandError
 
+    _check_installed()
     _check(args)
     config = _config(args)
     from amosopt.compare import run_compare

@@ -24,7 +24,17 @@ from amosopt.hyperparameters import (
     check_interval,
     check_second_moment,
 )
-from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, column_shape, reduced_axes
+from amosopt.rules import (
+    PathName,
+    Rules,
+    Shape,
+    as_eta_fn,
+    as_shape_fn,
+    column_shape,
+    is_rule_table,
+    reduced_axes,
+    warn_unused_rules,
+)
 
 __all__ = [
     "ScaleByAmosState",
@@ -144,6 +154,12 @@ def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef:
 
 def _eta_function(spec: EtaSpec) -> Callable[[PathName, Shape], Any]:
     """A checked ``(name, shape) -> eta``; a traced scalar (inject_hyperparams) passes as is."""
+    if spec is None:
+        raise TypeError(
+            "amos needs eta_fn, the expected magnitude eta of each variable's entries. The "
+            "automatic scales: scales = amosopt.optax.auto_scales(params), then "
+            "amos(learning_rate, eta_fn=scales.eta, shape_fn=scales.slot_shape); or a number "
+            "for all variables, or a rule table {regex: eta}.")
     if isinstance(spec, jax.Array) and spec.ndim == 0 and _concrete(spec) is None:
         return lambda name, shape: spec
     number = _concrete(spec)
@@ -232,7 +248,7 @@ def _column_scaled(g: jax.Array, v: jax.Array, u: jax.Array, axes: tuple[int, ..
 
 def scale_by_amos(
     learning_rate: ScalarOrSchedule,
-    eta_fn: EtaSpec,
+    eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
     beta: float = DEFAULTS["beta"],
     extra_l2: float = DEFAULTS["extra_l2"],
@@ -250,6 +266,11 @@ def scale_by_amos(
         ValueError: an invalid hyper-parameter (here), or, at ``init``, a slot shape that does
             not broadcast to its parameter, an ``eta`` that is not a positive finite number, or a
             non-floating parameter; at ``update``, ``params=None``.
+
+    Warns:
+        amosopt.rules.UnmatchedRuleWarning: at ``init``, for each rule of an ``eta_fn`` /
+            ``shape_fn`` table that no variable takes, naming the pattern and the nearest
+            names (an error under ``warnings.simplefilter("error", UnmatchedRuleWarning)``).
     """
     _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon)
     factored = check_second_moment(second_moment) == "row-col"
@@ -266,8 +287,14 @@ def scale_by_amos(
         shape = column_shape(theta.shape, v.shape)
         return None if shape is None else jnp.zeros(shape, v.dtype)
 
+    tables = [(Rules(spec, "/"), what)
+              for spec, what in ((eta_fn, "eta_fn"), (shape_fn, "shape_fn")) if is_rule_table(spec)]
+
     def init_fn(params: optax.Params) -> ScaleByAmosState:
         v = jax.tree_util.tree_map_with_path(lambda p, x: slot_zeros(path_to_name(p), x), params)
+        names = [path_to_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for rules, what in tables:  # a rule no variable takes: a typo in its regex, likely
+            warn_unused_rules(rules, names, what, stacklevel=2)
         b = jax.tree.map(jnp.zeros_like, v)
         u = jax.tree.map(column_zeros, params, v) if factored else None
         return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b, u=u)
@@ -277,8 +304,10 @@ def scale_by_amos(
         del extra_args
         if params is None:
             raise ValueError(_NO_PARAMS_MSG)
+        # a schedule sees optax's count, the updates done before this one (0 first), as in
+        # optax.adam; the bias correction uses the 1-based step t = count + 1
+        xi = learning_rate(state.count) if callable(learning_rate) else learning_rate
         count = optax.safe_increment(state.count)  # t, 1-based
-        xi = learning_rate(count) if callable(learning_rate) else learning_rate
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         grads = treedef.flatten_up_to(updates)
         vs, bs = treedef.flatten_up_to(state.v), treedef.flatten_up_to(state.b)
@@ -320,7 +349,7 @@ def _momentum(mu: Any) -> optax.GradientTransformation:
 
 def amos(
     learning_rate: ScalarOrSchedule,
-    eta_fn: EtaSpec,
+    eta_fn: EtaSpec = None,
     shape_fn: ShapeSpec = None,
     beta: float = DEFAULTS["beta"],
     momentum: float | None = None,
@@ -337,8 +366,10 @@ def amos(
     per-variable *model-oriented scale* :math:`\eta`, the expected magnitude of the variable's
     entries once trained.
 
-    Let :math:`\xi_t` represent ``learning_rate`` (evaluated at the 1-based step :math:`t` if it is
-    a schedule), :math:`\eta` the value of ``eta_fn`` for the variable, :math:`\beta` ``beta``,
+    Let :math:`\xi_t` represent ``learning_rate`` (a schedule is called with optax's ``count``,
+    the number of updates done before this one: 0 for the first update, as ``optax.adam`` and
+    ``optax.inject_hyperparams`` do, so :math:`\xi_t` is ``schedule(t - 1)``), :math:`\eta` the
+    value of ``eta_fn`` for the variable, :math:`\beta` ``beta``,
     :math:`\lambda` ``extra_l2``, :math:`c, d` ``c_coef``, ``d_coef``, :math:`\epsilon`
     ``epsilon``, and :math:`\mu` ``momentum``. The slots :math:`v` and :math:`b` have the shape
     given by ``shape_fn`` (by default the variable's); :math:`M(\cdot)` averages over the axes
@@ -392,19 +423,32 @@ def amos(
 
     Slots are float32 for 16-bit parameters (the arithmetic too; the update is cast back to the
     gradient's dtype): ``epsilon = 2**-125`` is 0 in float16. Arguments and defaults are those of
-    ``jestimator.amos.amos``, so replacing its import gives the same numbers.
+    ``jestimator.amos.amos``, so replacing its import gives the same numbers (a schedule shifted
+    by one, see Schedules).
 
     A non-finite gradient cannot raise inside ``jit`` (the PyTorch ``Amos`` raises
     ``FloatingPointError`` instead): it would put NaN into the slots for good. Guard long runs with
     ``optax.apply_if_finite(amos(...), max_consecutive_errors=...)``, which skips such steps and
     leaves the state as it was.
 
+    Schedules: any optax schedule (``optax.warmup_cosine_decay_schedule``,
+    :func:`amosopt.optax.wsd_schedule`) drops in unchanged, also through
+    ``optax.inject_hyperparams(amos)(learning_rate=schedule, ...)``. ``jestimator.amos`` calls its
+    schedule with the 1-based step instead: port a jestimator schedule ``f`` as
+    ``lambda count: f(count + 1)``. The state's ``count`` is, as before, the number of updates
+    done, so an optax state saved by an earlier amosopt (which called the schedule with
+    ``count + 1``) loads and continues; only a schedule written for that 1-based call needs the
+    same ``lambda count: f(count + 1)``.
+
     Args:
-        learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``.
-            About :math:`1/\sqrt{N}` for :math:`N` independent batches in the training data.
+        learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``
+            (``count`` = updates done, 0 at the first update). About :math:`1/\sqrt{N}` for
+            :math:`N` independent batches in the training data.
         eta_fn: :math:`\eta` per variable: a positive number for all, an :mod:`amosopt.rules`
             table (``{regex: value}``, matched against the key path joined with ``'/'``), or
-            jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings.
+            jestimator's ``(name, shape) -> number`` with ``name`` a tuple of strings; the
+            automatic one is ``amosopt.optax.auto_scales(params).eta``. Required: without it,
+            a ``TypeError`` says so.
         shape_fn: the shape of the ``v`` and ``b`` slots per variable: ``None`` (full size), a
             rule table, or ``(name, shape) -> tuple``; each axis is the variable's or 1, or
             ``()`` for one scalar slot.

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from amosopt.rules import as_shape_fn, column_shape
+from amosopt.torch import _mistakes
 from amosopt.torch._functional import slot_dtype
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
     """A load_state_dict pre-hook (the last): checks the format and the slot shapes of the
     saved state (see :func:`_check_saved_state`), then keeps the saved slot tensors, by
     parameter position, for :func:`restore`."""
+    _mistakes.check_saved_state(optimizer, state_dict)  # another optimizer's, or model's
     _check_saved_state(optimizer, state_dict)
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [

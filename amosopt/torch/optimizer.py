@@ -24,7 +24,7 @@ from torch.optim.optimizer import required
 
 from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
 from amosopt.rules import Shape, as_eta_fn, as_shape_fn
-from amosopt.torch import _checkpoints, _fused, _routes, _validation
+from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
 from amosopt.torch._sharding import check_not_flattened
@@ -170,7 +170,9 @@ class Amos(Optimizer):
         fused: bool = False,
         rounding: str = "nearest",
         second_moment: str = SECOND_MOMENT,
+        **unexpected: Any,
     ) -> None:
+        _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
@@ -184,17 +186,25 @@ class Amos(Optimizer):
         # param_names=[]: whether names are needed is checked per group
         _validation.check_hyperparameters(dict(checked, param_names=[]), "")
         super().__init__(params, defaults)
+        _mistakes.warn_unused(self.param_groups)  # rules no parameter takes: a typo, likely
         #: the step's records, kept (see _plan), by (group index, position): keyed by
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
         self._records: dict[tuple[int, int], Record] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
+        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated, and
+        every named parameter's ``eta`` and slot shape resolved (a rule table without a value
+        for one fails here)."""
+        _mistakes.check_group(self, param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        where = f" (param group {len(self.param_groups) - 1})"
         try:
-            _validation.check_hyperparameters(group, f" (param group {len(self.param_groups) - 1})")
+            _validation.check_hyperparameters(group, where)
+            _mistakes.resolve_all(group, where)
+            if hasattr(self, "_records"):  # after the constructor, which warns for all groups
+                _mistakes.warn_unused([group])
             if group["fused"]:  # fails here, with the reason, where torch.compile cannot work
                 for device_type in sorted({p.device.type for p in group["params"]}):
                     _fused.check_available(device_type)
@@ -259,6 +269,7 @@ class Amos(Optimizer):
         host-side work only (no tensor is read or changed). A record is kept from step to step
         while its signature holds: deciding the route again each step measured ~10% of a step
         of a model of 200 small tensors."""
+        _mistakes.check_momentum_not_cycled(self.param_groups)  # OneCycleLR's default
         plan = []
         for group_index, group in enumerate(self.param_groups):
             records = []
