@@ -53,7 +53,8 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
                "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
-FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1")
+FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1",
+                        "amos_decay_ratio")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class CompareConfig:
     #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
+    amos_decay_ratio: float = 1.0  # rho of amosopt.torch.Amos: the decay runs on rho * xi
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
     adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2

@@ -60,6 +60,7 @@ class RunSettings:
     amos_momentum: float = 0.9
     amos_beta: float | None = None
     amos_warmup: int = 0
+    amos_decay_ratio: float = 1.0
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"
@@ -92,7 +93,8 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
     optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
                      slot_shape=run.slot_shape,
                      beta=run.beta if run.amos_beta is None else run.amos_beta,
-                     momentum=run.amos_momentum, clip_value=run.clip_value)
+                     momentum=run.amos_momentum, clip_value=run.clip_value,
+                     decay_ratio=run.amos_decay_ratio)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)

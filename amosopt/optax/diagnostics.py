@@ -32,7 +32,8 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
                 beta: float = DEFAULTS["beta"], extra_l2: float = DEFAULTS["extra_l2"],
                 d_coef: float = DEFAULTS["d_coef"], c_coef: float = DEFAULTS["c_coef"],
                 epsilon: float = DEFAULTS["epsilon"], clip_value: float | None = None,
-                grads: Any = None, per_parameter: bool = True) -> dict[str, jax.Array]:
+                grads: Any = None, per_parameter: bool = True,
+                decay_ratio: float = DEFAULTS["decay_ratio"]) -> dict[str, jax.Array]:
     """Per-variable diagnostics of Amos after the steps that ``state`` has seen.
 
     Pass the arguments given to :func:`amosopt.optax.amos` (``learning_rate`` may be a
@@ -69,7 +70,7 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
         per_name["/".join(name)] = shared.variable(
             xi=jnp.asarray(xi, v.dtype), eta=eta_of(name, tuple(theta.shape)), beta=beta,
             count=count, v=v, b=b, c_coef=c_coef, d_coef=d_coef, extra_l2=extra_l2,
-            epsilon=epsilon, xp=jnp, grad=g, clip_value=clip_value)
+            epsilon=epsilon, xp=jnp, grad=g, clip_value=clip_value, decay_ratio=decay_ratio)
     return shared.flatten(per_name, per_parameter, xp=jnp)
 
 

@@ -125,11 +125,11 @@ def _check_number(name: str, value: Any, *, alias: str | None = None) -> None:
 
 
 def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef: Any,
-                           c_coef: Any, epsilon: Any) -> None:
+                           c_coef: Any, epsilon: Any, decay_ratio: Any) -> None:
     if not callable(learning_rate):  # a schedule count -> number is checked by no one
         _check_number("lr", learning_rate, alias="learning_rate")
     for name, value in (("beta", beta), ("extra_l2", extra_l2), ("d_coef", d_coef),
-                        ("c_coef", c_coef), ("epsilon", epsilon)):
+                        ("c_coef", c_coef), ("epsilon", epsilon), ("decay_ratio", decay_ratio)):
         _check_number(name, value)
 
 
@@ -166,7 +166,7 @@ def _slot_dtype(name: PathName, dtype: Any) -> Any:
 
 def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi: Any,
                eta: Any, beta: Any, count: jax.Array, extra_l2: Any, d_coef: Any, c_coef: Any,
-               epsilon: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+               epsilon: Any, decay_ratio: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One Amos step for one variable; returns (update Delta, new v, new b).
 
     Computed in the slots' dtype (float32 for 16-bit parameters); the update is cast back to the
@@ -182,8 +182,9 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi
     g2 = jnp.mean(jnp.square(g), axis=axes, keepdims=bool(v.shape))  # M(g_t^2), slot-shaped
     v_new = beta * v + (1 - beta) * g2
     r = (1 - beta ** count) / jnp.maximum(v_new, as_dtype(epsilon))  # 1 / v_hat_t
-    c_t = jax.lax.rsqrt(1 + as_dtype(c_coef) * jnp.sqrt(xi) * b)
-    gamma = c_t * jnp.square(xi) * r * g2
+    xi_g = xi * as_dtype(decay_ratio)  # ρξ, the decay's rate (ρ = 1: exactly ξ)
+    c_t = jax.lax.rsqrt(1 + as_dtype(c_coef) * jnp.sqrt(xi_g) * b)
+    gamma = c_t * jnp.square(xi_g) * r * g2
     xi_eta = xi * eta
     d_t = 1 / (1 + as_dtype(d_coef) * jnp.sqrt(xi_eta) * b)
     delta = -d_t * (xi_eta * jnp.sqrt(r) * g + (0.5 * gamma + as_dtype(extra_l2)) * theta)
@@ -204,6 +205,7 @@ def scale_by_amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
+    decay_ratio: float = DEFAULTS["decay_ratio"],
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
 
@@ -215,7 +217,7 @@ def scale_by_amos(
             not broadcast to its parameter, an ``eta`` that is not a positive finite number, or a
             non-floating parameter; at ``update``, ``params=None``.
     """
-    _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon)
+    _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon, decay_ratio)
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
 
@@ -245,7 +247,7 @@ def scale_by_amos(
             eta = eta_of(path_to_name(path), tuple(theta.shape))
             out.append(_amos_leaf(g, theta, v, b, xi=xi, eta=eta, beta=beta, count=count,
                                   extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef,
-                                  epsilon=epsilon))
+                                  epsilon=epsilon, decay_ratio=decay_ratio))
         delta, v, b = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(3))
         return delta, ScaleByAmosState(count=count, v=v, b=b)
 
@@ -286,6 +288,7 @@ def amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
+    decay_ratio: float = DEFAULTS["decay_ratio"],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -306,9 +309,9 @@ def amos(
         \begin{align*}
         v_t &\leftarrow \beta v_{t-1} + (1 - \beta)\, M(g_t^2), \qquad
             \hat v_t \leftarrow \max(v_t, \epsilon) / (1 - \beta^t) \\
-        c_t &\leftarrow (1 + c \sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
+        c_t &\leftarrow (1 + c \sqrt{\rho\xi_t}\, b_{t-1})^{-1/2}, \qquad
             d_t \leftarrow (1 + d \sqrt{\xi_t \eta}\, b_{t-1})^{-1} \\
-        \gamma_t &\leftarrow c_t\, \xi_t^2\, M(g_t^2) / \hat v_t \\
+        \gamma_t &\leftarrow c_t\, (\rho\xi_t)^2\, M(g_t^2) / \hat v_t \\
         \Delta_t &\leftarrow -d_t \big(\xi_t \eta\, g_t / \sqrt{\hat v_t}
             + (\tfrac12 \gamma_t + \lambda)\, \theta_{t-1}\big) \\
         b_t &\leftarrow b_{t-1} + \gamma_t (1 + b_{t-1}) \\
@@ -317,6 +320,7 @@ def amos(
         \end{align*}
 
     and the caller applies :math:`\theta_t = \theta_{t-1} + \Delta_t` (``optax.apply_updates``).
+    :math:`\rho` is ``decay_ratio``; the paper's algorithm has :math:`\rho = 1` (the default).
 
     Unlike most optax optimizers, ``learning_rate`` is an argument of the scaling itself, not a
     final ``scale_by_learning_rate``: :math:`\xi^2`, :math:`\sqrt{\xi}` and :math:`\xi\eta` appear
@@ -351,6 +355,11 @@ def amos(
         d_coef: :math:`d \ge 0` in the learning-rate decay :math:`d_t`. Defaults to 0.25.
         c_coef: :math:`c \ge 0` in the weight-decay decay :math:`c_t`. Defaults to 0.25.
         epsilon: :math:`\epsilon > 0`, the floor on :math:`v`. Defaults to :math:`2^{-125}`.
+        decay_ratio: :math:`\rho > 0`, the global rate of the decay as a fraction of the
+            step's. Defaults to 1 (the paper's). :math:`\rho = 1/k` is exactly ``eta`` times
+            :math:`k` with ``learning_rate`` divided by :math:`k`: the same initial step, a weight
+            decay :math:`k^2` times weaker and a step decay :math:`d_t` that starts later; for
+            budgets shorter than an epoch or two (``amos suggest --steps``).
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``, always
@@ -396,6 +405,7 @@ def amos(
     return optax.chain(
         optax.identity() if clip_value is None else optax.clip(clip_value),
         scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
-                      d_coef=d_coef, c_coef=c_coef, epsilon=epsilon),
+                      d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
+                      decay_ratio=decay_ratio),
         optax.identity() if momentum_off else _momentum(momentum),
     )
