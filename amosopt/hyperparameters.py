@@ -12,6 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+#: the values of ``second_moment``: ``"slot"``, the paper's ``v`` at the slot shape, which
+#: alone normalises the step; ``"row-col"``, the same ``v`` and a column factor ``u`` whose
+#: rank-1 product with it normalises each entry (:func:`amosopt.rules.column_shape`)
+SECOND_MOMENTS = ("slot", "row-col")
+#: the default ``second_moment`` of both backends: the paper's (not in :data:`DEFAULTS`, whose
+#: numbers are the update's symbols)
+SECOND_MOMENT = "slot"
+
 #: defaults of the arguments both backends take, named as in both signatures
 DEFAULTS: dict[str, float] = {
     "beta": 0.999,  # β, decay of the running mean v of M(g^2)
@@ -69,3 +77,13 @@ def check_interval(name: str, x: float, *, shown: Any = None, where: str = "",
     if x not in interval:
         raise ValueError(f"Invalid {alias or name}{where}: {x if shown is None else shown!r}; "
                          f"it must be in {interval}: {hint}")
+
+
+def check_second_moment(value: Any, where: str = "") -> str:
+    """Returns ``value`` if it is one of :data:`SECOND_MOMENTS`, else raises ValueError."""
+    if not isinstance(value, str) or value not in SECOND_MOMENTS:
+        raise ValueError(
+            f"Invalid second_moment{where}: {value!r}; it must be one of "
+            f"{', '.join(map(repr, SECOND_MOMENTS))} ('slot' is the paper's algorithm)"
+        )
+    return value

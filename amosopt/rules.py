@@ -44,6 +44,7 @@ __all__ = [
     "as_eta_fn",
     "as_shape_fn",
     "check_eta",
+    "column_shape",
     "eta_fn_from_rules",
     "evaluate_shape_expression",
     "is_rule_table",
@@ -390,6 +391,35 @@ def reduced_axes(shape: Sequence[int], slot_shape: Sequence[int]) -> tuple[int, 
     if slot_shape == ():
         return tuple(range(len(shape)))
     return tuple(i for i, (s, d) in enumerate(zip(slot_shape, shape)) if s < d)
+
+
+def column_shape(shape: Sequence[int], slot_shape: Sequence[int]) -> Shape | None:
+    r"""The shape of the column factor ``u`` of a parameter with this slot shape, or ``None``
+    where it has none.
+
+    The slot ``v`` keeps the axes :math:`K` and averages :math:`g^2` over the reduced axes
+    :math:`R` (:func:`reduced_axes`); the column factor is the other half of Adafactor's
+    factorisation (Shazeer & Stern 2018, arXiv 1804.04235): :math:`g^2` averaged over
+    :math:`K`, so its shape is the parameter's with the kept axes set to 1: ``(1, in)`` for a
+    ``(out, in)`` kernel with slot ``(out, 1)``, ``(1, d)`` for a ``(V, d)`` embedding with
+    slot ``(V, 1)``, ``(1, in, kh, kw)`` for a conv kernel with slot ``(out, 1, 1, 1)``,
+    ``(in, 1)`` for a Hugging Face ``Conv1D`` weight ``(in, out)`` with slot ``(1, out)``.
+
+    ``None`` when the slot reduces no axis (a full-size slot already normalises each entry)
+    or has a single entry (a scalar slot ``()``, or all ones: biases, norms): there the
+    column factor would be the whole per-entry second moment, a parameter-sized state, not a
+    factor; use a full-size slot for that.
+
+    >>> column_shape((8, 4), (8, 1)), column_shape((4, 3, 3, 2), (4, 1, 1, 1))
+    ((1, 4), (1, 3, 3, 2))
+    >>> column_shape((8, 4), (8, 4)), column_shape((8,), ()), column_shape((8, 4), (1, 1))
+    (None, None, None)
+    """
+    shape, slot_shape = tuple(shape), tuple(slot_shape)
+    axes = reduced_axes(shape, slot_shape)
+    if not axes or math.prod(slot_shape) <= 1:
+        return None
+    return tuple(n if i in axes else 1 for i, n in enumerate(shape))
 
 
 def _own_lookup(spec: Any, attr: str) -> Callable[[ParamName, Shape], Any] | None:

@@ -45,7 +45,14 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from amosopt.rules import Rules, Shape, check_eta, is_rule_table, validate_slot_shape
+from amosopt.rules import (
+    Rules,
+    Shape,
+    check_eta,
+    column_shape,
+    is_rule_table,
+    validate_slot_shape,
+)
 
 
 __all__ = [
@@ -395,12 +402,20 @@ class StateMemory:
         amos: ``v`` and ``b`` at their slot shapes.
         amos_momentum: ``amos`` plus a parameter-sized momentum buffer.
         adamw: AdamW's two parameter-sized moments.
+        columns: the column factors ``u`` that ``second_moment="row-col"`` adds (one per
+            tensor with one, :func:`amosopt.rules.column_shape`).
     """
 
     params: int
     amos: int
     amos_momentum: int
     adamw: int
+    columns: int = 0
+
+    @property
+    def row_col_momentum(self) -> int:
+        """``amos_momentum`` with ``second_moment="row-col"``: plus the column factors."""
+        return self.amos_momentum + self.columns
 
     def percent(self, value: int) -> float:
         """``value`` as a percentage of AdamW's state."""
@@ -412,17 +427,21 @@ def state_memory(entries: Iterable[tuple[Sequence[int], Sequence[int]]],
     """Counts optimizer-state bytes for ``(parameter shape, slot shape)`` pairs.
 
     Amos keeps ``v`` and ``b`` at the slot shape (2 * prod(slot)), plus a parameter-sized ``m``
-    with momentum; AdamW keeps ``m`` and ``v`` (2 * prod(shape)). Every element is ``itemsize``
-    bytes (float32 by default: Amos keeps its slots in float32).
+    with momentum, and with ``second_moment="row-col"`` a column factor ``u`` where the slot
+    has one; AdamW keeps ``m`` and ``v`` (2 * prod(shape)). Every element is ``itemsize`` bytes
+    (float32 by default: Amos keeps its slots in float32).
     """
-    n_params = n_slots = 0
+    n_params = n_slots = n_columns = 0
     for shape, slot in entries:
         n_params += math.prod(shape)
         n_slots += math.prod(slot)
+        column = column_shape(shape, slot)
+        n_columns += 0 if column is None else math.prod(column)
     amos = 2 * n_slots * itemsize
     return StateMemory(
         params=n_params * itemsize,
         amos=amos,
         amos_momentum=amos + n_params * itemsize,
         adamw=2 * n_params * itemsize,
+        columns=n_columns * itemsize,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from amosopt.compare.config import DEFAULT_OPTIMIZERS, DEFAULTS, field_default
 from amosopt.compare.registry import OPTIMIZERS
+from amosopt.hyperparameters import SECOND_MOMENTS
 
 TASK_NAMES = ("lm", "digits")
 #: the registry's names, read without torch
@@ -82,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=field_default("amos_decay_ratio"), metavar="RHO",
                         help="Amos's decay_ratio: the decay runs on the rate RHO * xi, a weight "
                              "decay RHO^2 as strong (default %(default)g, the paper's)")
+    parser.add_argument("--amos-second-moment", choices=SECOND_MOMENTS,
+                        default=field_default("amos_second_moment"),
+                        help="Amos's normaliser: 'slot', the paper's v (default); 'row-col', v "
+                             "and a column factor, a rank-1 estimate per entry (Adafactor's)")
     parser.add_argument("--adamw-weight-decay", type=float,
                         default=field_default("adamw_weight_decay"), metavar="WD",
                         help="weight decay of adamw and adamw-wsd (default %(default)s)")
@@ -258,6 +263,7 @@ def _config(args: argparse.Namespace):
         amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
         amos_eta=args.amos_eta, amos_eta_scale=args.amos_eta_scale,
         amos_decay_ratio=args.amos_decay_ratio,
+        amos_second_moment=args.amos_second_moment,
         adamw_weight_decay=args.adamw_weight_decay, adamw_beta1=args.adamw_beta1,
         cooldown_fraction=args.cooldown_fraction,
         cooldown=args.cooldown, evals=args.evals, threads=args.threads, jobs=args.jobs,

@@ -102,7 +102,8 @@ def format_memory(memory: Any) -> str:
     rows = [("optimizer state", "bytes", "size", "vs AdamW")]
     for label, value in (("AdamW (m, v)", memory.adamw),
                          ("Amos (v, b)", memory.amos),
-                         ("Amos + momentum (v, b, m)", memory.amos_momentum)):
+                         ("Amos + momentum (v, b, m)", memory.amos_momentum),
+                         ("Amos row-col + momentum (v, b, u, m)", memory.row_col_momentum)):
         rows.append((label, f"{value:,}", _mb(value), f"{memory.percent(value):.3f}%"))
     return (format_rows(rows) + f"\n(parameters: {memory.params // 4:,} float32 elements, "
             f"{memory.params:,} bytes; slots counted as float32, step counters excluded)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from amosopt.compare.registry import OPTIMIZERS
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["DEFAULTS", "DEFAULT_OPTIMIZERS", "XI_MULTIPLIERS", "CompareConfig", "field_default"]
 
@@ -54,7 +55,7 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
 FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1",
-                        "amos_decay_ratio")
+                        "amos_decay_ratio", "amos_second_moment")
 
 
 @dataclass
@@ -81,6 +82,8 @@ class CompareConfig:
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
     amos_decay_ratio: float = 1.0  # rho of amosopt.torch.Amos: the decay runs on rho * xi
+    #: Amos's normaliser: "slot", the paper's v; "row-col", v with a column factor per matrix
+    amos_second_moment: str = SECOND_MOMENT
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
     adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from amosopt.compare.registry import OPTIMIZERS, OptimizerInfo
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
 
@@ -61,6 +62,7 @@ class RunSettings:
     amos_beta: float | None = None
     amos_warmup: int = 0
     amos_decay_ratio: float = 1.0
+    amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"
@@ -94,7 +96,8 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
                      slot_shape=run.slot_shape,
                      beta=run.beta if run.amos_beta is None else run.amos_beta,
                      momentum=run.amos_momentum, clip_value=run.clip_value,
-                     decay_ratio=run.amos_decay_ratio)
+                     decay_ratio=run.amos_decay_ratio,
+                     second_moment=run.amos_second_moment)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)

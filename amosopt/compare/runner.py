@@ -102,7 +102,8 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
         amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
-        amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
+        amos_warmup=config.amos_warmup, amos_second_moment=config.amos_second_moment,
+        warmup_fraction=config.warmup_fraction,
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
         adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1,
         amos_decay_ratio=config.amos_decay_ratio)
@@ -185,6 +186,8 @@ def _describe(config: CompareConfig) -> dict:
         source += f", eta x {config.amos_eta_scale:g} with xi / {config.amos_eta_scale:g}"
     if config.amos_slots != "factored":
         source += ", full-size slots"
+    if config.amos_second_moment != "slot":
+        source += f", second moment {config.amos_second_moment}"
     return {
         "task": {"name": task.name, "data": task.description,
                  "parameters": count_parameters(model), "train_examples": task.train_examples,

@@ -17,8 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amosopt.hyperparameters import DEFAULTS, INTERVALS, check_interval
-from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, reduced_axes
+from amosopt.hyperparameters import (
+    DEFAULTS,
+    INTERVALS,
+    SECOND_MOMENT,
+    check_interval,
+    check_second_moment,
+)
+from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, column_shape, reduced_axes
 
 __all__ = [
     "ScaleByAmosState",
@@ -42,11 +48,14 @@ ShapeSpec = Union[None, Any, Callable[[PathName, Shape], Shape]]
 
 
 class ScaleByAmosState(NamedTuple):
-    """State of :func:`scale_by_amos`; ``v`` and ``b`` mirror the parameter tree."""
+    """State of :func:`scale_by_amos`; ``v`` and ``b`` mirror the parameter tree, and so does
+    ``u`` with ``second_moment="row-col"`` (``None`` otherwise, and ``None`` at the leaves that
+    have no column factor, see :func:`amosopt.rules.column_shape`)."""
 
     count: jax.Array  # shape=(), dtype=jnp.int32: the number of updates done, t.
     v: optax.Updates  # running mean of the reduced squared gradient, slot-shaped.
     b: optax.Updates  # decay accumulator, 1 + b_t = prod_i (1 + gamma_i), slot-shaped.
+    u: Any = None  # running mean of the squared gradient over the kept axes (the column factor).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,17 +173,19 @@ def _slot_dtype(name: PathName, dtype: Any) -> Any:
 # The update of one variable
 
 
-def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi: Any,
-               eta: Any, beta: Any, count: jax.Array, extra_l2: Any, d_coef: Any, c_coef: Any,
-               epsilon: Any, decay_ratio: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Amos step for one variable; returns (update Delta, new v, new b).
+def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array,
+               u: jax.Array | None, *, xi: Any, eta: Any, beta: Any, count: jax.Array,
+               extra_l2: Any, d_coef: Any, c_coef: Any, epsilon: Any, decay_ratio: Any
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """One Amos step for one variable; returns (update Delta, new v, new b, new u).
 
     Computed in the slots' dtype (float32 for 16-bit parameters); the update is cast back to the
-    gradient's dtype, the slots to their own, so state dtypes never change.
+    gradient's dtype, the slots to their own, so state dtypes never change. ``u`` is the column
+    factor (``None``: the paper's update), see :func:`_column_scaled`.
     """
     dtype, update_dtype = v.dtype, g.dtype
     if g.size == 0:  # nothing to update; a mean over no entries would put NaN in v
-        return jnp.zeros_like(g), v, b
+        return jnp.zeros_like(g), v, b, u
     as_dtype = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     g, theta = g.astype(dtype), theta.astype(dtype)
     xi, eta, beta = as_dtype(xi), as_dtype(eta), as_dtype(beta)
@@ -187,9 +198,33 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array, *, xi
     gamma = c_t * jnp.square(xi_g) * r * g2
     xi_eta = xi * eta
     d_t = 1 / (1 + as_dtype(d_coef) * jnp.sqrt(xi_eta) * b)
-    delta = -d_t * (xi_eta * jnp.sqrt(r) * g + (0.5 * gamma + as_dtype(extra_l2)) * theta)
+    g_step, u_new = (g, None) if u is None else _column_scaled(g, v_new, u, axes, beta,
+                                                                as_dtype(epsilon))
+    delta = -d_t * (xi_eta * jnp.sqrt(r) * g_step + (0.5 * gamma + as_dtype(extra_l2)) * theta)
     b_new = b + gamma * (1 + b)
-    return delta.astype(update_dtype), v_new.astype(v.dtype), b_new.astype(b.dtype)
+    return (delta.astype(update_dtype), v_new.astype(v.dtype), b_new.astype(b.dtype),
+            None if u is None else u_new.astype(u.dtype))
+
+
+def _column_scaled(g: jax.Array, v: jax.Array, u: jax.Array, axes: tuple[int, ...], beta: Any,
+                   epsilon: Any) -> tuple[jax.Array, jax.Array]:
+    r"""The gradient scaled by the column factor, and the new column factor :math:`u_t`.
+
+    With :math:`K` the axes the slot keeps (all but ``axes``, :math:`R`):
+
+    .. math::
+        u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+        w_t = \max(u_t, \epsilon) / \max(\mathrm{mean}(v_t), \epsilon), \qquad
+        \tilde g_t = g_t / \sqrt{w_t}
+
+    so that :math:`\xi\eta\, \tilde g_t / \sqrt{\hat v_t}` is :math:`\xi\eta\, g_t` over
+    the square root of the rank-1 estimate :math:`\hat v_t \hat u_t / \mathrm{mean}(\hat v_t)`
+    (the bias corrections cancel in :math:`w_t`, whose mean is about 1).
+    """
+    kept = tuple(i for i in range(g.ndim) if i not in axes)
+    u_new = beta * u + (1 - beta) * jnp.mean(jnp.square(g), axis=kept, keepdims=True)
+    w = jnp.maximum(u_new, epsilon) / jnp.maximum(jnp.mean(v), epsilon)
+    return g * jax.lax.rsqrt(w), u_new
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,6 +241,7 @@ def scale_by_amos(
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
     decay_ratio: float = DEFAULTS["decay_ratio"],
+    second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
 
@@ -218,6 +254,7 @@ def scale_by_amos(
             non-floating parameter; at ``update``, ``params=None``.
     """
     _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon, decay_ratio)
+    factored = check_second_moment(second_moment) == "row-col"
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
 
@@ -227,10 +264,15 @@ def scale_by_amos(
         slot = shape if slot_shape_of is None else slot_shape_of(name, shape)
         return jnp.zeros(slot, _slot_dtype(name, theta.dtype))
 
+    def column_zeros(theta: Any, v: jax.Array) -> jax.Array | None:
+        shape = column_shape(theta.shape, v.shape)
+        return None if shape is None else jnp.zeros(shape, v.dtype)
+
     def init_fn(params: optax.Params) -> ScaleByAmosState:
         v = jax.tree_util.tree_map_with_path(lambda p, x: slot_zeros(path_to_name(p), x), params)
         b = jax.tree.map(jnp.zeros_like, v)
-        return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b)
+        u = jax.tree.map(column_zeros, params, v) if factored else None
+        return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b, u=u)
 
     def update_fn(updates: optax.Updates, state: ScaleByAmosState,
                   params: optax.Params | None = None, **extra_args: Any):
@@ -242,14 +284,15 @@ def scale_by_amos(
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         grads = treedef.flatten_up_to(updates)
         vs, bs = treedef.flatten_up_to(state.v), treedef.flatten_up_to(state.b)
+        us = treedef.flatten_up_to(state.u) if factored else [None] * len(vs)
         out = []
-        for (path, theta), g, v, b in zip(leaves, grads, vs, bs):
+        for (path, theta), g, v, b, u in zip(leaves, grads, vs, bs, us):
             eta = eta_of(path_to_name(path), tuple(theta.shape))
-            out.append(_amos_leaf(g, theta, v, b, xi=xi, eta=eta, beta=beta, count=count,
+            out.append(_amos_leaf(g, theta, v, b, u, xi=xi, eta=eta, beta=beta, count=count,
                                   extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef,
                                   epsilon=epsilon, decay_ratio=decay_ratio))
-        delta, v, b = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(3))
-        return delta, ScaleByAmosState(count=count, v=v, b=b)
+        delta, v, b, u = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(4))
+        return delta, ScaleByAmosState(count=count, v=v, b=b, u=u if factored else None)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -289,6 +332,7 @@ def amos(
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
     decay_ratio: float = DEFAULTS["decay_ratio"],
+    second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -321,6 +365,30 @@ def amos(
 
     and the caller applies :math:`\theta_t = \theta_{t-1} + \Delta_t` (``optax.apply_updates``).
     :math:`\rho` is ``decay_ratio``; the paper's algorithm has :math:`\rho = 1` (the default).
+
+    With ``second_moment="row-col"`` each entry's step is normalised by a rank-1 estimate of
+    its own second moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern
+    2018, with means for sums). Let :math:`R` be the axes the slot reduces and :math:`K` the
+    ones it keeps; a column factor :math:`u` (shape: the variable's, with the kept axes 1)
+    runs beside :math:`v`, and only the gradient term of :math:`\Delta_t` changes:
+
+    .. math::
+
+        \begin{align*}
+        u_t &\leftarrow \beta u_{t-1} + (1 - \beta)\, M_K(g_t^2), \qquad
+            \hat u_t \leftarrow \max(u_t, \epsilon) / (1 - \beta^t) \\
+        \hat V_t &\leftarrow \hat v_t\, \hat u_t / \overline{\hat v_t}, \qquad
+            \overline{\hat v_t} = \max(\mathrm{mean}(v_t), \epsilon) / (1 - \beta^t) \\
+        \Delta_t &\leftarrow -d_t \big(\xi_t \eta\, g_t / \sqrt{\hat V_t}
+            + (\tfrac12 \gamma_t + \lambda)\, \theta_{t-1}\big)
+        \end{align*}
+
+    (:math:`\mathrm{mean}(v_t)` is the mean of :math:`v_t` over the slot, the same number as
+    the mean of :math:`u_t`: both average all of :math:`g^2`). :math:`v_t` drives
+    :math:`\gamma_t, b_t, c_t, d_t` exactly as before. A variable whose slot reduces no axis
+    (full size) or has one entry (``()``) has no column factor (its ``state.u`` leaf is
+    ``None``) and the paper's update; see :func:`amosopt.rules.column_shape`. The cost is one
+    vector per matrix (``(1, in)`` beside a ``(out, 1)`` slot), in the slots' dtype.
 
     Unlike most optax optimizers, ``learning_rate`` is an argument of the scaling itself, not a
     final ``scale_by_learning_rate``: :math:`\xi^2`, :math:`\sqrt{\xi}` and :math:`\xi\eta` appear
@@ -360,6 +428,9 @@ def amos(
             :math:`k` with ``learning_rate`` divided by :math:`k`: the same initial step, a weight
             decay :math:`k^2` times weaker and a step decay :math:`d_t` that starts later; for
             budgets shorter than an epoch or two (``amos suggest --steps``).
+        second_moment: ``"slot"`` (default, the paper's): :math:`g_t / \sqrt{\hat v_t}` with
+            the slot-shaped :math:`v`; ``"row-col"``: each entry over the rank-1 estimate
+            :math:`\hat V_t` above, at the cost of the column factors :math:`u`.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``, always
@@ -369,7 +440,8 @@ def amos(
     Raises:
         ValueError: naming the argument: a negative ``learning_rate``; ``beta`` or ``momentum``
             outside :math:`[0, 1)`; ``clip_value <= 0``; a negative ``extra_l2``, ``c_coef`` or
-            ``d_coef``; ``epsilon <= 0``. At ``init``: a slot shape that does not broadcast, an
+            ``d_coef``; ``epsilon <= 0``; a ``second_moment`` other than ``"slot"`` and
+            ``"row-col"``. At ``init``: a slot shape that does not broadcast, an
             ``eta`` that is not a positive finite number, a parameter with no matching rule.
 
     Example:
@@ -406,6 +478,6 @@ def amos(
         optax.identity() if clip_value is None else optax.clip(clip_value),
         scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
                       d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
-                      decay_ratio=decay_ratio),
+                      decay_ratio=decay_ratio, second_moment=second_moment),
         optax.identity() if momentum_off else _momentum(momentum),
     )

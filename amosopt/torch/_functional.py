@@ -7,6 +7,8 @@ parameter change in place, and the update is split where the optimizer needs to 
 * :func:`mean_square` -- :math:`M(g_t^2)`, in phase 1, where a non-finite gradient must be found
   before anything changes;
 * :func:`slot_coefficients` -- :math:`v_t, b_t` and the slot-shaped factors of the update;
+* :func:`column_scaled` -- with ``second_moment="row-col"``, the column factor :math:`u_t` and
+  the gradient it rescales entry by entry;
 * :func:`apply_update` -- :math:`\theta_t` (through the momentum EMA :math:`m_t` if any).
 
 Every path of :class:`amosopt.torch.Amos` runs these functions: one tensor at a time, on
@@ -167,6 +169,26 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
     decay = gamma.mul(0.5).add_(h.extra_l2).mul_(d_t)
     step = rcpl_v_hat.sqrt_().mul_(d_t).mul_(xi_eta)
     return decay, step
+
+
+def column_scaled(g: Tensor, g2_column: Tensor, v: Tensor, u: Tensor, h: Hyper) -> Tensor:
+    r"""Updates the column factor ``u`` in place (``second_moment="row-col"``); returns
+    :math:`\tilde g_t`, a new tensor, which :func:`apply_update` takes for :math:`g_t`:
+
+    .. math::
+        u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+        w_t = \max(u_t, \epsilon) / \max(\mathrm{mean}(v_t), \epsilon), \qquad
+        \tilde g_t = g_t / \sqrt{w_t}
+
+    with :math:`M_K` the mean over the axes the slot keeps (``g2_column``). Then
+    :math:`\xi\eta\, d_t \tilde g_t / \sqrt{\hat v_t}` is :math:`\xi\eta\, d_t g_t` over
+    the square root of Adafactor's rank-1 estimate
+    :math:`\hat v_t \hat u_t / \mathrm{mean}(\hat v_t)` (Shazeer & Stern 2018, arXiv
+    1804.04235; the bias corrections :math:`1-\beta^t` cancel in :math:`w_t`). ``v`` must be
+    :math:`v_t` already (:func:`slot_coefficients` has run)."""
+    u.mul_(h.beta).add_(g2_column, alpha=1.0 - h.beta)
+    w = u.clamp_min(h.epsilon).div_(v.mean().clamp_min(h.epsilon))
+    return g * w.rsqrt_()
 
 
 def apply_update(p: Tensors, g: Tensors, decay: Tensors, step: Tensors, m: Optional[Tensors],

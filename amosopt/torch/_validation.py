@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from amosopt.hyperparameters import check_interval
+from amosopt.hyperparameters import check_interval, check_second_moment
 from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 
 #: the values of ``rounding``
@@ -43,6 +43,7 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
         check_interval(arg, value, shown=group[arg], where=where)
     if not isinstance(group["rounding"], str) or group["rounding"] not in ROUNDINGS:
         raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
+    check_second_moment(group["second_moment"], where)
     for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
             raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.hyperparameters import DEFAULTS
+from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
 from amosopt.rules import Shape, as_eta_fn, as_shape_fn
 from amosopt.torch import _checkpoints, _fused, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
@@ -65,6 +65,28 @@ class Amos(Optimizer):
     with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`. The paper's algorithm has
     :math:`\rho = 1` (``decay_ratio``, the default).
 
+    ``second_moment="row-col"`` normalises each entry by a rank-1 estimate of its own second
+    moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern 2018, arXiv
+    1804.04235, with means for sums). With :math:`R` the axes the slot reduces and :math:`K`
+    the ones it keeps, a column factor :math:`u` (the parameter's shape with the kept axes 1:
+    ``(1, in)`` beside a ``(out, 1)`` slot) runs beside :math:`v`, which still drives
+    :math:`\gamma_t, b_t, c_t, d_t`; only the gradient term of :math:`\Delta_t` changes:
+
+    .. math::
+        \begin{aligned}
+        & u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+          \hat u_t = \max(u_t, \epsilon) / (1-\beta^t) \\
+        & \hat V_t = \hat v_t\, \hat u_t / \overline{\hat v_t}, \qquad
+          \overline{\hat v_t} = \max(\mathrm{mean}(v_t), \epsilon) / (1-\beta^t) \\
+        & \Delta_t = -d_t \big( \xi_t \eta\, g_t / \sqrt{\hat V_t}
+            + (\tfrac12\gamma_t + \lambda)\, \theta_{t-1} \big)
+        \end{aligned}
+
+    (:math:`\mathrm{mean}(v_t)`, over the slot, is also the mean of :math:`u_t`: both average
+    all of :math:`g^2`). A parameter whose slot reduces no axis (full size) or has a single
+    entry (``()``: biases, norms) has no column factor and the paper's update
+    (:func:`amosopt.rules.column_shape`).
+
     Args:
         params: tensors, ``(name, tensor)`` pairs such as ``model.named_parameters()``, or param
             group dicts. A group may override any argument below, ``eta`` and ``slot_shape`` too.
@@ -106,9 +128,17 @@ class Amos(Optimizer):
             draws from torch's default generator; ``"compensated"`` keeps what rounding lost
             in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
             adds it back at the next step. Other dtypes: no effect.
+        second_moment: ``"slot"`` (default, the paper's): the step is
+            :math:`g_t / \sqrt{\hat v_t}` with the slot-shaped :math:`v`; ``"row-col"``: each
+            entry over the rank-1 estimate :math:`\hat V_t` above, at the cost of one column
+            factor :math:`u` per factored tensor (a vector per matrix, in the slots' dtype).
+            Its update runs eagerly even with ``fused=True``. Set on a param group of a
+            running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)` (so that at first
+            :math:`\hat V_t \approx \hat v_t`) and learns the column profile from there.
 
     Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
-    (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`),
+    (tuple), ``v`` and ``b`` (slot shape), ``u`` (``second_moment="row-col"``, column shape),
+    ``momentum_buffer`` (if :math:`\mu > 0`),
     ``compensation`` (``rounding="compensated"``, 16-bit parameters). Slots are
     float32 for bfloat16/float16 parameters, also after :meth:`load_state_dict`.
 
@@ -150,12 +180,13 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
+        second_moment: str = SECOND_MOMENT,
     ) -> None:
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            rounding=rounding, decay_ratio=decay_ratio,
+            rounding=rounding, decay_ratio=decay_ratio, second_moment=second_moment,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -275,16 +306,20 @@ class Amos(Optimizer):
     def _update(self, checked: list[_Checked], scratch: _routes.Scratch) -> None:
         """Phase 2: state created where new, then slots and parameters changed."""
         for group, _, h, records, measured in checked:
-            for r, g2 in zip(records, measured.g2):  # a kept record has its state (see _plan)
+            # a kept record has its state (see _plan)
+            for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
                 compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
-                        or (compensated and "compensation" not in r.state)):
-                    r.state = self._init_state(r, g2, h.mu, compensated)
+                        or (compensated and "compensation" not in r.state)
+                        or (g2_column is not None and "u" not in r.state)):
+                    r.state = self._init_state(r, g2, g2_column, h.mu, compensated)
+                if g2_column is None and "u" in r.state:  # second_moment set back to "slot"
+                    del r.state["u"]
             torch._foreach_add_([r.state["step"] for r in records], 1.0)
-            _routes.update(records, measured.g2, h, scratch)
+            _routes.update(records, measured, h, scratch)
 
-    def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool
-                    ) -> dict[str, Any]:
+    def _init_state(self, r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor],
+                    momentum: float, compensated: bool) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -296,6 +331,10 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.contiguous_format)
             state["v"] = torch.zeros_like(like)
             state["b"] = torch.zeros_like(like)
+        if g2_column is not None and "u" not in state:
+            # zero in a new state; mean(v) in one from before second_moment="row-col" was set,
+            # so that w_t = u_t / mean(v_t) starts at 1 (the paper's step), not at 0
+            state["u"] = torch.zeros_like(g2_column).add_(state["v"].mean())
         if momentum > 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)

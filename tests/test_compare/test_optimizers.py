@@ -45,6 +45,25 @@ def test_amos_wsd_cools_down_over_the_last_fraction():
     assert _rates("amos-wsd", 1.0) == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
+@pytest.mark.parametrize("second_moment", ["slot", "row-col"])
+def test_amos_takes_the_studys_second_moment(second_moment):
+    from dataclasses import replace
+
+    run = replace(SETTINGS, amos_second_moment=second_moment,
+                  slot_shape=lambda name, shape: (shape[0], 1) if len(shape) == 2 else ())
+    for name in ("amos", "amos-wsd"):
+        model = torch.nn.Linear(3, 2)
+        optimizer = build(name, model, 1.0, run).optimizer
+        assert optimizer.param_groups[0]["second_moment"] == second_moment
+        model.weight.grad, model.bias.grad = torch.ones(2, 3), torch.ones(2)
+        optimizer.step()
+        # a (1, 3) column factor beside the weight's (2, 1) slot; none beside the bias's ()
+        assert [tuple(optimizer.state[p]["u"].shape) if "u" in optimizer.state[p] else None
+                for p in model.parameters()] == ([(1, 3), None] if second_moment == "row-col"
+                                                 else [None, None])
+    assert SETTINGS.amos_second_moment == "slot"
+
+
 @pytest.mark.parametrize("name", ["adamw", "adafactor"])
 def test_linear_warmup_then_linear_decay_to_zero(name):
     # warm-up 2 steps (10% of 20): (s+1)/2, then (20 - s) / 18, 0 at the budget
