@@ -27,6 +27,7 @@ DEFAULTS: dict[str, float] = {
     "c_coef": 0.25,  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
     "d_coef": 0.25,  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
     "epsilon": 2.0**-125,  # ε, the floor on v
+    "decay_ratio": 1.0,  # ρ, the decay's global rate ρξ as a fraction of ξ (1: the paper's)
 }
 
 
@@ -62,6 +63,8 @@ INTERVALS: dict[str, tuple[Interval, str]] = {
     "c_coef": (Interval(0.0), "the paper uses 0.25"),
     "d_coef": (Interval(0.0), "the paper uses 0.25"),
     "epsilon": (Interval(0.0, low_open=True), "the floor on v, e.g. 2**-125"),
+    "decay_ratio": (Interval(0.0, low_open=True),
+                    "1 is the paper's; 1/k makes the weight decay k^2 times weaker"),
 }
 
 

@@ -58,7 +58,8 @@ class NumpyAmos:
     """Amos for one tensor, transcribed from the paper's Algorithm 1 (float64 NumPy).
 
     Symbols: xi (global rate, possibly a schedule of the 1-based step t), eta (scale), beta,
-    v and b (slot-shaped), gamma, c_t, d_t, optional element-wise clip and EMA momentum mu.
+    v and b (slot-shaped), gamma, c_t, d_t, optional element-wise clip and EMA momentum mu;
+    rho (``decay_ratio``): gamma and c_t use the rate rho * xi (1 in the paper).
 
     ``second_moment="row-col"`` adds the column factor u, the running mean of g^2 over the
     axes the slot keeps (K); the step divides g by sqrt of the rank-1 estimate
@@ -76,6 +77,7 @@ class NumpyAmos:
     c_coef: float = 0.25
     d_coef: float = 0.25
     epsilon: float = 2.0**-125
+    decay_ratio: float = 1.0
     second_moment: str = "slot"  # or "row-col"
     t: int = 0
     v: np.ndarray = field(default=None)
@@ -120,9 +122,10 @@ class NumpyAmos:
             mean_v_hat = max(np.mean(self.v), self.epsilon) / (1 - self.beta**t)
             normaliser = v_hat * u_hat / mean_v_hat  # broadcasts to the parameter's shape
         b_prev = self.b
-        c_t = (1 + self.c_coef * math.sqrt(xi) * b_prev) ** -0.5
+        rho_xi = self.decay_ratio * xi
+        c_t = (1 + self.c_coef * math.sqrt(rho_xi) * b_prev) ** -0.5
         d_t = 1 / (1 + self.d_coef * math.sqrt(xi * self.eta) * b_prev)
-        gamma = c_t * xi**2 * g2 / v_hat
+        gamma = c_t * rho_xi**2 * g2 / v_hat
         delta = -d_t * (xi * self.eta * g / np.sqrt(normaliser)
                         + (0.5 * gamma + self.extra_l2) * theta)
         self.b = b_prev + gamma * (1 + b_prev)

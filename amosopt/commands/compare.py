@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=field_default("amos_eta_scale"), metavar="K",
                         help="every eta times K and the suggested xi divided by K: the same "
                              "initial step, a weight decay K^2 times weaker (default %(default)g)")
+    parser.add_argument("--amos-decay-ratio", type=float,
+                        default=field_default("amos_decay_ratio"), metavar="RHO",
+                        help="Amos's decay_ratio: the decay runs on the rate RHO * xi, a weight "
+                             "decay RHO^2 as strong (default %(default)g, the paper's)")
     parser.add_argument("--amos-second-moment", choices=SECOND_MOMENTS,
                         default=field_default("amos_second_moment"),
                         help="Amos's normaliser: 'slot', the paper's v (default); 'row-col', v "
@@ -214,8 +218,10 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"invalid --amos-beta {args.amos_beta}: use 0 < beta < 1")
     if args.amos_eta is not None and not (math.isfinite(args.amos_eta) and args.amos_eta > 0):
         raise CommandError(f"invalid --amos-eta {args.amos_eta}: a positive number")
-    if not (math.isfinite(args.amos_eta_scale) and args.amos_eta_scale > 0):
-        raise CommandError(f"invalid --amos-eta-scale {args.amos_eta_scale}: a positive number")
+    for flag, value in (("--amos-eta-scale", args.amos_eta_scale),
+                        ("--amos-decay-ratio", args.amos_decay_ratio)):
+        if not (math.isfinite(value) and value > 0):
+            raise CommandError(f"invalid {flag} {value}: a positive number")
     if not (math.isfinite(args.adamw_weight_decay) and args.adamw_weight_decay >= 0):
         raise CommandError(f"invalid --adamw-weight-decay {args.adamw_weight_decay}: a number "
                            ">= 0")
@@ -256,6 +262,7 @@ def _config(args: argparse.Namespace):
         warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
         amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
         amos_eta=args.amos_eta, amos_eta_scale=args.amos_eta_scale,
+        amos_decay_ratio=args.amos_decay_ratio,
         amos_second_moment=args.amos_second_moment,
         adamw_weight_decay=args.adamw_weight_decay, adamw_beta1=args.adamw_beta1,
         cooldown_fraction=args.cooldown_fraction,

@@ -55,7 +55,7 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
 FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1",
-                        "amos_second_moment")
+                        "amos_decay_ratio", "amos_second_moment")
 
 
 @dataclass
@@ -81,6 +81,7 @@ class CompareConfig:
     #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
+    amos_decay_ratio: float = 1.0  # rho of amosopt.torch.Amos: the decay runs on rho * xi
     #: Amos's normaliser: "slot", the paper's v; "row-col", v with a column factor per matrix
     amos_second_moment: str = SECOND_MOMENT
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd

@@ -61,6 +61,7 @@ class RunSettings:
     amos_momentum: float = 0.9
     amos_beta: float | None = None
     amos_warmup: int = 0
+    amos_decay_ratio: float = 1.0
     amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
@@ -95,6 +96,7 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
                      slot_shape=run.slot_shape,
                      beta=run.beta if run.amos_beta is None else run.amos_beta,
                      momentum=run.amos_momentum, clip_value=run.clip_value,
+                     decay_ratio=run.amos_decay_ratio,
                      second_moment=run.amos_second_moment)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,

@@ -105,7 +105,8 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         amos_warmup=config.amos_warmup, amos_second_moment=config.amos_second_moment,
         warmup_fraction=config.warmup_fraction,
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
-        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
+        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1,
+        amos_decay_ratio=config.amos_decay_ratio)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return jobs.SeedContext(task, init_state, settings, config.evals), table
 
@@ -179,6 +180,8 @@ def _describe(config: CompareConfig) -> dict:
     source = "amosopt.torch.auto_scales"
     if config.amos_eta is not None:
         source += f", eta overridden to {config.amos_eta:g}"
+    if config.amos_decay_ratio != 1:
+        source += f", decay_ratio {config.amos_decay_ratio:g}"
     if config.amos_eta_scale != 1:
         source += f", eta x {config.amos_eta_scale:g} with xi / {config.amos_eta_scale:g}"
     if config.amos_slots != "factored":

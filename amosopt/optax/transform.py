@@ -144,11 +144,11 @@ def _check_number(name: str, value: Any, *, alias: str | None = None) -> None:
 
 
 def _check_hyperparameters(learning_rate: Any, beta: Any, extra_l2: Any, d_coef: Any,
-                           c_coef: Any, epsilon: Any) -> None:
+                           c_coef: Any, epsilon: Any, decay_ratio: Any) -> None:
     if not callable(learning_rate):  # a schedule count -> number is checked by no one
         _check_number("lr", learning_rate, alias="learning_rate")
     for name, value in (("beta", beta), ("extra_l2", extra_l2), ("d_coef", d_coef),
-                        ("c_coef", c_coef), ("epsilon", epsilon)):
+                        ("c_coef", c_coef), ("epsilon", epsilon), ("decay_ratio", decay_ratio)):
         _check_number(name, value)
 
 
@@ -191,7 +191,7 @@ def _slot_dtype(name: PathName, dtype: Any) -> Any:
 
 def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array,
                u: jax.Array | None, *, xi: Any, eta: Any, beta: Any, count: jax.Array,
-               extra_l2: Any, d_coef: Any, c_coef: Any, epsilon: Any
+               extra_l2: Any, d_coef: Any, c_coef: Any, epsilon: Any, decay_ratio: Any
                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """One Amos step for one variable; returns (update Delta, new v, new b, new u).
 
@@ -209,8 +209,9 @@ def _amos_leaf(g: jax.Array, theta: jax.Array, v: jax.Array, b: jax.Array,
     g2 = jnp.mean(jnp.square(g), axis=axes, keepdims=bool(v.shape))  # M(g_t^2), slot-shaped
     v_new = beta * v + (1 - beta) * g2
     r = (1 - beta ** count) / jnp.maximum(v_new, as_dtype(epsilon))  # 1 / v_hat_t
-    c_t = jax.lax.rsqrt(1 + as_dtype(c_coef) * jnp.sqrt(xi) * b)
-    gamma = c_t * jnp.square(xi) * r * g2
+    xi_g = xi * as_dtype(decay_ratio)  # ρξ, the decay's rate (ρ = 1: exactly ξ)
+    c_t = jax.lax.rsqrt(1 + as_dtype(c_coef) * jnp.sqrt(xi_g) * b)
+    gamma = c_t * jnp.square(xi_g) * r * g2
     xi_eta = xi * eta
     d_t = 1 / (1 + as_dtype(d_coef) * jnp.sqrt(xi_eta) * b)
     g_step, u_new = (g, None) if u is None else _column_scaled(g, v_new, u, axes, beta,
@@ -255,6 +256,7 @@ def scale_by_amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
+    decay_ratio: float = DEFAULTS["decay_ratio"],
     second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
@@ -272,7 +274,7 @@ def scale_by_amos(
             ``shape_fn`` table that no variable takes, naming the pattern and the nearest
             names (an error under ``warnings.simplefilter("error", UnmatchedRuleWarning)``).
     """
-    _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon)
+    _check_hyperparameters(learning_rate, beta, extra_l2, d_coef, c_coef, epsilon, decay_ratio)
     factored = check_second_moment(second_moment) == "row-col"
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
@@ -317,7 +319,7 @@ def scale_by_amos(
             eta = eta_of(path_to_name(path), tuple(theta.shape))
             out.append(_amos_leaf(g, theta, v, b, u, xi=xi, eta=eta, beta=beta, count=count,
                                   extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef,
-                                  epsilon=epsilon))
+                                  epsilon=epsilon, decay_ratio=decay_ratio))
         delta, v, b, u = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(4))
         return delta, ScaleByAmosState(count=count, v=v, b=b, u=u if factored else None)
 
@@ -358,6 +360,7 @@ def amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
+    decay_ratio: float = DEFAULTS["decay_ratio"],
     second_moment: str = SECOND_MOMENT,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
@@ -381,9 +384,9 @@ def amos(
         \begin{align*}
         v_t &\leftarrow \beta v_{t-1} + (1 - \beta)\, M(g_t^2), \qquad
             \hat v_t \leftarrow \max(v_t, \epsilon) / (1 - \beta^t) \\
-        c_t &\leftarrow (1 + c \sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
+        c_t &\leftarrow (1 + c \sqrt{\rho\xi_t}\, b_{t-1})^{-1/2}, \qquad
             d_t \leftarrow (1 + d \sqrt{\xi_t \eta}\, b_{t-1})^{-1} \\
-        \gamma_t &\leftarrow c_t\, \xi_t^2\, M(g_t^2) / \hat v_t \\
+        \gamma_t &\leftarrow c_t\, (\rho\xi_t)^2\, M(g_t^2) / \hat v_t \\
         \Delta_t &\leftarrow -d_t \big(\xi_t \eta\, g_t / \sqrt{\hat v_t}
             + (\tfrac12 \gamma_t + \lambda)\, \theta_{t-1}\big) \\
         b_t &\leftarrow b_{t-1} + \gamma_t (1 + b_{t-1}) \\
@@ -392,6 +395,7 @@ def amos(
         \end{align*}
 
     and the caller applies :math:`\theta_t = \theta_{t-1} + \Delta_t` (``optax.apply_updates``).
+    :math:`\rho` is ``decay_ratio``; the paper's algorithm has :math:`\rho = 1` (the default).
 
     With ``second_moment="row-col"`` each entry's step is normalised by a rank-1 estimate of
     its own second moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern
@@ -463,6 +467,11 @@ def amos(
         d_coef: :math:`d \ge 0` in the learning-rate decay :math:`d_t`. Defaults to 0.25.
         c_coef: :math:`c \ge 0` in the weight-decay decay :math:`c_t`. Defaults to 0.25.
         epsilon: :math:`\epsilon > 0`, the floor on :math:`v`. Defaults to :math:`2^{-125}`.
+        decay_ratio: :math:`\rho > 0`, the global rate of the decay as a fraction of the
+            step's. Defaults to 1 (the paper's). :math:`\rho = 1/k` is exactly ``eta`` times
+            :math:`k` with ``learning_rate`` divided by :math:`k`: the same initial step, a weight
+            decay :math:`k^2` times weaker and a step decay :math:`d_t` that starts later; for
+            budgets shorter than an epoch or two (``amos suggest --steps``).
         second_moment: ``"slot"`` (default, the paper's): :math:`g_t / \sqrt{\hat v_t}` with
             the slot-shaped :math:`v`; ``"row-col"``: each entry over the rank-1 estimate
             :math:`\hat V_t` above, at the cost of the column factors :math:`u`.
@@ -513,6 +522,6 @@ def amos(
         optax.identity() if clip_value is None else optax.clip(clip_value),
         scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
                       d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
-                      second_moment=second_moment),
+                      decay_ratio=decay_ratio, second_moment=second_moment),
         optax.identity() if momentum_off else _momentum(momentum),
     )

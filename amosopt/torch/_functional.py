@@ -54,6 +54,8 @@ class Hyper:
     #: how a 16-bit parameter stores its float32 update (see apply_update): "nearest",
     #: "stochastic" (bfloat16) or "compensated"
     rounding: str = "nearest"
+    #: ρ: the decay (γ_t, c_t) runs on the global rate ρξ instead of ξ; 1 is the paper's
+    decay_ratio: float = 1.0
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> Hyper:
@@ -68,7 +70,7 @@ class Hyper:
                    c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
                    epsilon=group["epsilon"], mu=group["momentum"],
                    sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"],
-                   rounding=group["rounding"])
+                   rounding=group["rounding"], decay_ratio=group["decay_ratio"])
 
 
 def slot_dtype(p: Tensor) -> torch.dtype:
@@ -146,20 +148,22 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
         \begin{aligned}
         & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
           1/\hat v_t = (1-\beta^t) / \max(v_t, \epsilon) \\
-        & c_t = (1 + c\sqrt{\xi}\, b_{t-1})^{-1/2}, \qquad
+        & c_t = (1 + c\sqrt{\rho\xi}\, b_{t-1})^{-1/2}, \qquad
           d_t = (1 + d\sqrt{\xi\eta}\, b_{t-1})^{-1}, \qquad
-          \gamma_t = c_t\, \xi^2 M(g_t^2) / \hat v_t \\
+          \gamma_t = c_t\, (\rho\xi)^2 M(g_t^2) / \hat v_t \\
         & b_t = b_{t-1} + \gamma_t (1 + b_{t-1}), \qquad
           \text{decay} = d_t (\tfrac12\gamma_t + \lambda), \qquad
           \text{step} = d_t\, \xi\eta / \sqrt{\hat v_t}
         \end{aligned}
 
-    ``xi_eta``, ``d_scale`` and ``bias_correction`` are :func:`per_tensor`'s numbers.
+    ``xi_eta``, ``d_scale`` and ``bias_correction`` are :func:`per_tensor`'s numbers;
+    :math:`\rho` is ``h.decay_ratio`` (1 in the paper, where the decay runs on :math:`\xi`).
     """
     v.mul_(h.beta).add_(g2, alpha=1.0 - h.beta)
     rcpl_v_hat = v.clamp_min(h.epsilon).reciprocal_().mul_(bias_correction)  # 1 / v_hat_t
-    c_t = b.mul(h.c_coef * sqrt(h.xi)).add_(1.0).rsqrt_()
-    gamma = c_t.mul_(h.xi * h.xi).mul_(rcpl_v_hat).mul_(g2)
+    xi_g = h.xi if h.decay_ratio == 1.0 else h.xi * h.decay_ratio  # ρξ, the decay's rate
+    c_t = b.mul(h.c_coef * sqrt(xi_g)).add_(1.0).rsqrt_()
+    gamma = c_t.mul_(xi_g * xi_g).mul_(rcpl_v_hat).mul_(g2)
     d_t = b.mul(d_scale).add_(1.0).reciprocal_()
     b.addcmul_(gamma, b + 1.0)
     decay = gamma.mul(0.5).add_(h.extra_l2).mul_(d_t)

@@ -32,7 +32,7 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             raise bad("lr", "a tensor lr must have one element")
         lr = lr.item()
     numbers_ = ("lr", "beta", "momentum", "clip_value", "c_coef", "d_coef", "extra_l2",
-                "epsilon")
+                "epsilon", "decay_ratio")
     for arg in numbers_:
         value = lr if arg == "lr" else group[arg]
         if arg == "clip_value" and value is None:

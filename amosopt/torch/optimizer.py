@@ -52,9 +52,9 @@ class Amos(Optimizer):
             \text{clip\_value}) \quad (\text{element-wise, optional}) \\
         & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
           \hat v_t = \max(v_t, \epsilon) / (1-\beta^t) \\
-        & c_t = (1 + c\sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
+        & c_t = (1 + c\sqrt{\rho\xi_t}\, b_{t-1})^{-1/2}, \qquad
           d_t = (1 + d\sqrt{\xi_t\eta}\, b_{t-1})^{-1} \\
-        & \gamma_t = c_t\, \xi_t^2\, M(g_t^2) / \hat v_t \\
+        & \gamma_t = c_t\, (\rho\xi_t)^2\, M(g_t^2) / \hat v_t \\
         & \Delta_t = -d_t \big( \xi_t \eta\, g_t / \sqrt{\hat v_t}
             + (\tfrac12\gamma_t + \lambda)\, \theta_{t-1} \big) \\
         & b_t = b_{t-1} + \gamma_t (1 + b_{t-1}) \\
@@ -62,7 +62,8 @@ class Amos(Optimizer):
         & \theta_t = \theta_{t-1} + \Delta_t
         \end{aligned}
 
-    with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`.
+    with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`. The paper's algorithm has
+    :math:`\rho = 1` (``decay_ratio``, the default).
 
     ``second_moment="row-col"`` normalises each entry by a rank-1 estimate of its own second
     moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern 2018, arXiv
@@ -105,6 +106,15 @@ class Amos(Optimizer):
         c_coef: :math:`c`, the coefficient of the weight-decay factor :math:`c_t` (default 0.25).
         d_coef: :math:`d`, the coefficient of the step-decay factor :math:`d_t` (default 0.25).
         epsilon: :math:`\epsilon`, a floor on :math:`v` (default :math:`2^{-125}`).
+        decay_ratio: :math:`\rho`, the global rate of the decay as a fraction of the step's
+            (default 1, the paper's). The weight decay :math:`\tfrac12\gamma_t` scales as
+            :math:`\rho^2`, and :math:`b` (so the step's decay :math:`d_t`) grows
+            :math:`\rho^2` times slower, while the step :math:`\xi\eta\, d_t` starts the same.
+            :math:`\rho = 1/k` is exactly ``eta`` times :math:`k` with ``lr`` divided by
+            :math:`k`: the weights settle toward an RMS of :math:`k\eta` over
+            :math:`2k^2/\xi^2` steps instead of :math:`\eta` over :math:`2/\xi^2`. Budgets
+            shorter than an epoch or two gain from :math:`\rho < 1` (``amos suggest --steps``;
+            ``benchmarks/diagnose.py``).
         foreach: use the multi-tensor implementation (``torch._foreach_*``); ``None`` picks it,
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
         maximize: maximise the objective instead of minimising it.
@@ -165,6 +175,7 @@ class Amos(Optimizer):
         c_coef: float = DEFAULTS["c_coef"],
         d_coef: float = DEFAULTS["d_coef"],
         epsilon: float = DEFAULTS["epsilon"],
+        decay_ratio: float = DEFAULTS["decay_ratio"],
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
@@ -177,7 +188,7 @@ class Amos(Optimizer):
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            rounding=rounding, second_moment=second_moment,
+            rounding=rounding, decay_ratio=decay_ratio, second_moment=second_moment,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now

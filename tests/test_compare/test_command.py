@@ -68,6 +68,7 @@ def _one_line_error(capsys, argv, *fragments):
     (["--amos-beta", "1"], ["--amos-beta"]),
     (["--amos-eta", "-0.5"], ["--amos-eta"]),
     (["--amos-eta-scale", "0"], ["--amos-eta-scale", "positive"]),
+    (["--amos-decay-ratio", "-1"], ["--amos-decay-ratio", "positive"]),
     (["--adamw-weight-decay", "-0.1"], ["--adamw-weight-decay", ">= 0"]),
     (["--adamw-beta1", "1"], ["--adamw-beta1"]),
     (["--width", "10", "--heads", "4"], ["--width", "divisible"]),

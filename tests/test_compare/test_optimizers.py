@@ -180,3 +180,14 @@ def test_eta_scale_keeps_the_initial_step_and_weakens_the_decay(k):
         assert scaled.xi * scaled.eta(name, shape) == pytest.approx(
             base.xi * base.eta(name, shape), rel=1e-12)
     assert ("amos_eta_scale" in config.fingerprint()) == (k != 1)
+
+
+def test_amos_takes_the_studys_decay_ratio():
+    from dataclasses import replace
+
+    for name in ("amos", "amos-wsd"):
+        group = build(name, torch.nn.Linear(3, 2), 1.0,
+                      replace(SETTINGS, amos_decay_ratio=0.25)).optimizer.param_groups[0]
+        assert group["decay_ratio"] == 0.25
+    assert build("amos", torch.nn.Linear(3, 2), 1.0, SETTINGS).optimizer.param_groups[0][
+        "decay_ratio"] == 1.0
