@@ -76,7 +76,8 @@ def optax_path(tx, theta0, noises) -> list[dict[str, np.ndarray]]:
 def oracle_path(kwargs, theta0, noises, second_moment) -> list[dict[str, np.ndarray]]:
     kwargs = dict(kwargs)
     xi = kwargs.pop("learning_rate")
-    schedule = (lambda t: float(xi(t))) if callable(xi) else xi
+    # optax calls a schedule with the number of updates done, t - 1 at the 1-based step t
+    schedule = (lambda t: float(xi(t - 1))) if callable(xi) else xi
     oracles = {k: NumpyAmos(eta=ETA[k], slot_shape=SLOTS[k], second_moment=second_moment,
                             **kwargs) for k in LEAVES}
     theta, path = dict(theta0), []
