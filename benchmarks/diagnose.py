@@ -115,14 +115,13 @@ def summarize(root: Path) -> list[dict]:
         results, base = _load(root, f"diag-{name}"), _load(root, base_folder)
         if results is None or base is None:
             continue
-        optimizers = results["config"]["optimizers"]
-        for seeds in ([0, 1], [0]):
-            entries = {o: _grid_row(results, o, seeds) for o in optimizers}
-            if all(entries.values()):
-                break
-        else:
-            continue
-        for optimizer, entry in entries.items():
+        for optimizer in results["config"]["optimizers"]:
+            # each optimizer on the seeds where its whole grid is done (both, or seed 0)
+            found = [(seeds, entry) for seeds in ([0, 1], [0])
+                     if (entry := _grid_row(results, optimizer, seeds))]
+            if not found:
+                continue
+            seeds, entry = found[0]
             baseline = _tuned(_restricted(base, seeds=seeds, budgets=[BUDGET],
                                           optimizers=[optimizer]), BUDGET, optimizer)
             tuned = entry["tuned"]
