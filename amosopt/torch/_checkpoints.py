@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
 _SLOT_KEYS = ("v", "b", "momentum_buffer")
+#: 0-d float32 counters besides ``step`` (which torch leaves uncast): ``nonfinite="skip"``'s
+_COUNTERS = ("skipped",)
 #: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
 _PARAMETER_SHAPED = ("momentum_buffer", "compensation")
 #: every tensor of a parameter's state but ``step``: the slot-shape check reads them
@@ -43,7 +45,7 @@ FORMAT_KEY = "amosopt_format"
 #: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
 #: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
 #: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
-#: state lacks it). A state_dict without the key was written before it was
+#: state lacks it); with ``nonfinite="skip"``, ``skipped`` (0-d float32; optional alike). A state_dict without the key was written before it was
 #: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
 FORMAT = 1
 
@@ -92,22 +94,31 @@ def loading(optimizer: Amos) -> Iterator[None]:
 
 def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:
     """For ``__setstate__`` (inside ``load_state_dict``, before the post-hooks): options added
-    after a release get ``defaults``, a ``step`` saved as a number becomes a tensor, and the
-    slots of 16-bit parameters get back their saved float32 values."""
+    after a release get ``defaults``, a ``step`` saved as a number becomes a tensor, the
+    slots of 16-bit parameters and the counters get back their saved float32 values, and with
+    ``nonfinite="skip"`` the counters move to the parameter's device (with "raise", ``step``
+    stays where it was saved, as torch keeps it)."""
     for group in optimizer.param_groups:
         for key, default in defaults.items():
             group.setdefault(key, default)
     saved = getattr(optimizer, "_saved_slots", None)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, p in enumerate(params):
+    params = [(p, group["nonfinite"] == "skip") for group in optimizer.param_groups
+              for p in group["params"]]
+    for index, (p, skip) in enumerate(params):
         entry = optimizer.state.get(p)
         if not entry:
             continue
         if "step" in entry and not isinstance(entry["step"], Tensor):
             entry["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
         for key, value in (saved[index] if saved else {}).items():
-            if key in entry and entry[key].dtype != slot_dtype(p):
+            if key in _COUNTERS and key in entry:
+                entry[key] = value.to(device=entry[key].device, dtype=torch.float32)
+            elif key in entry and entry[key].dtype != slot_dtype(p):
                 entry[key] = value.to(device=entry[key].device, dtype=slot_dtype(p))
+        if skip:
+            for key in ("step", *_COUNTERS):
+                if key in entry:
+                    entry[key] = entry[key].to(device=p.device, dtype=torch.float32)
 
 
 def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
@@ -118,7 +129,7 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [
         {k: v for k, v in state_dict["state"].get(i, {}).items()
-         if k in _SLOT_KEYS and isinstance(v, Tensor)} for i in ids]
+         if k in _SLOT_KEYS + _COUNTERS and isinstance(v, Tensor)} for i in ids]
 
 
 def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:

@@ -6,14 +6,17 @@ runs in two phases so that bad input never corrupts anything:
 
 1. *check* -- resolve ``eta`` and the slot shape of new parameters, pick each tensor's route
    (:func:`amosopt.torch._routes.route`), reduce the clipped squared gradient to the slot shape;
-   one host sync per device decides whether all of it is finite;
+   one host sync per device decides whether all of it is finite (``nonfinite="skip"``: one
+   reduction whose result stays on the device);
 2. *update* -- only then create state, and change slots and parameters: one tensor at a time
-   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`).
+   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`); with
+   ``nonfinite="skip"``, undone on the device where phase 1 found a non-finite value.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
@@ -96,14 +99,26 @@ class Amos(Optimizer):
             draws from torch's default generator; ``"compensated"`` keeps what rounding lost
             in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
             adds it back at the next step. Other dtypes: no effect.
+        nonfinite: what a step does with a non-finite gradient (inf or NaN, after clipping):
+            ``"raise"`` (default) raises :class:`FloatingPointError` naming the parameter,
+            before anything changes; it asks the host at every step, which is cheap on CPU but
+            makes the host wait for an accelerator and breaks a ``torch.compile`` graph.
+            ``"skip"`` decides on the device: such a step leaves every parameter and every
+            state tensor exactly as it was, and counts itself in the per-parameter state
+            ``skipped``; :meth:`diagnostics` and :meth:`state_dict` warn when that count has
+            grown. Use ``"skip"`` on GPUs, under ``torch.compile`` and with
+            ``torch.amp.GradScaler`` (which then passes its scale and overflow flag to
+            :meth:`step`, with no host sync). Every param group must use the same policy.
 
-    Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
-    (tuple), ``v`` and ``b`` (slot shape), ``momentum_buffer`` (if :math:`\mu > 0`),
-    ``compensation`` (``rounding="compensated"``, 16-bit parameters). Slots are
-    float32 for bfloat16/float16 parameters, also after :meth:`load_state_dict`.
+    Per-parameter state: ``step`` (0-d float32 tensor, on the CPU; with ``nonfinite="skip"``
+    on the parameter's device), ``eta`` (float), ``slot_shape`` (tuple), ``v`` and ``b`` (slot
+    shape), ``momentum_buffer`` (if :math:`\mu > 0`), ``compensation``
+    (``rounding="compensated"``, 16-bit parameters), ``skipped`` (``nonfinite="skip"``: 0-d
+    float32, steps skipped). Slots are float32 for bfloat16/float16 parameters, also after
+    :meth:`load_state_dict`.
 
-    A non-finite gradient raises :class:`FloatingPointError` naming the parameter, before any
-    parameter or state changes.
+    By default a non-finite gradient raises :class:`FloatingPointError` naming the parameter,
+    before any parameter or state changes (see ``nonfinite``).
 
     Example:
         >>> import torch
@@ -139,12 +154,13 @@ class Amos(Optimizer):
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
+        nonfinite: str = "raise",
     ) -> None:
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            rounding=rounding,
+            rounding=rounding, nonfinite=nonfinite,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -157,19 +173,35 @@ class Amos(Optimizer):
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
         self._records: dict[tuple[int, int], Record] = {}
+        #: steps skipped (``nonfinite="skip"``) that the user has been told about
+        self._skipped_reported = 0.0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            _validation.check_hyperparameters(group, f" (param group {len(self.param_groups) - 1})")
+            where = f" (param group {len(self.param_groups) - 1})"
+            _validation.check_hyperparameters(group, where)
+            if group["nonfinite"] != self.param_groups[0]["nonfinite"]:
+                raise ValueError(
+                    f"Invalid nonfinite{where}: {group['nonfinite']!r}; every param group must "
+                    f"use the first one's ({self.param_groups[0]['nonfinite']!r}), as one "
+                    "finiteness check decides for the whole step")
             if group["fused"]:  # fails here, with the reason, where torch.compile cannot work
                 for device_type in sorted({p.device.type for p in group["params"]}):
                     _fused.check_available(device_type)
         except (ValueError, RuntimeError):
             self.param_groups.pop()
             raise
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """``torch.amp.GradScaler`` then sets ``grad_scale`` and ``found_inf`` on the optimizer
+        around :meth:`step`, which unscales the gradients and skips an overflowed step on the
+        device; with ``nonfinite="raise"`` it unscales itself and asks the host (its default
+        path)."""
+        return self.param_groups[0]["nonfinite"] == "skip"
 
     @staticmethod
     def _param_name(group: dict[str, Any], group_index: int, i: int) -> str:
@@ -200,8 +232,13 @@ class Amos(Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (optional).
 
+        Under ``torch.amp.GradScaler`` with ``nonfinite="skip"``, the scaler's attributes
+        ``grad_scale`` (the gradients are divided by it, in place) and ``found_inf`` (non-zero:
+        the step is skipped) are used.
+
         Raises:
-            FloatingPointError: a gradient is not finite; nothing has been changed.
+            FloatingPointError: ``nonfinite="raise"`` and a gradient is not finite; nothing has
+                been changed.
         """
         loss = None
         if closure is not None:
@@ -214,13 +251,24 @@ class Amos(Optimizer):
         plan = self._plan_outside_graph() if torch.compiler.is_compiling() else self._plan()
         if not plan:
             return loss
+        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
+        if grad_scale is not None:
+            _routes.unscale([r for *_, records in plan for r in records], grad_scale)
         scratch: _routes.Scratch = {}
         checked = []
         for group, group_index, records in plan:
             h = Hyper.of(group)
             checked.append((group, group_index, h, records, _routes.measure(records, h, scratch)))
-        self._raise_if_not_finite(checked)
-        self._update(checked, scratch)
+        ok = None
+        if self.param_groups[0]["nonfinite"] == "skip":
+            ok = _routes.all_finite([r for *_, rs, _ in checked for r in rs],
+                                    [c for *_, m in checked for c in m.checks])
+            found_inf = getattr(self, "found_inf", None)  # set by torch.amp.GradScaler
+            if found_inf is not None:
+                ok = ok & (found_inf.to(ok.device) == 0)
+        else:
+            self._raise_if_not_finite(checked)
+        self._update(checked, scratch, ok)
         return loss
 
     def _plan(self) -> list[tuple[dict[str, Any], int, list[Record]]]:
@@ -261,22 +309,30 @@ class Amos(Optimizer):
                                     [c for *_, m in checked for c in m.checks],
                                     lambda r: names[id(r)])
 
-    def _update(self, checked: list[_Checked], scratch: _routes.Scratch) -> None:
-        """Phase 2: state created where new, then slots and parameters changed."""
+    def _update(self, checked: list[_Checked], scratch: _routes.Scratch,
+                ok: Optional[Tensor] = None) -> None:
+        """Phase 2: state created where new, then slots and parameters changed; with ``ok``
+        (``nonfinite="skip"``), counted and undone on the device as ``ok`` says."""
         for group, _, h, records, measured in checked:
             for r, g2 in zip(records, measured.g2):  # a kept record has its state (see _plan)
                 compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
-                        or (compensated and "compensation" not in r.state)):
-                    r.state = self._init_state(r, g2, h.mu, compensated)
-            torch._foreach_add_([r.state["step"] for r in records], 1.0)
-            _routes.update(records, measured.g2, h, scratch)
+                        or (compensated and "compensation" not in r.state)
+                        or (ok is not None and "skipped" not in r.state)):
+                    r.state = self._init_state(r, g2, h.mu, compensated, ok is not None)
+            if ok is None:
+                torch._foreach_add_([r.state["step"] for r in records], 1.0)
+            else:
+                _routes.count(records, ok)
+            _routes.update(records, measured.g2, h, scratch, ok)
 
-    def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool
-                    ) -> dict[str, Any]:
+    def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool,
+                    skip: bool = False) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            # "skip": on the device, where the step counts without asking the host
+            state["step"] = torch.zeros((), dtype=torch.float32,
+                                        device=r.p.device if skip else None)
             state["eta"] = float(r.eta)
             state["slot_shape"] = tuple(r.slot_shape)
             # slot shape, dtype and placement of g2; where the full step recomputes M(g^2),
@@ -290,18 +346,44 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
         if compensated and "compensation" not in state:  # the parameter's dtype
             state["compensation"] = torch.zeros_like(r.p, memory_format=torch.preserve_format)
+        if skip and "skipped" not in state:
+            state["skipped"] = torch.zeros((), dtype=torch.float32, device=state["step"].device)
         return state
 
     def diagnostics(self, *, per_parameter: bool = True) -> dict[str, float]:
         """What Amos is doing, per parameter and as min / median / max over them: a flat dict
         for TensorBoard, W&B or Lightning's ``log_dict`` (keys ``lr``, ``step``,
         ``weight_decay``, ``d_t``, ``c_t``, ``b``, ``decay``, ``decay_onset``,
-        ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`). Reads the state after the
-        last :meth:`step`: one host transfer of the slots, nothing when not called. See
+        ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`; with ``nonfinite="skip"``
+        also ``skipped``, :meth:`skipped_steps`). Reads the state after the last :meth:`step`: one host transfer of the slots, nothing when not called. See
         :func:`amosopt.torch.diagnostics.diagnostics`."""
         from amosopt.torch.diagnostics import diagnostics
 
-        return diagnostics(self, per_parameter=per_parameter)
+        self._report_skipped()
+        numbers = diagnostics(self, per_parameter=per_parameter)
+        if self.param_groups[0]["nonfinite"] == "skip":
+            numbers["skipped"] = float(self._skipped_reported)
+        return numbers
+
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient (``nonfinite="skip"``), the most of any
+        parameter (one that had no gradient at a step was not skipped then): one host
+        transfer, so read it where the host may wait, as when logging."""
+        counts = [s["skipped"] for s in self.state.values() if "skipped" in s]
+        if not counts:
+            return 0
+        return int(torch.stack([c.to(counts[0].device, torch.float32) for c in counts]).max())
+
+    def _report_skipped(self) -> None:
+        """Warns once for each growth of :meth:`skipped_steps` (read here, never in a step)."""
+        total = self.skipped_steps()
+        if total > self._skipped_reported:
+            warnings.warn(
+                f"Amos skipped {total - int(self._skipped_reported)} step(s) with a non-finite "
+                f"gradient since last reported ({total} in all; nonfinite='skip'). Check the "
+                "loss, lower lr, or set clip_value; with torch.amp.GradScaler, the first steps' "
+                "overflows are expected.", RuntimeWarning, stacklevel=3)
+        self._skipped_reported = total
 
     # ---- state dict ------------------------------------------------------------------------
 
@@ -311,6 +393,7 @@ class Amos(Optimizer):
         ``ScaleTable``, a ``Rules`` object) is replaced by a marker, and :meth:`load_state_dict`
         keeps the loading optimizer's own spec. Each parameter's resolved ``eta`` and slot shape
         are in its state either way."""
+        self._report_skipped()
         return _checkpoints.to_plain(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -333,6 +416,7 @@ class Amos(Optimizer):
         super().__setstate__(state)
         self._records = {}  # new slot tensors: decide the routes again
         _checkpoints.restore(self, _OPTIONS_DEFAULTS)
+        self._skipped_reported = self.skipped_steps()  # reported before it was saved
 
 
 #: the defaults of the signature: a group saved before an option existed gets its default
