@@ -77,14 +77,19 @@ def to_plain(state_dict: dict[str, Any]) -> dict[str, Any]:
 def loading(optimizer: Amos) -> Iterator[None]:
     """Around torch's ``load_state_dict``: checks the saved state after every user pre-hook
     (the check is registered last) and before torch changes anything, keeps its slots for
-    :func:`restore`, and afterwards puts back the specs that were saved as the marker."""
+    :func:`restore`, and afterwards puts back the specs that were saved as the marker.
+    ``nonfinite`` stays the loading optimizer's: it is how this run treats its device, not a
+    hyper-parameter of the saved run (a checkpoint written before the option existed would
+    otherwise turn a "skip" back into the default)."""
     specs = [(g["eta"], g["slot_shape"]) for g in optimizer.param_groups]
+    optimizer._own_nonfinite = optimizer.param_groups[0]["nonfinite"]
     handle = optimizer.register_load_state_dict_pre_hook(_check_and_remember_saved_state)
     try:
         yield
     finally:
         handle.remove()
         optimizer._saved_slots = None
+        optimizer._own_nonfinite = None
     for group, (eta, slot_shape) in zip(optimizer.param_groups, specs):
         group.pop(FORMAT_KEY, None)  # describes the saved form, not a hyper-parameter
         for key, own in (("eta", eta), ("slot_shape", slot_shape)):
@@ -98,9 +103,12 @@ def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:
     slots of 16-bit parameters and the counters get back their saved float32 values, and with
     ``nonfinite="skip"`` the counters move to the parameter's device (with "raise", ``step``
     stays where it was saved, as torch keeps it)."""
+    own_nonfinite = getattr(optimizer, "_own_nonfinite", None)
     for group in optimizer.param_groups:
         for key, default in defaults.items():
             group.setdefault(key, default)
+        if own_nonfinite is not None:
+            group["nonfinite"] = own_nonfinite
     saved = getattr(optimizer, "_saved_slots", None)
     params = [(p, group["nonfinite"] == "skip") for group in optimizer.param_groups
               for p in group["params"]]

@@ -400,7 +400,8 @@ class Amos(Optimizer):
         """As torch's (pre-hooks, then the state, then post-hooks), with these differences: the
         slots keep float32 for low-precision parameters (torch would cast them to the
         parameter's dtype), a per-parameter ``step`` saved as a number becomes a tensor, and
-        specs saved as the marker of :meth:`state_dict` are kept from this optimizer.
+        specs saved as the marker of :meth:`state_dict` are kept from this optimizer, as is
+        ``nonfinite`` (with ``"skip"``, the step counters move to the parameters' devices).
 
         Raises:
             ValueError: the state_dict was written in a format this version cannot read (a
