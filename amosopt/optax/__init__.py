@@ -6,6 +6,7 @@ Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbe
 """
 
 from amosopt.optax.diagnostics import decay_onset, diagnostics
+from amosopt.optax.nonfinite import SkipState, skip_if_not_finite
 from amosopt.optax.rounding import CompensatedState, compensated_rounding
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.sharding import slot_partition_spec, state_sharding
@@ -27,6 +28,8 @@ __all__ = [
     "param_names",
     "path_to_name",
     "scale_by_amos",
+    "SkipState",
+    "skip_if_not_finite",
     "slot_partition_spec",
     "state_sharding",
     "wsd_schedule",

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from amosopt.hyperparameters import DEFAULTS, INTERVALS, check_interval
+from amosopt.optax.nonfinite import skip_if_not_finite
 from amosopt.rules import PathName, Shape, as_eta_fn, as_shape_fn, reduced_axes
 
 __all__ = [
@@ -286,6 +287,8 @@ def amos(
     d_coef: float = DEFAULTS["d_coef"],
     c_coef: float = DEFAULTS["c_coef"],
     epsilon: float = DEFAULTS["epsilon"],
+    *,
+    nonfinite: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -327,9 +330,10 @@ def amos(
     ``jestimator.amos.amos``, so replacing its import gives the same numbers.
 
     A non-finite gradient cannot raise inside ``jit`` (the PyTorch ``Amos`` raises
-    ``FloatingPointError`` instead): it would put NaN into the slots for good. Guard long runs with
-    ``optax.apply_if_finite(amos(...), max_consecutive_errors=...)``, which skips such steps and
-    leaves the state as it was.
+    ``FloatingPointError`` by default): it would put NaN into the slots for good. Pass
+    ``nonfinite="skip"`` (the PyTorch ``Amos(nonfinite="skip")``): a step whose clipped
+    gradient is not finite then changes no parameter and no state, and is counted
+    (:func:`~amosopt.optax.nonfinite.skip_if_not_finite`).
 
     Args:
         learning_rate: :math:`\xi`, a non-negative number or a schedule ``count -> number``.
@@ -351,16 +355,20 @@ def amos(
         d_coef: :math:`d \ge 0` in the learning-rate decay :math:`d_t`. Defaults to 0.25.
         c_coef: :math:`c \ge 0` in the weight-decay decay :math:`c_t`. Defaults to 0.25.
         epsilon: :math:`\epsilon > 0`, the floor on :math:`v`. Defaults to :math:`2^{-125}`.
+        nonfinite: ``None`` (default): every step is computed; ``"skip"``: a step whose
+            (clipped) gradient or its square is not finite is skipped on the device.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``, always
         ``optax.chain(clip or identity, scale_by_amos, momentum or identity)`` whatever the
-        options; its ``update`` needs ``params``.
+        options, with ``nonfinite="skip"`` ``optax.chain(clip or identity,
+        skip_if_not_finite(optax.chain(scale_by_amos, momentum or identity)))``; its ``update``
+        needs ``params``.
 
     Raises:
         ValueError: naming the argument: a negative ``learning_rate``; ``beta`` or ``momentum``
             outside :math:`[0, 1)`; ``clip_value <= 0``; a negative ``extra_l2``, ``c_coef`` or
-            ``d_coef``; ``epsilon <= 0``. At ``init``: a slot shape that does not broadcast, an
+            ``d_coef``; ``epsilon <= 0``; ``nonfinite`` not None or "skip". At ``init``: a slot shape that does not broadcast, an
             ``eta`` that is not a positive finite number, a parameter with no matching rule.
 
     Example:
@@ -393,9 +401,13 @@ def amos(
     # A Python 0 turns momentum off, as in jestimator. An array (what inject_hyperparams passes)
     # keeps it on, so the state has the same structure at init and under jit.
     momentum_off = momentum is None or (isinstance(momentum, numbers.Real) and momentum == 0)
-    return optax.chain(
-        optax.identity() if clip_value is None else optax.clip(clip_value),
-        scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
-                      d_coef=d_coef, c_coef=c_coef, epsilon=epsilon),
-        optax.identity() if momentum_off else _momentum(momentum),
-    )
+    if nonfinite not in (None, "skip"):
+        raise ValueError(f"Invalid nonfinite: {nonfinite!r}; it must be None (every step is "
+                         "computed) or 'skip' (a non-finite step changes nothing)")
+    clip = optax.identity() if clip_value is None else optax.clip(clip_value)
+    steps = (scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta,
+                           extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef, epsilon=epsilon),
+             optax.identity() if momentum_off else _momentum(momentum))
+    if nonfinite == "skip":  # after clipping, which makes an inf finite, as in PyTorch
+        return optax.chain(clip, skip_if_not_finite(optax.chain(*steps)))
+    return optax.chain(clip, *steps)
