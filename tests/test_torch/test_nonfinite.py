@@ -273,3 +273,109 @@ def test_bad_policies_are_rejected() -> None:
     p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match=r"nonfinite \(param group 1\).*every param group"):
         Amos([{"params": [p]}, {"params": [q], "nonfinite": "skip"}], lr=0.1, eta=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.amp.GradScaler
+
+
+def amp_model(dtype: torch.dtype) -> tuple[torch.nn.Module, Amos]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    model = model.to(dtype)
+    opt = Amos(model.named_parameters(), lr=0.05, eta=0.5, nonfinite="skip", momentum=0.9,
+               slot_shape={r"0\.weight": "(SHAPE[0], 1)", r".*": "()"})
+    return model, opt
+
+
+def amp_loss(model: torch.nn.Module, t: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(t)
+    dtype = next(model.parameters()).dtype
+    x, y = (torch.randn(16, n, generator=gen).to(dtype) for n in (5, 3))
+    return torch.nn.functional.mse_loss(model(x), y).float()
+
+
+def test_grad_scaler_passes_its_scale_and_overflow_flag_to_the_step() -> None:
+    """GradScaler takes its path for optimizers that unscale and skip themselves (no
+    ``.item()`` of its overflow flag): the step gets ``grad_scale`` and ``found_inf``. Scaled by
+    a power of 2 and unscaled, float32 gradients are exact, so the steps equal unscaled ones
+    bit for bit; a forced overflow is skipped and halves the scale."""
+    model, opt = amp_model(torch.float32)
+    plain_model, plain = amp_model(torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    seen = []
+    step = opt.step
+
+    def recording_step(*args, **kwargs):
+        seen.append((getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None)))
+        return step(*args, **kwargs)
+
+    opt.step = recording_step
+    assert opt._step_supports_amp_scaling and not make(names=("scalar",))._step_supports_amp_scaling
+    for t in range(3):
+        for m, o in ((model, opt), (plain_model, plain)):
+            o.zero_grad()
+            loss = amp_loss(m, t)
+            if o is opt:
+                scaler.scale(loss).backward()
+                if t == 2:
+                    model[2].weight.grad[0, 0] = float("inf")  # an overflow
+                    before, scale = state_of(opt), scaler.get_scale()
+                scaler.step(opt)
+                scaler.update()
+            elif t < 2:
+                loss.backward()
+                o.step()
+        if t < 2:
+            assert_identical(state_of(opt), state_of(plain))
+    assert_identical(state_of(opt), before)
+    assert scaler.get_scale() == scale / 2
+    assert opt.skipped_steps() == 1
+    assert all(s is not None and f is not None for s, f in seen) and len(seen) == 3
+    assert seen[0][0].item() == 2.0**10 and seen[2][1].item() == 1.0
+
+
+def test_grad_scaler_with_float16_parameters_skips_overflows() -> None:
+    """Float16 parameters and gradients: a scale of 2**24 overflows float16 gradients at once;
+    those steps are skipped, the scale halves each time, and training then proceeds."""
+    model, opt = amp_model(torch.float16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    start = state_of(opt)
+    scales = []
+    for t in range(12):
+        opt.zero_grad()
+        scaler.scale(amp_loss(model, t)).backward()
+        overflow = any(not torch.isfinite(p.grad).all() for p in model.parameters())
+        scaler.step(opt)
+        scaler.update()
+        scales.append((scaler.get_scale(), overflow))
+        if t == 0:
+            assert overflow
+            assert_identical((state_of(opt)[0], []), (start[0], []))
+            assert all(s["step"].item() == 0 for s in opt.state.values())
+    skipped = sum(overflow for _, overflow in scales)
+    assert 0 < skipped < 12 and opt.skipped_steps() == skipped
+    assert scales[0][0] == 2.0**23
+    for p, p0 in zip(model.parameters(), start[0], strict=True):
+        assert opt.state[p]["step"].item() == 12 - skipped
+        assert opt.state[p]["v"].dtype == torch.float32
+        assert torch.isfinite(p).all() and not torch.equal(p, p0)
+
+
+def test_grad_scaler_with_raise_takes_its_own_path() -> None:
+    """With "raise", GradScaler unscales and checks on the host itself (its default path), and
+    skips an overflowed step without calling it: nothing raises, nothing changes."""
+    model, _ = amp_model(torch.float32)
+    opt = Amos(model.parameters(), lr=0.05, eta=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(amp_loss(model, 0)).backward()
+    scaler.step(opt)
+    scaler.update()
+    before = state_of(opt, drop=())
+    opt.zero_grad()
+    scaler.scale(amp_loss(model, 1)).backward()
+    model[0].bias.grad[0] = float("nan")
+    scaler.step(opt)
+    scaler.update()
+    assert_identical(state_of(opt, drop=()), before)
+    assert scaler.get_scale() == 2.0**9
