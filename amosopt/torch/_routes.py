@@ -362,7 +362,8 @@ def count(records: list[Record], ok: Tensor) -> None:
         for r in records:
             counters.setdefault(r.state[key].device, []).append(r.state[key])
         for device, tensors in counters.items():
-            torch._foreach_add_(tensors, value.to(device, torch.float32))
+            # a list of 0-d tensors: dynamo turns a tensor scalar into .item(), a graph break
+            torch._foreach_add_(tensors, [value.to(device, torch.float32)] * len(tensors))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -244,11 +244,20 @@ class Amos(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Under torch.compile: the host's bookkeeping (_plan) runs outside the graph, and the
-        # one host sync (is every gradient finite?) is a graph break that dynamo resumes after,
-        # at the top level of the step: phase 1, the check's reduction and phase 2 run as three
-        # graphs, the same at every step from the second on (README, PyTorch quick start)
-        plan = self._plan_outside_graph() if torch.compiler.is_compiling() else self._plan()
+        skip = self.param_groups[0]["nonfinite"] == "skip"
+        if not torch.compiler.is_compiling():
+            plan = self._plan()
+        elif skip:
+            # one graph: the host's bookkeeping of new parameters runs as dynamo runs torch's
+            # optimizers' (see _init_group); then _plan only reads it, and is traced
+            self._init_group()
+            plan = self._plan()
+        else:
+            # the host's bookkeeping (_plan) runs outside the graph, and the one host sync (is
+            # every gradient finite?) is a graph break that dynamo resumes after, at the top
+            # level of the step: phase 1, the check's reduction and phase 2 run as three graphs,
+            # the same at every step from the second on (README, PyTorch quick start)
+            plan = self._plan_outside_graph()
         if not plan:
             return loss
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
@@ -260,7 +269,7 @@ class Amos(Optimizer):
             h = Hyper.of(group)
             checked.append((group, group_index, h, records, _routes.measure(records, h, scratch)))
         ok = None
-        if self.param_groups[0]["nonfinite"] == "skip":
+        if skip:
             ok = _routes.all_finite([r for *_, rs, _ in checked for r in rs],
                                     [c for *_, m in checked for c in m.checks])
             found_inf = getattr(self, "found_inf", None)  # set by torch.amp.GradScaler
@@ -271,11 +280,19 @@ class Amos(Optimizer):
         self._update(checked, scratch, ok)
         return loss
 
+    # A torch LR scheduler replaces ``optimizer.step`` by a wrapper that records the call in
+    # ``_opt_called`` (to warn about steps in the wrong order), unless the step has this flag;
+    # dynamo does not trace that wrapper (for torch's own optimizers neither), which would rule
+    # out ``torch.compile(optimizer.step, fullgraph=True)`` with a scheduler. ``_plan`` sets
+    # ``_opt_called`` itself, eagerly (in a compiled step, where it runs at tracing time).
+    step._wrapped_by_lr_sched = True
+
     def _plan(self) -> list[tuple[dict[str, Any], int, list[Record]]]:
         """``(group, group index, records)`` of each group's parameters with a gradient:
         host-side work only (no tensor is read or changed). A record is kept from step to step
         while its signature holds: deciding the route again each step measured ~10% of a step
         of a model of 200 small tensors."""
+        self._opt_called = True  # for torch's LR schedulers (see below Amos.step)
         plan = []
         for group_index, group in enumerate(self.param_groups):
             records = []
@@ -301,6 +318,24 @@ class Amos(Optimizer):
     #: traced it would break the graph inside (rule expressions are parsed at a parameter's
     #: first step) and leave the steady-state steps in pieces
     _plan_outside_graph = torch.compiler.disable(_plan)
+
+    def _init_group(self) -> None:
+        """``nonfinite="skip"`` under ``torch.compile``: :meth:`_plan`'s host-side work (route
+        and record of each new parameter; the rule tables it reads cannot be traced) and the
+        state of new parameters, made before the step is traced. Dynamo runs a torch
+        optimizer's method of this name as it is, rather than tracing it, and guards on the
+        state it made, as for torch's own optimizers (``torch._dynamo``'s
+        ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
+        itself."""
+        for group, _, records in self._plan():
+            mu = group["momentum"]
+            for r in records:
+                compensated = _routes.compensated(r.p, group)
+                if (r.state is None or (mu > 0 and "momentum_buffer" not in r.state)
+                        or (compensated and "compensation" not in r.state)
+                        or "skipped" not in r.state):
+                    like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
+                    r.state = self._init_state(r, like, mu, compensated, skip=True)
 
     def _raise_if_not_finite(self, checked: list[_Checked]) -> None:
         names = {id(r): self._param_name(g, gi, r.index)
