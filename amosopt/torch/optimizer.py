@@ -248,10 +248,10 @@ class Amos(Optimizer):
         if not torch.compiler.is_compiling():
             plan = self._plan()
         elif skip:
-            # one graph: the host's bookkeeping of new parameters runs as dynamo runs torch's
-            # optimizers' (see _init_group); then _plan only reads it, and is traced
-            self._init_group()
-            plan = self._plan()
+            # one graph: the host's bookkeeping runs as dynamo runs torch's optimizers' (see
+            # _init_group), and the traced step only looks up the records it names
+            plan = [(self.param_groups[gi], gi, [self._records[gi, i] for i in indices])
+                    for gi, indices in self._init_group()]
         else:
             # the host's bookkeeping (_plan) runs outside the graph, and the one host sync (is
             # every gradient finite?) is a graph break that dynamo resumes after, at the top
@@ -319,15 +319,18 @@ class Amos(Optimizer):
     #: first step) and leave the steady-state steps in pieces
     _plan_outside_graph = torch.compiler.disable(_plan)
 
-    def _init_group(self) -> None:
-        """``nonfinite="skip"`` under ``torch.compile``: :meth:`_plan`'s host-side work (route
-        and record of each new parameter; the rule tables it reads cannot be traced) and the
-        state of new parameters, made before the step is traced. Dynamo runs a torch
+    def _init_group(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """``nonfinite="skip"`` under ``torch.compile``: :meth:`_plan` (the route and record of
+        each new parameter: the rule tables it reads cannot be traced, and its checks compare
+        hyper-parameters that dynamo may trace as symbols) and the state of new parameters,
+        made before the step is traced; returns ``(group index, parameter indices)`` of the
+        plan, plain data that becomes a constant of the graph. Dynamo runs a torch
         optimizer's method of this name as it is, rather than tracing it, and guards on the
         state it made, as for torch's own optimizers (``torch._dynamo``'s
         ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
         itself."""
-        for group, _, records in self._plan():
+        plan = self._plan()
+        for group, _, records in plan:
             mu = group["momentum"]
             for r in records:
                 compensated = _routes.compensated(r.p, group)
@@ -336,6 +339,7 @@ class Amos(Optimizer):
                         or "skipped" not in r.state):
                     like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
                     r.state = self._init_state(r, like, mu, compensated, skip=True)
+        return tuple((gi, tuple(r.index for r in records)) for _, gi, records in plan)
 
     def _raise_if_not_finite(self, checked: list[_Checked]) -> None:
         names = {id(r): self._param_name(g, gi, r.index)
