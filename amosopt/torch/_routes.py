@@ -386,8 +386,9 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
         buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2))
     for bucket in buckets.values():
         flat = [(r, g2) for r, g2 in bucket if r.route.flat]
-        kept = _keep(ok, [x for r, _ in flat for x in r.slots(h)[:2]]
-                     + [x for r, _ in bucket if r.route.batched for x in _changed(r, h)])
+        kept = [] if ok is None else _keep(
+            [x for r, _ in flat for x in r.slots(h)[:2]]
+            + [x for r, _ in bucket if r.route.batched for x in _changed(r, h)])
         coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
                             ) if flat else {}
         batched = []
@@ -395,15 +396,17 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
             if r.route.batched:
                 batched.append(_step_one(r, g2, h, scratch, coefficients))
                 continue
-            alone = _keep(ok, _changed(r, h))
+            alone = None if ok is None else _keep(_changed(r, h))
             _step_one(r, g2, h, scratch, coefficients)
-            _put_back(ok, alone)
+            if alone:
+                _put_back(ok, alone)
         if batched:
             p, g, decay, step, m, c = (functional.TensorList(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
             functional.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
                                     c if c.tensors[0] is not None else None)
-        _put_back(ok, kept)
+        if kept:
+            _put_back(ok, kept)
 
 
 def _changed(r: Record, h: Hyper) -> list[Tensor]:
@@ -413,13 +416,12 @@ def _changed(r: Record, h: Hyper) -> list[Tensor]:
     return [x for x in (r.p, m, c, *(() if r.route.flat else (v, b))) if x is not None]
 
 
-def _keep(ok: Optional[Tensor], tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """``(tensor, copy)`` of each of ``tensors`` for :func:`_put_back`; nothing without
-    ``ok`` (``nonfinite="raise"``)."""
-    return [] if ok is None else [(x, x.clone()) for x in tensors]
+def _keep(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``(tensor, copy)`` of each of ``tensors``, for :func:`_put_back`."""
+    return [(x, x.clone()) for x in tensors]
 
 
-def _put_back(ok: Optional[Tensor], kept: list[tuple[Tensor, Tensor]]) -> None:
+def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
     """Where ``ok`` is false, each tensor gets back its copy, bit for bit (``torch.where``);
     a 0-d tensor through its 1-element view (see :func:`_loop_step`)."""
     for x, old in kept:
