@@ -114,3 +114,16 @@ def test_the_wrapper_alone_and_bad_input():
     assert int(new_state.skipped) == 1
     with pytest.raises(ValueError, match="nonfinite.*'skip'"):
         make("raise")
+
+
+def test_diagnostics_find_the_state_inside_the_wrapper():
+    from amosopt.optax import diagnostics
+
+    tx = make("skip", momentum=0.9)
+    params, state = run(tx, [(0, None), (1, ("w", np.nan))])
+    plain_params, plain_state = run(make(momentum=0.9), [(0, None)])
+    numbers = diagnostics(state, params, learning_rate=0.05, eta_fn=0.5)
+    plain = diagnostics(plain_state, plain_params, learning_rate=0.05, eta_fn=0.5)
+    assert numbers.keys() == plain.keys()
+    for key in numbers:
+        np.testing.assert_allclose(numbers[key], plain[key], rtol=1e-5)
