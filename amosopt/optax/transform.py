@@ -368,8 +368,9 @@ def amos(
     Raises:
         ValueError: naming the argument: a negative ``learning_rate``; ``beta`` or ``momentum``
             outside :math:`[0, 1)`; ``clip_value <= 0``; a negative ``extra_l2``, ``c_coef`` or
-            ``d_coef``; ``epsilon <= 0``; ``nonfinite`` not None or "skip". At ``init``: a slot shape that does not broadcast, an
-            ``eta`` that is not a positive finite number, a parameter with no matching rule.
+            ``d_coef``; ``epsilon <= 0``; ``nonfinite`` not None or "skip". At ``init``: a
+            slot shape that does not broadcast, an ``eta`` that is not a positive finite
+            number, a parameter with no matching rule.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax

@@ -45,8 +45,9 @@ FORMAT_KEY = "amosopt_format"
 #: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
 #: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
 #: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
-#: state lacks it); with ``nonfinite="skip"``, ``skipped`` (0-d float32; optional alike). A state_dict without the key was written before it was
-#: added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
+#: state lacks it); with ``nonfinite="skip"``, ``skipped`` (0-d float32; optional alike). A
+#: state_dict without the key was written before it was added (amosopt 0.x up to this
+#: change), in the same layout: it reads as format 1.
 FORMAT = 1
 
 

@@ -394,7 +394,8 @@ class Amos(Optimizer):
         for TensorBoard, W&B or Lightning's ``log_dict`` (keys ``lr``, ``step``,
         ``weight_decay``, ``d_t``, ``c_t``, ``b``, ``decay``, ``decay_onset``,
         ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`; with ``nonfinite="skip"``
-        also ``skipped``, :meth:`skipped_steps`). Reads the state after the last :meth:`step`: one host transfer of the slots, nothing when not called. See
+        also ``skipped``, :meth:`skipped_steps`). Reads the state after the last :meth:`step`:
+        one host transfer of the slots, nothing when not called. See
         :func:`amosopt.torch.diagnostics.diagnostics`."""
         from amosopt.torch.diagnostics import diagnostics
 
