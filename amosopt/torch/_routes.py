@@ -387,8 +387,8 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
     for bucket in buckets.values():
         flat = [(r, g2) for r, g2 in bucket if r.route.flat]
         kept = [] if ok is None else _keep(
-            [x for r, _ in flat for x in r.slots(h)[:2]]
-            + [x for r, _ in bucket if r.route.batched for x in _changed(r, h)])
+            [x for r, _ in flat for x in _slot_state(r)]
+            + [x for r, _ in bucket if r.route.batched for x in _changed(r)])
         coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
                             ) if flat else {}
         batched = []
@@ -396,7 +396,7 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
             if r.route.batched:
                 batched.append(_step_one(r, g2, h, scratch, coefficients))
                 continue
-            alone = None if ok is None else _keep(_changed(r, h))
+            alone = None if ok is None else _keep(_changed(r))
             _step_one(r, g2, h, scratch, coefficients)
             if alone:
                 _put_back(ok, alone)
@@ -409,11 +409,22 @@ def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch
             _put_back(ok, kept)
 
 
-def _changed(r: Record, h: Hyper) -> list[Tensor]:
+#: state that :func:`_changed` leaves out: counted apart (:func:`count`), or parameter-sized
+_COUNTERS, _PARAMETER_SIZED = ("step", "skipped"), ("momentum_buffer", "compensation")
+
+
+def _slot_state(r: Record) -> list[Tensor]:
+    """``r``'s slot-sized state tensors (``v``, ``b``, any other), each of which a step may
+    change: listed from the state, so that a slot added to it is kept too."""
+    return [x for k, x in r.state.items()
+            if isinstance(x, Tensor) and k not in _COUNTERS + _PARAMETER_SIZED]
+
+
+def _changed(r: Record) -> list[Tensor]:
     """What phase 2 changes of ``r`` besides what :func:`_flat_slot_coefficients` does: the
-    parameter, momentum and compensation buffers, and ``v``, ``b`` unless they are flat."""
-    v, b, m, c = r.slots(h)
-    return [x for x in (r.p, m, c, *(() if r.route.flat else (v, b))) if x is not None]
+    parameter, its momentum and compensation buffers, and the slots unless they are flat."""
+    return ([r.p, *(r.state[k] for k in _PARAMETER_SIZED if k in r.state)]
+            + ([] if r.route.flat else _slot_state(r)))
 
 
 def _keep(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
