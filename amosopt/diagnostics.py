@@ -9,11 +9,11 @@ next step uses
 
     1/\hat v = (1 - \beta^t) / \max(v_t, \epsilon), \qquad
     d = \big(1 + d_\text{coef} \sqrt{\xi\eta}\, b_t\big)^{-1}, \qquad
-    c = \big(1 + c_\text{coef} \sqrt{\xi}\, b_t\big)^{-1/2}, \qquad
-    \gamma = c\, \xi^2\, g^2/\hat v \approx c\, \xi^2
+    c = \big(1 + c_\text{coef} \sqrt{\rho\xi}\, b_t\big)^{-1/2}, \qquad
+    \gamma = c\, (\rho\xi)^2\, g^2/\hat v \approx c\, (\rho\xi)^2
 
 (the last at steady gradient statistics, :math:`g^2/\hat v = 1`, since the next gradient is not
-known yet). The keys, each the mean over the variable's slot entries:
+known yet; :math:`\rho` is ``decay_ratio``, 1 in the paper). The keys, each the mean over the variable's slot entries:
 
 * ``lr``: :math:`\xi\eta\, d \sqrt{1/\hat v}`, the step per unit of gradient (large where the
   gradients are tiny);
@@ -63,25 +63,28 @@ def _b_clock(b: Any, xi: Any, c_coef: Any, xp: Any) -> Any:
 
 def steps_until_drop(xi: Any, eta: Any, b: Any = 0.0, *, drop: float = ONSET_DROP,
                      c_coef: Any = DEFAULTS["c_coef"], d_coef: Any = DEFAULTS["d_coef"],
-                     xp: Any = math) -> Any:
+                     decay_ratio: Any = DEFAULTS["decay_ratio"], xp: Any = math) -> Any:
     """Steps until the decay factor ``d`` has fallen by ``drop`` from its value at ``b``, at
     steady gradient statistics (``g^2 / v_hat = 1``; exact in the limit of small steps for a
     constant gradient, see :func:`_b_clock`). ``d`` falls by ``drop`` when
-    ``1 + d_coef sqrt(xi eta) b`` grows by the factor ``1 / (1 - drop)``. Needs
-    ``c_coef sqrt(xi) < 1`` (``xi < 16`` with the paper's constants)."""
+    ``1 + d_coef sqrt(xi eta) b`` grows by the factor ``1 / (1 - drop)``; ``b`` grows at the
+    decay's rate ``decay_ratio * xi``. Needs ``c_coef sqrt(decay_ratio xi) < 1`` (``xi < 16``
+    with the paper's constants)."""
     k_d = d_coef * xp.sqrt(xi * eta)
     target = ((1 + k_d * b) / (1 - drop) - 1) / k_d
-    return (_b_clock(target, xi, c_coef, xp) - _b_clock(b, xi, c_coef, xp)) / xi**2
+    xi_g = decay_ratio * xi
+    return (_b_clock(target, xi_g, c_coef, xp) - _b_clock(b, xi_g, c_coef, xp)) / xi_g**2
 
 
 def variable(*, xi: Any, eta: Any, beta: Any, count: Any, v: Any, b: Any, c_coef: Any,
              d_coef: Any, extra_l2: Any, epsilon: Any, xp: Any, grad: Any = None,
-             clip_value: Any = None) -> dict[str, Any]:
+             clip_value: Any = None, decay_ratio: Any = DEFAULTS["decay_ratio"]
+             ) -> dict[str, Any]:
     """The diagnostics of one variable from its slots (scalars of ``xp``; see the module)."""
     r = (1 - beta ** count) / xp.maximum(v, epsilon)  # 1 / v_hat; 0 before the first step
     d = 1 / (1 + d_coef * xp.sqrt(xi * eta) * b)
-    c = 1 / xp.sqrt(1 + c_coef * xp.sqrt(xi) * b)
-    gamma = c * xi**2
+    c = 1 / xp.sqrt(1 + c_coef * xp.sqrt(decay_ratio * xi) * b)
+    gamma = c * (decay_ratio * xi)**2
     out = {
         "lr": xp.mean(xi * eta * d * xp.sqrt(r)),
         "step": xp.mean(xi * eta * d),
@@ -89,7 +92,8 @@ def variable(*, xi: Any, eta: Any, beta: Any, count: Any, v: Any, b: Any, c_coef
         "d_t": xp.mean(d), "c_t": xp.mean(c), "b": xp.mean(b), "decay": xp.mean(1 - d),
         # at xi = 0 (a finished cooldown) nothing moves: the onset is never
         "decay_onset": xp.where(xi > 0, xp.mean(steps_until_drop(
-            xp.where(xi > 0, xi, 1.0), eta, b, c_coef=c_coef, d_coef=d_coef, xp=xp)), xp.inf),
+            xp.where(xi > 0, xi, 1.0), eta, b, c_coef=c_coef, d_coef=d_coef,
+            decay_ratio=decay_ratio, xp=xp)), xp.inf),
     }
     if clip_value is not None and grad is not None:
         out["clip_fraction"] = xp.mean(xp.where(xp.abs(grad) > clip_value, 1.0, 0.0))

@@ -12,6 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+#: the values of ``second_moment``: ``"slot"``, the paper's ``v`` at the slot shape, which
+#: alone normalises the step; ``"row-col"``, the same ``v`` and a column factor ``u`` whose
+#: rank-1 product with it normalises each entry (:func:`amosopt.rules.column_shape`)
+SECOND_MOMENTS = ("slot", "row-col")
+#: the default ``second_moment`` of both backends: the paper's (not in :data:`DEFAULTS`, whose
+#: numbers are the update's symbols)
+SECOND_MOMENT = "slot"
+
 #: defaults of the arguments both backends take, named as in both signatures
 DEFAULTS: dict[str, float] = {
     "beta": 0.999,  # β, decay of the running mean v of M(g^2)
@@ -19,6 +27,7 @@ DEFAULTS: dict[str, float] = {
     "c_coef": 0.25,  # c, in c_t = (1 + c sqrt(ξ) b)^(-1/2)
     "d_coef": 0.25,  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
     "epsilon": 2.0**-125,  # ε, the floor on v
+    "decay_ratio": 1.0,  # ρ, the decay's global rate ρξ as a fraction of ξ (1: the paper's)
 }
 
 
@@ -54,6 +63,8 @@ INTERVALS: dict[str, tuple[Interval, str]] = {
     "c_coef": (Interval(0.0), "the paper uses 0.25"),
     "d_coef": (Interval(0.0), "the paper uses 0.25"),
     "epsilon": (Interval(0.0, low_open=True), "the floor on v, e.g. 2**-125"),
+    "decay_ratio": (Interval(0.0, low_open=True),
+                    "1 is the paper's; 1/k makes the weight decay k^2 times weaker"),
 }
 
 
@@ -66,3 +77,13 @@ def check_interval(name: str, x: float, *, shown: Any = None, where: str = "",
     if x not in interval:
         raise ValueError(f"Invalid {alias or name}{where}: {x if shown is None else shown!r}; "
                          f"it must be in {interval}: {hint}")
+
+
+def check_second_moment(value: Any, where: str = "") -> str:
+    """Returns ``value`` if it is one of :data:`SECOND_MOMENTS`, else raises ValueError."""
+    if not isinstance(value, str) or value not in SECOND_MOMENTS:
+        raise ValueError(
+            f"Invalid second_moment{where}: {value!r}; it must be one of "
+            f"{', '.join(map(repr, SECOND_MOMENTS))} ('slot' is the paper's algorithm)"
+        )
+    return value

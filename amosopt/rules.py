@@ -22,11 +22,13 @@ optax uses key paths, given as tuples of strings and joined with ``'/'`` for mat
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import numbers
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 #: a tensor's shape
@@ -41,16 +43,20 @@ RuleTable = Union[Mapping[str, RuleValue], Sequence[tuple[str, RuleValue]]]
 __all__ = [
     "FUNCTIONS",
     "Rules",
+    "UnmatchedRuleWarning",
     "as_eta_fn",
     "as_shape_fn",
     "check_eta",
+    "column_shape",
     "eta_fn_from_rules",
     "evaluate_shape_expression",
     "is_rule_table",
     "lookup",
     "reduced_axes",
     "shape_fn_from_rules",
+    "unused_rules",
     "validate_slot_shape",
+    "warn_unused_rules",
 ]
 
 
@@ -392,6 +398,35 @@ def reduced_axes(shape: Sequence[int], slot_shape: Sequence[int]) -> tuple[int, 
     return tuple(i for i, (s, d) in enumerate(zip(slot_shape, shape)) if s < d)
 
 
+def column_shape(shape: Sequence[int], slot_shape: Sequence[int]) -> Shape | None:
+    r"""The shape of the column factor ``u`` of a parameter with this slot shape, or ``None``
+    where it has none.
+
+    The slot ``v`` keeps the axes :math:`K` and averages :math:`g^2` over the reduced axes
+    :math:`R` (:func:`reduced_axes`); the column factor is the other half of Adafactor's
+    factorisation (Shazeer & Stern 2018, arXiv 1804.04235): :math:`g^2` averaged over
+    :math:`K`, so its shape is the parameter's with the kept axes set to 1: ``(1, in)`` for a
+    ``(out, in)`` kernel with slot ``(out, 1)``, ``(1, d)`` for a ``(V, d)`` embedding with
+    slot ``(V, 1)``, ``(1, in, kh, kw)`` for a conv kernel with slot ``(out, 1, 1, 1)``,
+    ``(in, 1)`` for a Hugging Face ``Conv1D`` weight ``(in, out)`` with slot ``(1, out)``.
+
+    ``None`` when the slot reduces no axis (a full-size slot already normalises each entry)
+    or has a single entry (a scalar slot ``()``, or all ones: biases, norms): there the
+    column factor would be the whole per-entry second moment, a parameter-sized state, not a
+    factor; use a full-size slot for that.
+
+    >>> column_shape((8, 4), (8, 1)), column_shape((4, 3, 3, 2), (4, 1, 1, 1))
+    ((1, 4), (1, 3, 3, 2))
+    >>> column_shape((8, 4), (8, 4)), column_shape((8,), ()), column_shape((8, 4), (1, 1))
+    (None, None, None)
+    """
+    shape, slot_shape = tuple(shape), tuple(slot_shape)
+    axes = reduced_axes(shape, slot_shape)
+    if not axes or math.prod(slot_shape) <= 1:
+        return None
+    return tuple(n if i in axes else 1 for i, n in enumerate(shape))
+
+
 def _own_lookup(spec: Any, attr: str) -> Callable[[ParamName, Shape], Any] | None:
     """``spec.eta`` / ``spec.slot_shape`` when ``spec`` carries its own lookups, as the tables of
     :mod:`amosopt.scales` (``auto_scales``) do, so that ``eta=table`` works like
@@ -443,3 +478,55 @@ def shape_fn_from_rules(rules: RuleTable, name_sep: str = "/"
     fn = as_shape_fn(Rules(rules, name_sep))
     assert fn is not None
     return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules that match nothing
+
+
+class UnmatchedRuleWarning(UserWarning):
+    """A rule of a table that no parameter uses: most often a typo in its regex, which would
+    otherwise change nothing and say nothing. For a strict mode that raises instead, turn the
+    warning into an error: ``warnings.simplefilter("error", UnmatchedRuleWarning)`` (or pytest's
+    ``-W error::amosopt.rules.UnmatchedRuleWarning``)."""
+
+
+def unused_rules(rules: Rules, names: Iterable[ParamName]) -> list[tuple[str, bool]]:
+    """``(pattern, shadowed)`` for each rule that is the first match of none of ``names``:
+    ``shadowed`` is True when the pattern matches some name that an earlier rule takes."""
+    joined = [_join(name, rules.name_sep) for name in names]
+    used: set[int] = set()
+    matching: set[int] = set()
+    for name in joined:
+        first = None
+        for i, regex in enumerate(rules._compiled):
+            if regex.match(name):
+                matching.add(i)
+                first = i if first is None else first
+        if first is not None:
+            used.add(first)
+    return [(pattern, i in matching) for i, (pattern, _) in enumerate(rules.pairs)
+            if i not in used]
+
+
+def nearest_names(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:
+    """The ``n`` names that read most like ``pattern`` (difflib's ratio): the likely intent of a
+    mistyped regex."""
+    def likeness(name: str) -> float:
+        return difflib.SequenceMatcher(None, pattern, name).ratio()
+
+    return sorted(names, key=likeness, reverse=True)[:n]
+
+
+def warn_unused_rules(rules: Rules, names: Iterable[ParamName], what: str,
+                      stacklevel: int = 3) -> None:
+    """One :class:`UnmatchedRuleWarning` per unused rule of ``rules`` (``what``, e.g.
+    ``"eta_overrides"``), naming the pattern and the nearest parameter names."""
+    joined = [_join(name, rules.name_sep) for name in names]
+    for pattern, shadowed in unused_rules(rules, joined):
+        why = ("every parameter it matches is taken by an earlier rule (first match wins)"
+               if shadowed else "it matches no parameter (re.match: from the start of the name)")
+        nearest = ", ".join(repr(name) for name in nearest_names(pattern, joined))
+        warnings.warn(f"{what}: the rule {pattern!r} is never used: {why}. Nearest parameter "
+                      f"names: {nearest}.", UnmatchedRuleWarning, stacklevel=stacklevel + 1)
+

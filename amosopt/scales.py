@@ -45,7 +45,15 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from amosopt.rules import Rules, Shape, check_eta, is_rule_table, validate_slot_shape
+from amosopt.rules import (
+    Rules,
+    Shape,
+    check_eta,
+    column_shape,
+    is_rule_table,
+    validate_slot_shape,
+    warn_unused_rules,
+)
 
 
 __all__ = [
@@ -212,7 +220,8 @@ def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> N
     warnings.warn(
         f"amosopt auto_scales: no rule for {len(guessed)} parameter(s), used the rank-based "
         f"fallback (>=2-d: kernel with fan-in prod(shape[1:]), k=1; else additive 0.5): "
-        f"{listing}. Check them and override if needed (overrides={{regex: eta}}).",
+        f"{listing}. Check them and override if needed (auto_scales(..., eta_overrides={{regex: "
+        "eta}, slot_shape_overrides={regex: shape}); auto_amos takes the same).",
         UserWarning,
         stacklevel=stacklevel,
     )
@@ -294,7 +303,10 @@ class ScaleTable(Mapping):
                 f"Parameter {_join(name)!r} with shape {tuple(shape)} is not in the automatic "
                 f"scale table ({len(self)} entries). It is frozen, new, or from another model: "
                 "build the table from the same model after freezing, or pass only trainable "
-                "parameters to the optimizer."
+                "parameters to the optimizer. Parameters added later (add_param_group) need "
+                "their own table: table = auto_scales(module), and the group {'params': "
+                "list(module.named_parameters()), 'eta': table.eta, 'slot_shape': "
+                "table.slot_shape}."
             ) from None
         if tuple(int(d) for d in shape) != self._shapes[key]:
             raise ValueError(
@@ -323,9 +335,17 @@ class ScaleTable(Mapping):
 
         Overridden entries say ``"override ..."`` in their reason. Values are checked (positive
         eta, slot shape broadcasting to the parameter) right here, before any optimizer exists.
+
+        Warns:
+            amosopt.rules.UnmatchedRuleWarning: for each rule that overrides no entry (a typo
+                in its regex, most often), naming the pattern and the nearest names; an error
+                under ``warnings.simplefilter("error", UnmatchedRuleWarning)``.
         """
         eta_rules = _as_rules(eta, "eta")
         shape_rules = _as_rules(slot_shape, "slot_shape")
+        for rules, what in ((eta_rules, "eta_overrides"), (shape_rules, "slot_shape_overrides")):
+            if rules is not None:  # stacklevel: the caller of the backend's auto_scales
+                warn_unused_rules(rules, [_join(name) for name in self], what, stacklevel=4)
         entries = []
         for name, shape, scale in self.items_with_shapes():
             entries.append((name, shape, _override(name, shape, scale, eta_rules, shape_rules)))
@@ -395,12 +415,20 @@ class StateMemory:
         amos: ``v`` and ``b`` at their slot shapes.
         amos_momentum: ``amos`` plus a parameter-sized momentum buffer.
         adamw: AdamW's two parameter-sized moments.
+        columns: the column factors ``u`` that ``second_moment="row-col"`` adds (one per
+            tensor with one, :func:`amosopt.rules.column_shape`).
     """
 
     params: int
     amos: int
     amos_momentum: int
     adamw: int
+    columns: int = 0
+
+    @property
+    def row_col_momentum(self) -> int:
+        """``amos_momentum`` with ``second_moment="row-col"``: plus the column factors."""
+        return self.amos_momentum + self.columns
 
     def percent(self, value: int) -> float:
         """``value`` as a percentage of AdamW's state."""
@@ -412,17 +440,21 @@ def state_memory(entries: Iterable[tuple[Sequence[int], Sequence[int]]],
     """Counts optimizer-state bytes for ``(parameter shape, slot shape)`` pairs.
 
     Amos keeps ``v`` and ``b`` at the slot shape (2 * prod(slot)), plus a parameter-sized ``m``
-    with momentum; AdamW keeps ``m`` and ``v`` (2 * prod(shape)). Every element is ``itemsize``
-    bytes (float32 by default: Amos keeps its slots in float32).
+    with momentum, and with ``second_moment="row-col"`` a column factor ``u`` where the slot
+    has one; AdamW keeps ``m`` and ``v`` (2 * prod(shape)). Every element is ``itemsize`` bytes
+    (float32 by default: Amos keeps its slots in float32).
     """
-    n_params = n_slots = 0
+    n_params = n_slots = n_columns = 0
     for shape, slot in entries:
         n_params += math.prod(shape)
         n_slots += math.prod(slot)
+        column = column_shape(shape, slot)
+        n_columns += 0 if column is None else math.prod(column)
     amos = 2 * n_slots * itemsize
     return StateMemory(
         params=n_params * itemsize,
         amos=amos,
         amos_momentum=amos + n_params * itemsize,
         adamw=2 * n_params * itemsize,
+        columns=n_columns * itemsize,
     )

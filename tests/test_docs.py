@@ -59,7 +59,7 @@ def test_trainers_and_sharding(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("transformers")
     lightning = pytest.importorskip("lightning")
     pytest.importorskip("flax.nnx")
-    from amosopt.torch import Amos
+    from amosopt.torch import Amos, unwrap_optimizer
 
     monkeypatch.chdir(tmp_path)  # the Trainer writes to "out"
     page = Page(GUIDES / "trainers.md")
@@ -75,16 +75,19 @@ def test_trainers_and_sharding(tmp_path, monkeypatch, capsys) -> None:
     assert before == pytest.approx(math.log(257), abs=0.3)  # untrained: about uniform
     page.run(1)  # Trainer with trainer_optimizer
     assert mlm_loss() < before - 0.3
-    optimizer = page["trainer"].optimizer
-    assert isinstance(getattr(optimizer, "optimizer", optimizer), Amos)
+    assert isinstance(unwrap_optimizer(page["trainer"].optimizer), Amos)  # accelerate's wrapper
 
-    page.run(3)  # the Lightning module, trained for 150 steps
+    page.run(3)  # the Lightning module, trained for 15 epochs of 10 batches
     x, y = page["x"], page["y"]
-    fitted = torch.nn.functional.mse_loss(page["regression"](x), y).item()
-    assert fitted < 0.5 * y.square().mean().item()  # well below predicting zero
-    (optimizer,) = page["lightning_trainer"].optimizers
-    assert isinstance(optimizer, Amos)
-    assert optimizer.param_groups[0]["lr"] == 0.0  # cooled down at max_steps
+    check_lightning_run(page["regression"], page["lightning_trainer"], x, y)
+    # a max_steps budget: estimated_stepping_batches is the same 150 steps
+    torch.manual_seed(0)
+    regression = page["Regression"]()
+    lightning_trainer = lightning.Trainer(max_steps=150, accelerator="cpu", logger=False,
+                                          enable_checkpointing=False, enable_progress_bar=False,
+                                          enable_model_summary=False)
+    lightning_trainer.fit(regression, page["loader"])
+    check_lightning_run(regression, lightning_trainer, x, y)
 
     page.run(5)  # the nnx model and its nnx.Optimizer
     model, xb, yb = page["nnx_model"], page["x_batch"], page["y_batch"]
@@ -104,6 +107,21 @@ def test_trainers_and_sharding(tmp_path, monkeypatch, capsys) -> None:
         "hidden": {"kernel": P(None, "model"), "bias": P()},
         "out": {"kernel": P(None, None), "bias": P()},
     }
+
+
+def check_lightning_run(module, trainer, x, y) -> None:
+    """The Lightning recipe ran its 150 steps and cooled ``xi`` down to 0 at the last."""
+    from amosopt.torch import Amos
+
+    assert trainer.global_step == 150
+    (optimizer,) = trainer.optimizers
+    assert isinstance(optimizer, Amos)
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 150
+    assert optimizer.param_groups[0]["lr"] == 0.0  # cooled down at the end of the budget
+    fitted = torch.nn.functional.mse_loss(module(x), y).item()
+    assert fitted < 0.5 * y.square().mean().item()  # well below predicting zero
+    numbers = module.optimizers().diagnostics(per_parameter=False)  # through Lightning's wrapper
+    assert numbers["step/max"] == 0.0 and "b/median" in numbers  # xi = 0 after the cooldown
 
 
 def test_scales_and_rules(capsys) -> None:
@@ -186,6 +204,9 @@ def test_schedules_and_diagnostics(capsys) -> None:
     assert {"lr/0.weight", "weight_decay/max", "clip_fraction/2.bias", "decay/min"} <= set(numbers)
     # step = xi * eta * d_t with d_t <= 1, for the first kernel's eta sqrt(1/8)
     assert 0 < numbers["step/0.weight"] <= 0.05 * math.sqrt(1 / 8)
+    summary = page["summary"]  # the same summary, without a key per parameter
+    assert summary == {k: v for k, v in numbers.items()
+                       if k.rsplit("/", 1)[1] in ("min", "median", "max")}
 
     with jax.enable_x64(False):
         page.run(7)

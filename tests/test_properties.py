@@ -293,6 +293,7 @@ INVALID = {
     "c_coef": [-0.25, math.nan, math.inf, None],
     "d_coef": [-0.25, math.nan, math.inf, None],
     "epsilon": [0.0, -1e-30, math.nan, math.inf, None],
+    "second_moment": ["row", "Row-Col", "", None, 1, True],
 }
 #: (1 and 0.0 pass as flags: they equal True and False, as torch's own optimizers take them)
 TORCH_ONLY = {"foreach": ["yes", 2, "auto"], "maximize": [None, "no", 2], "fused": ["yes", None],

@@ -202,6 +202,35 @@ def test_reduced_axes(shape, slot, axes):
     assert reduced_axes(shape, slot) == axes
 
 
+@pytest.mark.parametrize(
+    "shape, slot, column",
+    [((6, 4), (6, 1), (1, 4)),  # torch Linear (out, in): one slot per output row
+     ((4, 6), (1, 6), (4, 1)),  # flax kernel (in, out); Hugging Face Conv1D (in, out)
+     ((50, 8), (50, 1), (1, 8)),  # embedding (V, d): one slot per row
+     ((8, 3, 5, 5), (8, 1, 1, 1), (1, 3, 5, 5)),  # torch conv kernel (out, in, kh, kw)
+     ((5, 5, 3, 8), (1, 1, 1, 8), (5, 5, 3, 1)),  # flax conv kernel (kh, kw, in, out)
+     ((2, 4, 6), (2, 1, 6), (1, 4, 1)),  # kept axes on both sides of the reduced one
+     ((6, 4), (6, 4), None),  # full-size slot: already per entry
+     ((6,), (), None), ((6, 4), (), None), ((6, 4), (1, 1), None),  # one entry: no factor
+     ((1, 4), (1, 1), None),  # a kept axis of size 1 only
+     ((), (), None)],
+)
+def test_column_shape(shape, slot, column):
+    assert rules.column_shape(shape, slot) == column
+    if column is not None:  # the kept axes are 1 in the column factor, the reduced ones full
+        axes = reduced_axes(shape, slot)
+        assert all((column[i] == n) == (i in axes or n == 1) for i, n in enumerate(shape))
+
+
+@pytest.mark.parametrize("value", ["row", "Row-Col", None, 1])
+def test_check_second_moment_names_the_choices(value):
+    from amosopt.hyperparameters import check_second_moment
+
+    with pytest.raises(ValueError, match="second_moment.*'slot', 'row-col'"):
+        check_second_moment(value)
+    assert check_second_moment("row-col") == "row-col"
+
+
 def test_eta_fn_checks_values():
     fn = rules.eta_fn_from_rules({r"a": 0.5, r"b": -1.0, r"c": "sqrt(0)", r"d": "nope"})
     assert fn(("a",), (2,)) == 0.5

@@ -139,6 +139,9 @@ def test_state_memory_closed_form():
     assert memory.amos_momentum == 2 * 4 * n_slots + 4 * n_params
     assert memory.adamw == 2 * 4 * n_params
     assert memory.percent(memory.adamw) == 100.0
+    # second_moment="row-col": u of (1, 3) and (1, 4) beside the (4, 1) and (10, 1) slots
+    assert memory.columns == 4 * (3 + 4)
+    assert memory.row_col_momentum == memory.amos_momentum + memory.columns
 
 
 def test_format_rows_aligns_columns():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from amosopt.compare.config import DEFAULT_OPTIMIZERS, DEFAULTS, field_default
 from amosopt.compare.registry import OPTIMIZERS
+from amosopt.hyperparameters import SECOND_MOMENTS
 
 TASK_NAMES = ("lm", "digits")
 #: the registry's names, read without torch
@@ -78,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=field_default("amos_eta_scale"), metavar="K",
                         help="every eta times K and the suggested xi divided by K: the same "
                              "initial step, a weight decay K^2 times weaker (default %(default)g)")
+    parser.add_argument("--amos-decay-ratio", type=float,
+                        default=field_default("amos_decay_ratio"), metavar="RHO",
+                        help="Amos's decay_ratio: the decay runs on the rate RHO * xi, a weight "
+                             "decay RHO^2 as strong (default %(default)g, the paper's)")
+    parser.add_argument("--amos-second-moment", choices=SECOND_MOMENTS,
+                        default=field_default("amos_second_moment"),
+                        help="Amos's normaliser: 'slot', the paper's v (default); 'row-col', v "
+                             "and a column factor, a rank-1 estimate per entry (Adafactor's)")
     parser.add_argument("--adamw-weight-decay", type=float,
                         default=field_default("adamw_weight_decay"), metavar="WD",
                         help="weight decay of adamw and adamw-wsd (default %(default)s)")
@@ -209,8 +218,10 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"invalid --amos-beta {args.amos_beta}: use 0 < beta < 1")
     if args.amos_eta is not None and not (math.isfinite(args.amos_eta) and args.amos_eta > 0):
         raise CommandError(f"invalid --amos-eta {args.amos_eta}: a positive number")
-    if not (math.isfinite(args.amos_eta_scale) and args.amos_eta_scale > 0):
-        raise CommandError(f"invalid --amos-eta-scale {args.amos_eta_scale}: a positive number")
+    for flag, value in (("--amos-eta-scale", args.amos_eta_scale),
+                        ("--amos-decay-ratio", args.amos_decay_ratio)):
+        if not (math.isfinite(value) and value > 0):
+            raise CommandError(f"invalid {flag} {value}: a positive number")
     if not (math.isfinite(args.adamw_weight_decay) and args.adamw_weight_decay >= 0):
         raise CommandError(f"invalid --adamw-weight-decay {args.adamw_weight_decay}: a number "
                            ">= 0")
@@ -251,6 +262,8 @@ def _config(args: argparse.Namespace):
         warmup_fraction=args.warmup_fraction, amos_warmup=args.amos_warmup,
         amos_momentum=args.amos_momentum, amos_beta=args.amos_beta, amos_slots=args.amos_slots,
         amos_eta=args.amos_eta, amos_eta_scale=args.amos_eta_scale,
+        amos_decay_ratio=args.amos_decay_ratio,
+        amos_second_moment=args.amos_second_moment,
         adamw_weight_decay=args.adamw_weight_decay, adamw_beta1=args.adamw_beta1,
         cooldown_fraction=args.cooldown_fraction,
         cooldown=args.cooldown, evals=args.evals, threads=args.threads, jobs=args.jobs,
@@ -258,9 +271,36 @@ def _config(args: argparse.Namespace):
         progress=not args.no_progress)
 
 
+#: import name -> distribution, of what ``amos compare`` runs on (the ``cli`` extra)
+_NEEDS = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "matplotlib": "matplotlib",
+          "sklearn": "scikit-learn", "scipy": "scipy"}
+
+
+def _check_installed() -> None:
+    """Names the extra to install instead of ending in a ModuleNotFoundError mid-import."""
+    import importlib.util
+    import sys
+
+    from amosopt.commands import CommandError
+
+    missing = []
+    for module, distribution in _NEEDS.items():
+        try:
+            found = sys.modules[module] is not None if module in sys.modules else (
+                importlib.util.find_spec(module) is not None)
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(distribution)
+    if missing:
+        raise CommandError(f"amos compare needs {', '.join(missing)}, not installed here: "
+                           "pip install 'amosopt[cli]'")
+
+
 def run(args: argparse.Namespace) -> int:
     from amosopt.commands import CommandError
 
+    _check_installed()
     _check(args)
     config = _config(args)
     from amosopt.compare import run_compare

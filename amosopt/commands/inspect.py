@@ -2,15 +2,23 @@ r"""amos inspect: print the automatic eta / slot-shape table of a PyTorch model,
 optimizer state Amos keeps against AdamW.
 
 TARGET is an importable factory, ``package.module:callable`` (e.g. ``torchvision.models:resnet18``
-or ``mypkg.models:build``), called with the keyword arguments of ``--kwargs`` (a JSON object); it
-must return a ``torch.nn.Module``. With ``--example-input-shape`` the model runs one forward pass on
-zeros of that shape, so that kernels fed by an activation are found from the data flow; without it
-a heuristic decides (see ``amosopt.torch.scales``).
+or ``mypkg.models:build``; modules in the current directory are found), called with the keyword
+arguments of ``--kwargs`` (a JSON object); it must return a ``torch.nn.Module``. A Hugging Face
+model needs no factory: ``--hf-config`` takes its config (a ``config.json``, a folder with one, or
+the JSON itself, with its ``model_type``) and ``--hf-class`` the transformers class to build from
+it (default ``AutoModel``); the weights are random, nothing is downloaded. With
+``--example-input-shape`` the model runs one forward pass on zeros of that shape, so that kernels
+fed by an activation are found from the data flow; without it a heuristic decides (see
+``amosopt.torch.scales``).
 
-Example::
+Examples::
 
     amos inspect torch.nn:TransformerEncoderLayer --kwargs '{"d_model": 64, "nhead": 4}' \
         --example-input-shape 8,2,64
+    amos inspect --hf-config '{"model_type": "gpt2", "n_layer": 2}' \
+        --hf-class AutoModelForCausalLM --example-input-shape 1,16 --example-input-dtype int64
+
+``python -m amosopt inspect ...`` is the same command.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 _DTYPES = ("float32", "int64")
@@ -25,10 +36,17 @@ _DTYPES = ("float32", "int64")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("target", metavar="TARGET",
-                        help="model factory as package.module:callable")
+    parser.add_argument("target", metavar="TARGET", nargs="?",
+                        help="model factory as package.module:callable (or --hf-config)")
+    parser.add_argument("--hf-config", metavar="PATH_OR_JSON",
+                        help="a Hugging Face model config instead of TARGET: config.json, a "
+                             "folder with one, or the JSON object (with \"model_type\")")
+    parser.add_argument("--hf-class", default="AutoModel", metavar="CLASS",
+                        help="with --hf-config: the transformers class to build, e.g. "
+                             "AutoModelForCausalLM or GPT2LMHeadModel (default AutoModel)")
     parser.add_argument("--kwargs", default="{}", metavar="JSON",
-                        help="keyword arguments of the factory, as a JSON object")
+                        help="keyword arguments of the factory, as a JSON object (with "
+                             "--hf-config: config fields that override the config's)")
     parser.add_argument("--example-input-shape", action="append", default=None, metavar="SHAPE",
                         help="shape of one example input, e.g. 2,16 (repeat for several "
                              "positional inputs); enables the data-flow analysis")
@@ -39,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'optimizer', or a Lightning checkpoint): print what Amos is doing "
                              "for each parameter (effective rate, weight decay, decay so far, "
                              "steps until it drops another 10%%)")
+    parser.add_argument("--xi", type=float, metavar="XI",
+                        help="with --checkpoint: the global rate to show the rows at (default: "
+                             "the checkpoint's, or its schedule's peak when it has cooled "
+                             "down to 0)")
 
 
 def load_factory(target: str) -> Any:
@@ -48,6 +70,8 @@ def load_factory(target: str) -> Any:
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(f"TARGET must look like package.module:callable, got {target!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: the console
+        sys.path.insert(0, os.getcwd())  # script's path holds its own folder, not the current
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as error:
@@ -102,16 +126,75 @@ def format_memory(memory: Any) -> str:
     rows = [("optimizer state", "bytes", "size", "vs AdamW")]
     for label, value in (("AdamW (m, v)", memory.adamw),
                          ("Amos (v, b)", memory.amos),
-                         ("Amos + momentum (v, b, m)", memory.amos_momentum)):
+                         ("Amos + momentum (v, b, m)", memory.amos_momentum),
+                         ("Amos row-col + momentum (v, b, u, m)", memory.row_col_momentum)):
         rows.append((label, f"{value:,}", _mb(value), f"{memory.percent(value):.3f}%"))
     return (format_rows(rows) + f"\n(parameters: {memory.params // 4:,} float32 elements, "
             f"{memory.params:,} bytes; slots counted as float32, step counters excluded)")
 
 
+def hf_config(text: str) -> dict[str, Any]:
+    """The config dict of ``--hf-config``: a JSON object, a ``config.json`` or a folder with one."""
+    from amosopt.commands import CommandError
+
+    if text.lstrip().startswith("{"):
+        source = "--hf-config"
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"--hf-config is not valid JSON ({error}): {text!r}") from None
+    else:
+        path = Path(text)
+        source = str(path / "config.json" if path.is_dir() else path)
+        try:
+            config = json.loads(Path(source).read_text())
+        except FileNotFoundError:
+            raise CommandError(f"--hf-config {text}: no such file (expected config.json, a "
+                               "folder with one, or a JSON object)") from None
+        except json.JSONDecodeError as error:
+            raise CommandError(f"--hf-config {source}: not valid JSON ({error})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise CommandError(f"{source}: a Hugging Face config is a JSON object with its "
+                           "\"model_type\" (e.g. {\"model_type\": \"gpt2\", \"n_layer\": 2})")
+    return config
+
+
+def hf_factory(config: dict[str, Any], class_name: str) -> Any:
+    """``(**overrides) -> model``: the transformers class ``class_name`` built from ``config``
+    (random weights; ``Auto*`` classes through ``from_config``)."""
+    from amosopt.commands import CommandError
+
+    try:
+        import transformers
+    except ImportError as error:
+        raise CommandError(f"--hf-config needs transformers: pip install transformers ({error})") \
+            from None
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise CommandError(f"--hf-class {class_name}: transformers has no such class (e.g. "
+                           "AutoModel, AutoModelForCausalLM, GPT2LMHeadModel)")
+
+    def build(**overrides: Any) -> Any:
+        fields = {k: v for k, v in {**config, **overrides}.items() if k != "model_type"}
+        model_config = transformers.AutoConfig.for_model(config["model_type"], **fields)
+        return cls.from_config(model_config) if class_name.startswith("Auto") else cls(
+            model_config)
+
+    return build
+
+
 def run(args: argparse.Namespace) -> int:
     from amosopt.commands import CommandError
 
-    factory = load_factory(args.target)
+    if (args.target is None) == (args.hf_config is None):
+        raise CommandError("give TARGET (package.module:callable) or --hf-config, not both"
+                           if args.target else "give TARGET (package.module:callable) or "
+                           "--hf-config PATH_OR_JSON")
+    if args.hf_config is not None:
+        args.target = f"transformers:{args.hf_class}"
+        factory = hf_factory(hf_config(args.hf_config), args.hf_class)
+    else:
+        factory = load_factory(args.target)
     kwargs = parse_kwargs(args.kwargs)
     shapes = [parse_shape(text) for text in args.example_input_shape or []]
     try:
@@ -143,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_memory(table.memory()))
     if args.checkpoint is not None:
         print()
-        print(format_checkpoint(load_checkpoint(args.checkpoint), list(table)))
+        print(format_checkpoint(load_checkpoint(args.checkpoint), list(table), args.xi))
     return 0
 
 
@@ -175,19 +258,45 @@ def load_checkpoint(path: str) -> dict:
                        "of optimizer.state_dict(), or one under 'optimizer')")
 
 
-def format_checkpoint(state_dict: dict, names: list[str]) -> str:
-    """The diagnostics table of a saved state_dict, one row per stepped parameter."""
+def shown_xi(group: dict, xi: float | None) -> tuple[float | None, str]:
+    """The ``xi`` to show a saved group's rows at, and what its schedule is doing, in words.
+
+    A checkpoint saved after its cooldown has ``lr = 0``, where every step is 0 and every onset
+    infinite: the rows are shown at the schedule's peak, ``initial_lr``, which torch's LR
+    schedulers keep in the param group (or at ``--xi``)."""
+    lr, peak = float(group["lr"]), group.get("initial_lr")
+    peak = None if peak is None else float(peak)
+    if xi is not None:
+        return xi, f"xi = {lr:.4g} in the checkpoint; the rows at --xi {xi:.4g}"
+    if peak is None or peak <= 0 or lr >= peak:
+        return (lr if lr > 0 else None), f"xi = {lr:.4g}"
+    if lr == 0:
+        return peak, (f"xi = 0: the schedule has cooled down to 0 from its peak {peak:.4g}, so "
+                      f"nothing moves any more; the rows at the peak xi = {peak:.4g}")
+    return lr, (f"xi = {lr:.4g}, {100 * lr / peak:.0f}% of its schedule's peak {peak:.4g} "
+                "(in a warm-up or a cooldown)")
+
+
+def format_checkpoint(state_dict: dict, names: list[str], xi: float | None = None) -> str:
+    """The diagnostics table of a saved state_dict, one row per stepped parameter, at the
+    ``xi`` of :func:`shown_xi`."""
     from amosopt.scales import format_rows
     from amosopt.torch.diagnostics import from_state_dict
 
-    numbers = from_state_dict(state_dict, names)
+    step = max((int(float(s["step"])) for s in state_dict["state"].values() if "step" in s),
+               default=0)
+    xis, words = zip(*(shown_xi(g, xi) for g in state_dict["param_groups"]))
+    title = f"checkpoint after {step:,} steps ({words[0]})"
+    if any(x is None for x in xis):
+        return (f"{title}\nxi = 0 in this checkpoint and no schedule's peak is recorded: pass "
+                "--xi (the rate of the run) to see what Amos does per parameter")
+    groups = [dict(g, lr=x) for g, x in zip(state_dict["param_groups"], xis)]
+    numbers = from_state_dict({**state_dict, "param_groups": groups}, names)
     if not numbers:
         return "checkpoint: no parameter has been stepped yet"
-    step = max(int(float(s["step"])) for s in state_dict["state"].values() if "step" in s)
     header = ("name", "step (xi eta d_t)", "weight decay", "d_t", "decay",
               "decay onset (steps)")
     rows = [header] + [(name, f"{n['step']:.4g}", f"{n['weight_decay']:.4g}", f"{n['d_t']:.4f}",
                         f"{100 * n['decay']:.2f}%", f"{n['decay_onset']:,.0f}")
                        for name, n in numbers.items()]
-    return (f"checkpoint after {step:,} steps (xi = {state_dict['param_groups'][0]['lr']:.4g}):"
-            f"\n" + format_rows(rows))
+    return f"{title}:\n" + format_rows(rows)

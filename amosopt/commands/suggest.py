@@ -10,18 +10,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+
+def whole_number(text: str) -> int:
+    """An argparse type: a whole number, also written as ``1e6`` or ``1_000_000``."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value == int(value)):
+        raise argparse.ArgumentTypeError(f"expected a whole number (60000, 1e6), got {text!r}")
+    return int(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--examples", type=int, required=True,
-                        help="number of training examples (for a language model: sequences)")
-    parser.add_argument("--batch-size", type=int, required=True, help="examples per batch")
+    parser.add_argument("--examples", type=whole_number, required=True,
+                        help="number of training examples (for a language model: sequences); "
+                             "1e6 works")
+    parser.add_argument("--batch-size", type=whole_number, required=True,
+                        help="examples per batch")
     parser.add_argument("--loss", choices=("mean", "sum"), default="mean",
                         help="is the loss averaged (default) or summed over the labels?")
-    parser.add_argument("--labels-per-example", type=int, default=1,
+    parser.add_argument("--labels-per-example", type=whole_number, default=1,
                         help="labels a summed loss adds per example, e.g. target tokens "
                              "(default 1)")
-    parser.add_argument("--steps", type=int, metavar="T",
+    parser.add_argument("--steps", type=whole_number, metavar="T",
                         help="the training budget in steps, if any: adds the cooldown length and "
                              "warns when Amos's own decay will not start within T steps")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

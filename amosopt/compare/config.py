@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from amosopt.compare.registry import OPTIMIZERS
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["DEFAULTS", "DEFAULT_OPTIMIZERS", "XI_MULTIPLIERS", "CompareConfig", "field_default"]
 
@@ -25,12 +26,15 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                  "grids": {"adamw": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
                            "adamw-wsd": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
                            "adafactor": [2e-2, 4e-2, 8e-2, 1.6e-1],
-                           "schedulefree": [7.5e-4, 1.5e-3, 3e-3, 6e-3]}},
+                           "schedulefree": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
+                           "adam-mini": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
+                           "muon": [7.5e-4, 1.5e-3, 3e-3, 6e-3]}},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
                   "xi_multipliers": [1.0],
                   "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
                             "adafactor": [5e-3, 1e-2, 2e-2],
-                            "schedulefree": [1e-3, 3e-3, 1e-2]}},
+                            "schedulefree": [1e-3, 3e-3, 1e-2],
+                            "adam-mini": [1e-3, 3e-3, 1e-2], "muon": [1e-3, 3e-3, 1e-2]}},
     },
     "digits": {
         "full": {"budgets": [400, 1500], "evals": 20, "eval_batches": 0,
@@ -38,12 +42,15 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                  "grids": {"adamw": [1e-3, 3e-3, 1e-2, 3e-2],
                            "adamw-wsd": [1e-3, 3e-3, 1e-2, 3e-2],
                            "adafactor": [3e-2, 1e-1, 3e-1, 1.0],
-                           "schedulefree": [1e-3, 3e-3, 1e-2, 3e-2]}},
+                           "schedulefree": [1e-3, 3e-3, 1e-2, 3e-2],
+                           "adam-mini": [1e-3, 3e-3, 1e-2, 3e-2],
+                           "muon": [1e-3, 3e-3, 1e-2, 3e-2]}},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 0,
                   "xi_multipliers": [1.0],
                   "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
                             "adafactor": [1e-1, 3e-1, 1.0],
-                            "schedulefree": [3e-3, 1e-2, 3e-2]}},
+                            "schedulefree": [3e-3, 1e-2, 3e-2],
+                            "adam-mini": [3e-3, 1e-2, 3e-2], "muon": [3e-3, 1e-2, 3e-2]}},
     },
 }
 DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]
@@ -53,7 +60,8 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
                "amos_beta", "amos_slots", "amos_eta", "cooldown_fraction", "cooldown")
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
-FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1")
+FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1",
+                        "amos_decay_ratio", "amos_second_moment")
 
 
 @dataclass
@@ -79,6 +87,9 @@ class CompareConfig:
     #: k: every eta times k and the suggested xi divided by k, so the initial step xi * eta is
     #: the same and the weight decay (~ xi^2) is k^2 times weaker
     amos_eta_scale: float = 1.0
+    amos_decay_ratio: float = 1.0  # rho of amosopt.torch.Amos: the decay runs on rho * xi
+    #: Amos's normaliser: "slot", the paper's v; "row-col", v with a column factor per matrix
+    amos_second_moment: str = SECOND_MOMENT
     adamw_weight_decay: float = 0.01  # adamw and adamw-wsd
     adamw_beta1: float = 0.9  # adamw and adamw-wsd
     cooldown_fraction: float = 0.2

@@ -101,7 +101,9 @@ class SeedContext:
 def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs_dir: str,
             progress: Callable[[str, int, float], None] | None = None) -> dict:
     """Trains one run, writes ``runs_dir/KEY.json`` and returns its record."""
-    key = (spec.seed, spec.budget)
+    # the settings are part of the key: one process may run several studies (amos compare
+    # called twice with --jobs 1), and make_context is a partial of the study's settings
+    key = (spec.seed, spec.budget, repr(make_context))
     if key not in _CACHE:
         _CACHE.clear()  # one (seed, budget) at a time keeps a worker's memory flat
         _CACHE[key] = make_context(spec.seed, spec.budget)

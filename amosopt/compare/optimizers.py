@@ -9,7 +9,14 @@ Each has one tuned hyper-parameter, searched on a grid with the same number of t
 * ``adafactor``: ``torch.optim.Adafactor`` (factored second moments: the small-state peer),
   with AdamW's warm-up and linear decay;
 * ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (Defazio et al. 2024, arXiv 2405.15682;
-  the anytime peer), with its own warm-up and its train/eval modes.
+  the anytime peer), with its own warm-up and its train/eval modes;
+* ``adam-mini``: ``adam_mini.Adam_mini`` (Zhang et al. 2024, arXiv 2406.16793; the peer at
+  Amos's memory: one second moment per output row of the attention and MLP matrices and per
+  token of the embeddings and output layer), with ``adamw-wsd``'s schedule;
+* ``muon``: ``torch.optim.Muon`` (Jordan et al. 2024; orthogonalised momentum, one buffer per
+  matrix) for the 2-D hidden weights and AdamW for the rest, the usual split; Muon's step is
+  scaled to AdamW's update RMS (``adjust_lr_fn="match_rms_adamw"``, Liu et al. 2025, arXiv
+  2502.16982) so that one tuned lr serves both; ``adamw-wsd``'s schedule.
 
 Amos's grid is over multiples of the ``xi`` that :func:`amosopt.suggest.suggest` gives; the
 others' grids are learning rates.
@@ -25,6 +32,7 @@ import torch
 from torch import nn
 
 from amosopt.compare.registry import OPTIMIZERS, OptimizerInfo
+from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
 
@@ -60,6 +68,8 @@ class RunSettings:
     amos_momentum: float = 0.9
     amos_beta: float | None = None
     amos_warmup: int = 0
+    amos_decay_ratio: float = 1.0
+    amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
     warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
     cooldown_fraction: float = 0.2  # the WSD runs
     cooldown: str = "linear"
@@ -92,7 +102,9 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
     optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
                      slot_shape=run.slot_shape,
                      beta=run.beta if run.amos_beta is None else run.amos_beta,
-                     momentum=run.amos_momentum, clip_value=run.clip_value)
+                     momentum=run.amos_momentum, clip_value=run.clip_value,
+                     decay_ratio=run.amos_decay_ratio,
+                     second_moment=run.amos_second_moment)
     if wsd:
         scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
                                  cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
@@ -104,17 +116,10 @@ def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> B
 
 
 def _adamw(model: nn.Module, lr: float, run: RunSettings, wsd: bool) -> Built:
-    from amosopt.torch import wsd_schedule
-
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr,
                                   betas=(run.adamw_beta1, ADAMW_BETAS[1]),
                                   weight_decay=run.adamw_weight_decay, fused=True)
-    if wsd:
-        scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
-                                 cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
-    else:
-        scheduler = _linear_warmup_decay(optimizer, run)
-    return Built(optimizer, scheduler)
+    return Built(optimizer, _wsd(optimizer, run) if wsd else _linear_warmup_decay(optimizer, run))
 
 
 def _adafactor(model: nn.Module, lr: float, run: RunSettings) -> Built:
@@ -132,6 +137,76 @@ def _schedulefree(model: nn.Module, lr: float, run: RunSettings) -> Built:
     return Built(optimizer, None, train_mode=optimizer.train, eval_mode=optimizer.eval)
 
 
+def _adam_mini(model: nn.Module, lr: float, run: RunSettings) -> Built:
+    import adam_mini
+
+    optimizer = adam_mini.Adam_mini(model.named_parameters(), lr=lr,
+                                    betas=(run.adamw_beta1, ADAMW_BETAS[1]),
+                                    weight_decay=run.adamw_weight_decay, verbose=False)
+    # Adam-mini partitions by name: tell it the study models' embeddings and output layer;
+    # the fused attention input (qkv) gets one second moment per output row, as its values
+    optimizer.embd_names.update({"tok_emb", "pos_emb"})
+    optimizer.output_names.update({"head", "fc2"})
+    optimizer.wv_names.add("qkv")
+    return Built(optimizer, _wsd(optimizer, run))
+
+
+class _Split(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped as one (one set of param groups
+    for the LR scheduler, one state for the memory count)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:  # noqa: D107
+        self.parts = parts
+        self.defaults = {}
+        self.param_groups = [group for part in parts for group in part.param_groups]
+        self._optimizer_step_pre_hooks: dict = {}
+        self._optimizer_step_post_hooks: dict = {}
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return {p: s for part in self.parts for p, s in part.state.items()}
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+
+def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(Muon's, AdamW's) parameters: the 2-D weights of the hidden layers go to Muon; the
+    embeddings, the output layer (the last ``nn.Linear``), biases, norms and convolutions to
+    AdamW."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    hidden = {id(m.weight) for m in linears[:-1]}
+    muon = [p for p in model.parameters() if id(p) in hidden and p.ndim == 2]
+    chosen = {id(p) for p in muon}
+    return muon, [p for p in model.parameters() if id(p) not in chosen]
+
+
+def _muon(model: nn.Module, lr: float, run: RunSettings) -> Built:
+    hidden, rest = muon_split(model)
+    parts = []
+    if hidden:  # a model without hidden matrices (one linear layer) is AdamW's alone
+        parts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=run.adamw_weight_decay,
+                                      adjust_lr_fn="match_rms_adamw"))
+    if rest:
+        parts.append(torch.optim.AdamW(rest, lr=lr, betas=(run.adamw_beta1, ADAMW_BETAS[1]),
+                                       weight_decay=run.adamw_weight_decay, fused=True))
+    optimizer = _Split(parts)
+    return Built(optimizer, _wsd(optimizer, run))
+
+
+def _wsd(optimizer: torch.optim.Optimizer, run: RunSettings) -> Any:
+    from amosopt.torch import wsd_schedule
+
+    return wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
+                        cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
+
+
 def build(name: str, model: nn.Module, value: float, run: RunSettings) -> Built:
     """The optimizer ``name`` for ``model`` with its tuned hyper-parameter at ``value``."""
     if name in ("amos", "amos-wsd"):
@@ -142,6 +217,10 @@ def build(name: str, model: nn.Module, value: float, run: RunSettings) -> Built:
         return _adafactor(model, value, run)
     if name == "schedulefree":
         return _schedulefree(model, value, run)
+    if name == "adam-mini":
+        return _adam_mini(model, value, run)
+    if name == "muon":
+        return _muon(model, value, run)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
@@ -154,7 +233,7 @@ def schedule_description(name: str, run: RunSettings) -> str:
                                  else "") + "; Amos's own decay only")
     if name == "amos-wsd":
         return (f"{run.amos_warmup} warm-up steps, " if run.amos_warmup else "") + wsd
-    if name == "adamw-wsd":
+    if name in ("adamw-wsd", "adam-mini", "muon"):
         return f"{run.warmup_steps} warm-up steps, {wsd}"
     if name == "schedulefree":
         return f"{run.warmup_steps} warm-up steps, then constant (schedule-free averaging)"

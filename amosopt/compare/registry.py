@@ -33,5 +33,12 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         OptimizerInfo("schedulefree", "lr",
                       "schedulefree.AdamWScheduleFree (no schedule; weight averaging)",
                       module="schedulefree"),
+        OptimizerInfo("adam-mini", "lr",
+                      "Adam-mini (one second moment per output row or block: about half of "
+                      "AdamW's state), with adamw-wsd's schedule", module="adam_mini"),
+        OptimizerInfo("muon", "lr",
+                      "torch.optim.Muon for the hidden matrices, AdamW for embeddings, the "
+                      "output layer, norms and biases; one lr (Muon's matched to AdamW's RMS), "
+                      "with adamw-wsd's schedule"),
     )
 }

@@ -102,9 +102,11 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
         amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
-        amos_warmup=config.amos_warmup, warmup_fraction=config.warmup_fraction,
+        amos_warmup=config.amos_warmup, amos_second_moment=config.amos_second_moment,
+        warmup_fraction=config.warmup_fraction,
         cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
-        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1)
+        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1,
+        amos_decay_ratio=config.amos_decay_ratio)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return jobs.SeedContext(task, init_state, settings, config.evals), table
 
@@ -178,10 +180,14 @@ def _describe(config: CompareConfig) -> dict:
     source = "amosopt.torch.auto_scales"
     if config.amos_eta is not None:
         source += f", eta overridden to {config.amos_eta:g}"
+    if config.amos_decay_ratio != 1:
+        source += f", decay_ratio {config.amos_decay_ratio:g}"
     if config.amos_eta_scale != 1:
         source += f", eta x {config.amos_eta_scale:g} with xi / {config.amos_eta_scale:g}"
     if config.amos_slots != "factored":
         source += ", full-size slots"
+    if config.amos_second_moment != "slot":
+        source += f", second moment {config.amos_second_moment}"
     return {
         "task": {"name": task.name, "data": task.description,
                  "parameters": count_parameters(model), "train_examples": task.train_examples,

@@ -2,7 +2,8 @@
 ``compensated_rounding`` for 16-bit parameters.
 
 Drop-in for the authors' ``jestimator.amos`` (same arguments, defaults and numbers), without flax:
-``from amosopt.optax import amos``.
+``from amosopt.optax import amos``. A schedule is called as optax calls it (0 at the first
+update), jestimator's with the 1-based step: port one ``f`` as ``lambda count: f(count + 1)``.
 """
 
 from amosopt.optax.diagnostics import decay_onset, diagnostics

@@ -32,12 +32,18 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
                 beta: float = DEFAULTS["beta"], extra_l2: float = DEFAULTS["extra_l2"],
                 d_coef: float = DEFAULTS["d_coef"], c_coef: float = DEFAULTS["c_coef"],
                 epsilon: float = DEFAULTS["epsilon"], clip_value: float | None = None,
-                grads: Any = None, per_parameter: bool = True) -> dict[str, jax.Array]:
+                grads: Any = None, per_parameter: bool = True, shape_fn: Any = None,
+                momentum: Any = None, second_moment: Any = None,
+                decay_ratio: float = DEFAULTS["decay_ratio"]) -> dict[str, jax.Array]:
     """Per-variable diagnostics of Amos after the steps that ``state`` has seen.
 
     Pass the arguments given to :func:`amosopt.optax.amos` (``learning_rate`` may be a
-    schedule: the next step's ``xi`` is used). With ``grads`` (the last gradient) and
-    ``clip_value``, ``clip_fraction`` too.
+    schedule: the next update's ``xi``, ``schedule(count)``, is used). With ``grads`` (the last
+    gradient) and ``clip_value``, ``clip_fraction`` too. ``shape_fn``, ``momentum`` and
+    ``second_moment`` are accepted so that the same keyword arguments pass unchanged, and do not
+    change the numbers: the slots in ``state`` have their shapes already, momentum averages the
+    updates after Amos has made them, and the numbers are the slot's (``v``'s). ``per_parameter=False`` keeps only the min / median / max over the
+    variables (a few dozen keys however large the model).
 
     Returns:
         A flat dict: ``"KEY/NAME"`` for each variable (``NAME`` its key path joined with
@@ -56,9 +62,10 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
         >>> round(float(numbers["lr/w"]), 4), round(float(numbers["d_t/w"]), 6)
         (0.05, 0.999441)
     """
+    del shape_fn, momentum, second_moment  # see the docstring
     amos_state = _amos_state(state)
     count = amos_state.count
-    xi = learning_rate(count + 1) if callable(learning_rate) else learning_rate
+    xi = learning_rate(count) if callable(learning_rate) else learning_rate
     eta_of = _eta_function(eta_fn)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     vs, bs = treedef.flatten_up_to(amos_state.v), treedef.flatten_up_to(amos_state.b)
@@ -69,7 +76,7 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
         per_name["/".join(name)] = shared.variable(
             xi=jnp.asarray(xi, v.dtype), eta=eta_of(name, tuple(theta.shape)), beta=beta,
             count=count, v=v, b=b, c_coef=c_coef, d_coef=d_coef, extra_l2=extra_l2,
-            epsilon=epsilon, xp=jnp, grad=g, clip_value=clip_value)
+            epsilon=epsilon, xp=jnp, grad=g, clip_value=clip_value, decay_ratio=decay_ratio)
     return shared.flatten(per_name, per_parameter, xp=jnp)
 
 

@@ -41,7 +41,7 @@ flax is imported lazily (only for ``model``); plain nested dicts of arrays work 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,13 +214,35 @@ def _trace(apply_fn: Callable, params: Any, example_inputs: Any) -> tuple[_Trace
     except Exception as error:
         raise ValueError(
             f"auto_scales: tracing the model with example_inputs failed ({type(error).__name__}: "
-            f"{error}). Pass the inputs the model's __call__ takes (a tuple for several)."
+            f"{error}). Pass the inputs the model's __call__ takes (a tuple for several). A model "
+            "that needs more than its params (BatchNorm's batch_stats, a train flag, rngs): pass "
+            "apply_fn=lambda params, x: model.apply({'params': params, 'batch_stats': "
+            "batch_stats}, x) instead of model="
         ) from error
     jaxpr = closed.jaxpr
     tracer = _Tracer()
     leaves = [_Value("param", param=i) for i in range(len(jaxpr.invars))]
     tracer.run(jaxpr, leaves)
     return tracer, len(jaxpr.invars)
+
+
+def _check_not_variables(params: Any, model: Any) -> None:
+    """Raises for a flax linen ``variables`` dict passed whole where its ``params`` belong:
+    Amos would otherwise get a scale (and later update) for BatchNorm's running statistics."""
+    if model is None or not isinstance(params, Mapping) or "params" not in params:
+        return
+    from flax import linen  # lazy: only a linen model gets here with a 'params' collection
+
+    if isinstance(model, linen.Module):
+        others = sorted(str(k) for k in params if k != "params")
+        stats = others[0] if others else "batch_stats"
+        raise ValueError(
+            "auto_scales: params is the whole flax variables dict (collections "
+            f"{sorted(str(k) for k in params)}); pass variables['params'], the trainable "
+            "leaves Amos updates" + (
+                f", and, since the model needs its {', '.join(others)}, apply_fn=lambda params, "
+                f"x: model.apply({{'params': params, '{stats}': variables['{stats}']}}, x) "
+                "instead of model=" if others else ""))
 
 
 def _apply_fn(model: Any) -> Callable:
@@ -333,6 +355,7 @@ def auto_scales(
                          "data flow")
     if model is not None and apply_fn is not None:
         raise ValueError("auto_scales: pass model or apply_fn, not both")
+    _check_not_variables(params, model)
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     if not leaves:
         raise ValueError("auto_scales: params has no array leaves")

@@ -22,10 +22,10 @@ def wsd_schedule(learning_rate: float, total_steps: int, *, warmup_steps: int = 
 
     ``m`` is the multiplier of :func:`amosopt.torch.wsd_schedule` (both evaluate
     :class:`amosopt.schedules.WSD`), so ``schedule(s)`` equals the torch rate after ``s``
-    updates. optax's own optimizers call a schedule with the number of updates done, as torch
-    does; :func:`amosopt.optax.amos`, like the reference ``jestimator.amos``, calls it with the
-    1-based step ``t``. To line Amos up with torch step for step, pass
-    ``lambda t: schedule(t - 1)``.
+    updates. :func:`amosopt.optax.amos` calls it, as optax's own optimizers do, with the number
+    of updates done (0 at the first), so ``amos(schedule, ...)`` follows torch's
+    :class:`~amosopt.torch.WSDSchedule` step for step, also through
+    ``optax.inject_hyperparams``.
 
     Raises:
         ValueError: naming the argument (negative steps, a cooldown longer than

@@ -17,6 +17,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 __all__ = ["slot_partition_spec", "state_sharding"]
 
 
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
 def _is_spec_leaf(x: Any) -> bool:
     return x is None or isinstance(x, (PartitionSpec, jax.sharding.Sharding))
 
@@ -45,8 +49,10 @@ def state_sharding(state: Any, param_sharding: Any) -> Any:
 
     Works for :func:`amosopt.optax.amos` and anything chained or wrapped around it
     (``inject_hyperparams``, ``MultiSteps``): every subtree of ``state`` with the parameters'
-    tree structure (Amos's ``v`` and ``b``, the momentum, accumulated gradients) is sharded like
-    the parameters, through :func:`slot_partition_spec`; every other leaf (counts,
+    tree structure (Amos's ``v`` and ``b``, the column factors ``u`` of
+    ``second_moment="row-col"``, the momentum, accumulated gradients) is sharded like the
+    parameters, through :func:`slot_partition_spec` (``None`` leaves, such as the ``u`` of a
+    variable without a column factor, stay ``None``); every other leaf (counts,
     hyper-parameters) is replicated.
 
     Args:
@@ -86,13 +92,16 @@ def state_sharding(state: Any, param_sharding: Any) -> Any:
         return spec if mesh is None else NamedSharding(mesh, spec)
 
     def like_params(subtree: Any) -> bool:
-        return jax.tree.structure(subtree) == spec_def
+        # None stands for an absent leaf, e.g. a variable without a column factor ``u``
+        return (subtree is not None
+                and jax.tree.structure(subtree, is_leaf=_is_none) == spec_def)
 
     def map_subtree(subtree: Any) -> Any:
         if not like_params(subtree):  # a leaf outside any parameter-shaped subtree
             return finish(PartitionSpec())
         leaves = spec_def.flatten_up_to(subtree)
-        return spec_def.unflatten([finish(slot_partition_spec(spec, tuple(leaf.shape)))
+        return spec_def.unflatten([None if leaf is None else
+                                   finish(slot_partition_spec(spec, tuple(leaf.shape)))
                                    for spec, leaf in zip(specs, leaves)])
 
     return jax.tree.map(map_subtree, state, is_leaf=like_params)

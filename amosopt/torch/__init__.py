@@ -6,8 +6,10 @@ Import as ``from amosopt.torch import Amos``; this module imports torch, ``impor
 not.
 """
 
+from amosopt.torch.integrations import unwrap_optimizer
 from amosopt.torch.optimizer import Amos
 from amosopt.torch.scales import auto_amos, auto_scales
 from amosopt.torch.schedules import WSDSchedule, warmup_schedule, wsd_schedule
 
-__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "warmup_schedule", "wsd_schedule"]
+__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "unwrap_optimizer",
+           "warmup_schedule", "wsd_schedule"]

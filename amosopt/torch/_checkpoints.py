@@ -20,20 +20,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from amosopt.rules import as_shape_fn
+from amosopt.rules import as_shape_fn, column_shape
+from amosopt.torch import _mistakes
 from amosopt.torch._functional import slot_dtype
 
 if TYPE_CHECKING:
     from amosopt.torch.optimizer import Amos
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
-_SLOT_KEYS = ("v", "b", "momentum_buffer")
+_SLOT_KEYS = ("v", "b", "u", "momentum_buffer")
 #: 0-d float32 counters besides ``step`` (which torch leaves uncast): ``nonfinite="skip"``'s
 _COUNTERS = ("skipped",)
 #: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
 _PARAMETER_SHAPED = ("momentum_buffer", "compensation")
 #: every tensor of a parameter's state but ``step``: the slot-shape check reads them
-_STATE_TENSORS = ("v", "b", *_PARAMETER_SHAPED)
+_STATE_TENSORS = ("v", "b", "u", *_PARAMETER_SHAPED)
 #: stands in a state_dict for an eta / slot_shape spec that is not plain data (a callable, a
 #: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
 _NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
@@ -43,11 +44,12 @@ _PLAIN_TYPES = (bool, int, float, str, type(None))
 #: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
 FORMAT_KEY = "amosopt_format"
 #: 1: per-parameter ``step``, ``eta``, ``slot_shape``, ``v``, ``b`` (slot shape),
-#: ``momentum_buffer`` (parameter shape) and, with ``rounding="compensated"`` for a 16-bit
-#: parameter, ``compensation`` (its shape and dtype; optional: made at the next step where a
-#: state lacks it); with ``nonfinite="skip"``, ``skipped`` (0-d float32; optional alike). A
-#: state_dict without the key was written before it was added (amosopt 0.x up to this
-#: change), in the same layout: it reads as format 1.
+#: ``momentum_buffer`` (parameter shape), with ``second_moment="row-col"`` ``u`` (the column
+#: factor's shape, :func:`amosopt.rules.column_shape`, where there is one) and, with
+#: ``rounding="compensated"`` for a 16-bit parameter, ``compensation`` (its shape and dtype;
+#: optional: made at the next step where a state lacks it); with ``nonfinite="skip"``,
+#: ``skipped`` (0-d float32; optional alike). A state_dict without the key was written before
+#: it was added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
 FORMAT = 1
 
 
@@ -134,6 +136,7 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
     """A load_state_dict pre-hook (the last): checks the format and the slot shapes of the
     saved state (see :func:`_check_saved_state`), then keeps the saved slot tensors, by
     parameter position, for :func:`restore`."""
+    _mistakes.check_saved_state(optimizer, state_dict)  # another optimizer's, or model's
     _check_saved_state(optimizer, state_dict)
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [
@@ -180,8 +183,9 @@ def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
                      if isinstance(entry.get(k), Tensor)}
             if "slot_shape" in entry:
                 found["slot_shape"] = tuple(entry["slot_shape"])
-            wrong = {k: got for k, got in found.items()
-                     if got != (shape if k in _PARAMETER_SHAPED else want)}
+            expected = {k: shape for k in _PARAMETER_SHAPED}
+            expected["u"] = column_shape(shape, want)  # None: a u where none belongs
+            wrong = {k: got for k, got in found.items() if got != expected.get(k, want)}
             if wrong:
                 raise ValueError(
                     f"Cannot load the optimizer state of parameter {name!r} with shape {shape}: "

@@ -7,6 +7,8 @@ parameter change in place, and the update is split where the optimizer needs to 
 * :func:`mean_square` -- :math:`M(g_t^2)`, in phase 1, where a non-finite gradient must be found
   before anything changes;
 * :func:`slot_coefficients` -- :math:`v_t, b_t` and the slot-shaped factors of the update;
+* :func:`column_scaled` -- with ``second_moment="row-col"``, the column factor :math:`u_t` and
+  the gradient it rescales entry by entry;
 * :func:`apply_update` -- :math:`\theta_t` (through the momentum EMA :math:`m_t` if any).
 
 Every path of :class:`amosopt.torch.Amos` runs these functions: one tensor at a time, on
@@ -52,6 +54,8 @@ class Hyper:
     #: how a 16-bit parameter stores its float32 update (see apply_update): "nearest",
     #: "stochastic" (bfloat16) or "compensated"
     rounding: str = "nearest"
+    #: ρ: the decay (γ_t, c_t) runs on the global rate ρξ instead of ξ; 1 is the paper's
+    decay_ratio: float = 1.0
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> Hyper:
@@ -66,7 +70,7 @@ class Hyper:
                    c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
                    epsilon=group["epsilon"], mu=group["momentum"],
                    sign=-1.0 if group["maximize"] else 1.0, clip=group["clip_value"],
-                   rounding=group["rounding"])
+                   rounding=group["rounding"], decay_ratio=group["decay_ratio"])
 
 
 def slot_dtype(p: Tensor) -> torch.dtype:
@@ -144,25 +148,47 @@ def slot_coefficients(g2: Tensor, v: Tensor, b: Tensor, h: Hyper, xi_eta: Scalar
         \begin{aligned}
         & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
           1/\hat v_t = (1-\beta^t) / \max(v_t, \epsilon) \\
-        & c_t = (1 + c\sqrt{\xi}\, b_{t-1})^{-1/2}, \qquad
+        & c_t = (1 + c\sqrt{\rho\xi}\, b_{t-1})^{-1/2}, \qquad
           d_t = (1 + d\sqrt{\xi\eta}\, b_{t-1})^{-1}, \qquad
-          \gamma_t = c_t\, \xi^2 M(g_t^2) / \hat v_t \\
+          \gamma_t = c_t\, (\rho\xi)^2 M(g_t^2) / \hat v_t \\
         & b_t = b_{t-1} + \gamma_t (1 + b_{t-1}), \qquad
           \text{decay} = d_t (\tfrac12\gamma_t + \lambda), \qquad
           \text{step} = d_t\, \xi\eta / \sqrt{\hat v_t}
         \end{aligned}
 
-    ``xi_eta``, ``d_scale`` and ``bias_correction`` are :func:`per_tensor`'s numbers.
+    ``xi_eta``, ``d_scale`` and ``bias_correction`` are :func:`per_tensor`'s numbers;
+    :math:`\rho` is ``h.decay_ratio`` (1 in the paper, where the decay runs on :math:`\xi`).
     """
     v.mul_(h.beta).add_(g2, alpha=1.0 - h.beta)
     rcpl_v_hat = v.clamp_min(h.epsilon).reciprocal_().mul_(bias_correction)  # 1 / v_hat_t
-    c_t = b.mul(h.c_coef * sqrt(h.xi)).add_(1.0).rsqrt_()
-    gamma = c_t.mul_(h.xi * h.xi).mul_(rcpl_v_hat).mul_(g2)
+    xi_g = h.xi if h.decay_ratio == 1.0 else h.xi * h.decay_ratio  # ρξ, the decay's rate
+    c_t = b.mul(h.c_coef * sqrt(xi_g)).add_(1.0).rsqrt_()
+    gamma = c_t.mul_(xi_g * xi_g).mul_(rcpl_v_hat).mul_(g2)
     d_t = b.mul(d_scale).add_(1.0).reciprocal_()
     b.addcmul_(gamma, b + 1.0)
     decay = gamma.mul(0.5).add_(h.extra_l2).mul_(d_t)
     step = rcpl_v_hat.sqrt_().mul_(d_t).mul_(xi_eta)
     return decay, step
+
+
+def column_scaled(g: Tensor, g2_column: Tensor, v: Tensor, u: Tensor, h: Hyper) -> Tensor:
+    r"""Updates the column factor ``u`` in place (``second_moment="row-col"``); returns
+    :math:`\tilde g_t`, a new tensor, which :func:`apply_update` takes for :math:`g_t`:
+
+    .. math::
+        u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+        w_t = \max(u_t, \epsilon) / \max(\mathrm{mean}(v_t), \epsilon), \qquad
+        \tilde g_t = g_t / \sqrt{w_t}
+
+    with :math:`M_K` the mean over the axes the slot keeps (``g2_column``). Then
+    :math:`\xi\eta\, d_t \tilde g_t / \sqrt{\hat v_t}` is :math:`\xi\eta\, d_t g_t` over
+    the square root of Adafactor's rank-1 estimate
+    :math:`\hat v_t \hat u_t / \mathrm{mean}(\hat v_t)` (Shazeer & Stern 2018, arXiv
+    1804.04235; the bias corrections :math:`1-\beta^t` cancel in :math:`w_t`). ``v`` must be
+    :math:`v_t` already (:func:`slot_coefficients` has run)."""
+    u.mul_(h.beta).add_(g2_column, alpha=1.0 - h.beta)
+    w = u.clamp_min(h.epsilon).div_(v.mean().clamp_min(h.epsilon))
+    return g * w.rsqrt_()
 
 
 def apply_update(p: Tensors, g: Tensors, decay: Tensors, step: Tensors, m: Optional[Tensors],

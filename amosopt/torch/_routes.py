@@ -23,6 +23,11 @@ compiled (fused=True)   the full step as one kernel; large factored parameters' 
 one by one              the rest (full-size slots between the two sizes, large or sharded ones)
 ======================  ===========================================================================
 
+With ``second_moment="row-col"``, a tensor with a column factor (``route.columns``) takes the
+same ways but the compiled ones: phase 1 reduces its clipped gradient twice
+(``Measure.MEAN_SQUARES``), and phase 2 updates eagerly, after
+:func:`~amosopt.torch._functional.column_scaled` has rescaled its clipped gradient.
+
 The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
 """
 
@@ -35,7 +40,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from amosopt.rules import Shape, reduced_axes
+from amosopt.rules import Shape, column_shape, reduced_axes
 from amosopt.torch import _functional as functional
 from amosopt.torch import _fused
 from amosopt.torch._functional import Hyper
@@ -73,6 +78,8 @@ class Measure:
     PEAK = "peak"  # full step: only the peak of clip(g)^2 is checked, M(g^2) comes in phase 2
     KERNEL = "kernel"  # M(clip(g)^2) as one compiled kernel (fused, factored, clipped)
     MEAN_SQUARE = "mean square"  # M(clip(g)^2) eagerly
+    #: M_R(clip(g)^2) and M_K(clip(g)^2) eagerly: a tensor with a column factor
+    MEAN_SQUARES = "mean squares"
 
 
 class Update:
@@ -108,12 +115,16 @@ class Route:
     matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
     flat: bool  # slot coefficients concatenated with the other small slots'
     scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
+    #: the axes M_K(g^2) averages over for the column factor u (the slot's kept axes), or None:
+    #: no column factor (second_moment="slot", or a full-size or one-entry slot)
+    columns: Optional[tuple[int, ...]]
 
     def __init__(self, axes: tuple[int, ...], keepdim: bool = True, sharded: bool = False, *,
                  measure: Optional[str] = None, update: Optional[str] = None,
                  matrix: Optional[_fused.Matrix] = None, flat: bool = False,
                  scratch: bool = False, full_step: bool = False, blocks: bool = False,
-                 compiled: bool = False, batched: bool = False) -> None:
+                 compiled: bool = False, batched: bool = False,
+                 columns: Optional[tuple[int, ...]] = None) -> None:
         if update is None:
             update = (Update.ALONE if not (full_step or compiled or batched)
                       else Update.BATCHED if batched
@@ -121,10 +132,11 @@ class Route:
                       else Update.FULL_STEP_KERNEL if compiled
                       else Update.FULL_STEP_BLOCKS if blocks else Update.FULL_STEP)
         if measure is None:
-            measure = Measure.PEAK if update in _FULL_STEPS else Measure.MEAN_SQUARE
+            measure = (Measure.PEAK if update in _FULL_STEPS
+                       else Measure.MEAN_SQUARE if columns is None else Measure.MEAN_SQUARES)
         for name, value in (("axes", axes), ("keepdim", keepdim), ("sharded", sharded),
                             ("measure", measure), ("update", update), ("matrix", matrix),
-                            ("flat", flat), ("scratch", scratch)):
+                            ("flat", flat), ("scratch", scratch), ("columns", columns)):
             object.__setattr__(self, name, value)
 
     @property
@@ -157,10 +169,14 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     n = p.numel()
     clip = group["clip_value"] is not None
     scratch = clip and n >= _LARGE and not sharded
+    columns = None
+    if group["second_moment"] == "row-col" and column_shape(shape, slot_shape) is not None:
+        columns = tuple(i for i in range(len(shape)) if i not in axes)
     # foreach=None takes the multi-tensor ways: fewer launches on CUDA, and on CPU measured as
     # fast as the loop for a few large tensors, faster for many small ones
     if group["foreach"] is False:
-        return Route(axes, keepdim, sharded, update=Update.LOOP, scratch=scratch)
+        return Route(axes, keepdim, sharded, update=Update.LOOP, scratch=scratch,
+                     columns=columns)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
     tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
@@ -172,7 +188,7 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
             Update.FULL_STEP_KERNEL if fused
             else Update.FULL_STEP_BLOCKS if contiguous else Update.FULL_STEP))
     matrix = None
-    if fused and not full:
+    if fused and not full and columns is None:  # the kernels know no column factor
         plain = not clip and group["momentum"] == 0
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
@@ -180,14 +196,14 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     if matrix is not None:  # without clipping the eager M(g^2) reads g once already
         return Route(axes, keepdim, sharded, matrix=matrix, flat=flat, update=Update.KERNEL,
                      measure=Measure.KERNEL if clip else Measure.MEAN_SQUARE)
-    return Route(axes, keepdim, sharded, flat=flat, scratch=scratch,
+    return Route(axes, keepdim, sharded, flat=flat, scratch=scratch, columns=columns,
                  update=Update.BATCHED if n < _LARGE and (flat or not full) else Update.ALONE)
 
 
 def group_signature(group: dict[str, Any]) -> tuple:
     """What :func:`route` reads of a param group."""
     return (group["foreach"], group["fused"], group["clip_value"] is None, group["momentum"] > 0,
-            group["rounding"])
+            group["rounding"], group["second_moment"])
 
 
 def compensated(p: Tensor, group: dict[str, Any]) -> bool:
@@ -247,6 +263,8 @@ class Measured(NamedTuple):
 
     g2: list[Optional[Tensor]]  # M(clip(g)^2), slot-shaped; None: the full step recomputes it
     checks: list[Tensor]  # what must be finite: g2, or the peak of clip(g)^2
+    #: M_K(clip(g)^2) for the column factor u, column-shaped; None: no column factor
+    g2_columns: list[Optional[Tensor]]
 
 
 def clipped(r: Record, h: Hyper, scratch: Scratch) -> Tensor:
@@ -273,18 +291,25 @@ def measure(records: list[Record], h: Hyper, scratch: Scratch) -> Measured:
     for (device, dtype), size in sizes.items():
         if (device, dtype) not in scratch or scratch[device, dtype].numel() < size:
             scratch[device, dtype] = torch.empty(size, device=device, dtype=dtype)
-    measured = Measured([], [])
+    measured = Measured([], [], [])
     for r in records:
         grad, dtype = r.p.grad, functional.slot_dtype(r.p)
+        g2_column = None
         if r.route.measure == Measure.PEAK:
             g2, check = None, _peak_square(grad, h, dtype)
         elif r.route.measure == Measure.KERNEL:
             g2 = check = _fused.clipped_mean_square(grad, r.route.matrix, r.slot_shape, dtype, h)
+        elif r.route.measure == Measure.MEAN_SQUARES:
+            g = clipped(r, h, scratch)
+            g2 = functional.mean_square(g, r.route.axes, dtype, r.route.keepdim)
+            g2_column = functional.mean_square(g, r.route.columns, dtype)
+            check = torch.maximum(g2.amax(), g2_column.amax())  # NaN propagates
         else:
             g2 = check = functional.mean_square(clipped(r, h, scratch), r.route.axes, dtype,
                                                 r.route.keepdim)
         measured.g2.append(g2)
         measured.checks.append(check)
+        measured.g2_columns.append(g2_column)
     return measured
 
 
@@ -370,34 +395,35 @@ def count(records: list[Record], ok: Tensor) -> None:
 # Phase 2
 
 
-def update(records: list[Record], g2s: list[Optional[Tensor]], h: Hyper, scratch: Scratch,
+def update(records: list[Record], measured: Measured, h: Hyper, scratch: Scratch,
            ok: Optional[Tensor] = None) -> None:
-    """Phase 2: each record on its way (``route.update``), with its ``g2`` from
-    :func:`measure`; one pass per (device, dtype), as concatenations and lists need one dtype
-    (tensors of one device keep their order, and so their draws of stochastic rounding).
+    """Phase 2: each record on its way (``route.update``), with its ``g2`` (and ``g2_column``)
+    from :func:`measure`; one pass per (device, dtype), as concatenations and lists need one
+    dtype (tensors of one device keep their order, and so their draws of stochastic
+    rounding).
 
     With ``ok`` (``nonfinite="skip"``: a 0-d bool tensor, all gradients finite), every tensor
     that a way changes is copied first and afterwards put back where ``ok`` is false
     (:func:`_keep`): the step is undone on the device, whatever the way, without a host
     branch. A large tensor is copied alone, just before its update; small ones (flat slots,
     the batched update) per bucket."""
-    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Optional[Tensor]]]] = {}
-    for r, g2 in zip(records, g2s):
-        buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2))
+    buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Any, Any]]] = {}
+    for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
+        buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2, g2_column))
     for bucket in buckets.values():
-        flat = [(r, g2) for r, g2 in bucket if r.route.flat]
+        flat = [(r, g2) for r, g2, _ in bucket if r.route.flat]
         kept = [] if ok is None else _keep(
             [x for r, _ in flat for x in _slot_state(r)]
-            + [x for r, _ in bucket if r.route.batched for x in _changed(r)])
+            + [x for r, _, _ in bucket if r.route.batched for x in _changed(r)])
         coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
                             ) if flat else {}
         batched = []
-        for r, g2 in bucket:
+        for r, g2, g2_column in bucket:
             if r.route.batched:
-                batched.append(_step_one(r, g2, h, scratch, coefficients))
+                batched.append(_step_one(r, g2, g2_column, h, scratch, coefficients))
                 continue
             alone = None if ok is None else _keep(_changed(r))
-            _step_one(r, g2, h, scratch, coefficients)
+            _step_one(r, g2, g2_column, h, scratch, coefficients)
             if alone:
                 _put_back(ok, alone)
         if batched:
@@ -443,13 +469,14 @@ def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
         torch.where(ok, x, old, out=x)
 
 
-def _step_one(r: Record, g2: Optional[Tensor], h: Hyper, scratch: Scratch,
-              coefficients: dict[Record, tuple[Tensor, Tensor]]) -> Optional[tuple]:
+def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: Hyper,
+              scratch: Scratch, coefficients: dict[Record, tuple[Tensor, Tensor]]
+              ) -> Optional[tuple]:
     """One record of :func:`update` on its way; the batched way only computes its slot
     coefficients and returns the arguments of its share of the batched update."""
     way = r.route.update
     if way == Update.LOOP:
-        _loop_step(r, g2, h, scratch)
+        _loop_step(r, g2, g2_column, h, scratch)
         return None
     v, b, m, c = r.slots(h)
     if way == Update.FULL_STEP_KERNEL:
@@ -463,13 +490,16 @@ def _step_one(r: Record, g2: Optional[Tensor], h: Hyper, scratch: Scratch,
     if way == Update.KERNEL:
         _fused.update(r.p, decay, step, m, r.route.matrix, h)
     elif way == Update.BATCHED:
-        return r.p, functional.clip(r.p.grad, h), decay, step, m, c
+        g = scaled_gradient(r, functional.clip(r.p.grad, h), g2_column, h)
+        return r.p, g, decay, step, m, c
     else:
-        functional.apply_update(r.p, clipped(r, h, scratch), decay, step, m, h, c)
+        g = scaled_gradient(r, clipped(r, h, scratch), g2_column, h)
+        functional.apply_update(r.p, g, decay, step, m, h, c)
     return None
 
 
-def _loop_step(r: Record, g2: Tensor, h: Hyper, scratch: Scratch) -> None:
+def _loop_step(r: Record, g2: Tensor, g2_column: Optional[Tensor], h: Hyper, scratch: Scratch
+               ) -> None:
     """The loop's way (``foreach=False``), the reference path: one parameter's slot
     coefficients, then its update."""
     v, b, m, c = r.slots(h)
@@ -480,7 +510,16 @@ def _loop_step(r: Record, g2: Tensor, h: Hyper, scratch: Scratch) -> None:
         p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
         v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
     decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
-    functional.apply_update(p, g, decay, step, m, h, c)
+    functional.apply_update(p, scaled_gradient(r, g, g2_column, h), decay, step, m, h, c)
+
+
+def scaled_gradient(r: Record, g: Tensor, g2_column: Optional[Tensor], h: Hyper) -> Tensor:
+    """``g``, or where ``r`` has a column factor, ``g`` rescaled by it
+    (:func:`~amosopt.torch._functional.column_scaled`, which updates ``u``); after ``r``'s
+    slot coefficients, which it reads ``v_t`` of."""
+    if r.route.columns is None:
+        return g
+    return functional.column_scaled(g, g2_column, r.state["v"], r.state["u"], h)
 
 
 def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from amosopt.hyperparameters import check_interval
+from amosopt.hyperparameters import check_interval, check_second_moment
 from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 
 #: the values of ``rounding``
@@ -34,7 +34,7 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
             raise bad("lr", "a tensor lr must have one element")
         lr = lr.item()
     numbers_ = ("lr", "beta", "momentum", "clip_value", "c_coef", "d_coef", "extra_l2",
-                "epsilon")
+                "epsilon", "decay_ratio")
     for arg in numbers_:
         value = lr if arg == "lr" else group[arg]
         if arg == "clip_value" and value is None:
@@ -47,6 +47,7 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
         raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
     if not isinstance(group["nonfinite"], str) or group["nonfinite"] not in NONFINITE:
         raise bad("nonfinite", f"it must be one of {', '.join(map(repr, NONFINITE))}")
+    check_second_moment(group["second_moment"], where)
     for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):
             raise bad(arg, "it must be a bool" + (" or None (auto)" if arg == "foreach" else ""))

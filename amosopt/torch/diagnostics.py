@@ -48,14 +48,18 @@ def _per_parameter(groups: list[dict], state_of: Any, grad_of: Any = None,
                 xi=xi, eta=float(state["eta"]), beta=group["beta"],
                 count=float(state["step"]), v=_local(state["v"]), b=_local(state["b"]),
                 c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
-                epsilon=group["epsilon"], xp=np, grad=None if grad is None else _local(grad),
+                epsilon=group["epsilon"], decay_ratio=group["decay_ratio"], xp=np, grad=None if grad is None else _local(grad),
                 clip_value=clip)
             out[name] = {key: float(value) for key, value in numbers.items()}
     return out
 
 
 def numbers_by_name(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, float]]:
-    """``{name: {key: value}}``: the numbers of :func:`diagnostics`, not flattened."""
+    """``{name: {key: value}}``: the numbers of :func:`diagnostics`, not flattened; a trainer's
+    wrapper is unwrapped (:func:`amosopt.torch.integrations.unwrap_optimizer`)."""
+    from amosopt.torch.integrations import unwrap_optimizer
+
+    optimizer = unwrap_optimizer(optimizer)
     return _per_parameter(optimizer.param_groups, optimizer.state.get, lambda p: p.grad)
 
 
@@ -69,6 +73,11 @@ def from_state_dict(state_dict: dict, names: list[str] | None = None
 def diagnostics(optimizer: torch.optim.Optimizer, *, per_parameter: bool = True
                 ) -> dict[str, float]:
     """Per-parameter diagnostics of :class:`amosopt.torch.Amos`, as a flat dict for loggers.
+
+    ``optimizer`` may be a trainer's wrapper around Amos: ``diagnostics(trainer.optimizer)``
+    for a Hugging Face ``Trainer`` (accelerate's ``AcceleratedOptimizer``, which lacks the
+    method ``trainer.optimizer.diagnostics``). ``per_parameter=False`` keeps only the min /
+    median / max over the parameters: a few dozen keys however large the model.
 
     Keys: ``"KEY/NAME"`` for each parameter (its ``named_parameters()`` name, or its index when
     the optimizer was given no names) if ``per_parameter``, and ``"KEY/min"``,

@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.hyperparameters import DEFAULTS
-from amosopt.rules import Shape, as_eta_fn, as_shape_fn
-from amosopt.torch import _checkpoints, _fused, _routes, _validation
+from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
+from amosopt.rules import Shape, as_eta_fn, as_shape_fn, column_shape
+from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
 from amosopt.torch._sharding import check_not_flattened
@@ -55,9 +55,9 @@ class Amos(Optimizer):
             \text{clip\_value}) \quad (\text{element-wise, optional}) \\
         & v_t = \beta v_{t-1} + (1-\beta) M(g_t^2), \qquad
           \hat v_t = \max(v_t, \epsilon) / (1-\beta^t) \\
-        & c_t = (1 + c\sqrt{\xi_t}\, b_{t-1})^{-1/2}, \qquad
+        & c_t = (1 + c\sqrt{\rho\xi_t}\, b_{t-1})^{-1/2}, \qquad
           d_t = (1 + d\sqrt{\xi_t\eta}\, b_{t-1})^{-1} \\
-        & \gamma_t = c_t\, \xi_t^2\, M(g_t^2) / \hat v_t \\
+        & \gamma_t = c_t\, (\rho\xi_t)^2\, M(g_t^2) / \hat v_t \\
         & \Delta_t = -d_t \big( \xi_t \eta\, g_t / \sqrt{\hat v_t}
             + (\tfrac12\gamma_t + \lambda)\, \theta_{t-1} \big) \\
         & b_t = b_{t-1} + \gamma_t (1 + b_{t-1}) \\
@@ -65,7 +65,30 @@ class Amos(Optimizer):
         & \theta_t = \theta_{t-1} + \Delta_t
         \end{aligned}
 
-    with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`.
+    with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`. The paper's algorithm has
+    :math:`\rho = 1` (``decay_ratio``, the default).
+
+    ``second_moment="row-col"`` normalises each entry by a rank-1 estimate of its own second
+    moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern 2018, arXiv
+    1804.04235, with means for sums). With :math:`R` the axes the slot reduces and :math:`K`
+    the ones it keeps, a column factor :math:`u` (the parameter's shape with the kept axes 1:
+    ``(1, in)`` beside a ``(out, 1)`` slot) runs beside :math:`v`, which still drives
+    :math:`\gamma_t, b_t, c_t, d_t`; only the gradient term of :math:`\Delta_t` changes:
+
+    .. math::
+        \begin{aligned}
+        & u_t = \beta u_{t-1} + (1-\beta) M_K(g_t^2), \qquad
+          \hat u_t = \max(u_t, \epsilon) / (1-\beta^t) \\
+        & \hat V_t = \hat v_t\, \hat u_t / \overline{\hat v_t}, \qquad
+          \overline{\hat v_t} = \max(\mathrm{mean}(v_t), \epsilon) / (1-\beta^t) \\
+        & \Delta_t = -d_t \big( \xi_t \eta\, g_t / \sqrt{\hat V_t}
+            + (\tfrac12\gamma_t + \lambda)\, \theta_{t-1} \big)
+        \end{aligned}
+
+    (:math:`\mathrm{mean}(v_t)`, over the slot, is also the mean of :math:`u_t`: both average
+    all of :math:`g^2`). A parameter whose slot reduces no axis (full size) or has a single
+    entry (``()``: biases, norms) has no column factor and the paper's update
+    (:func:`amosopt.rules.column_shape`).
 
     Args:
         params: tensors, ``(name, tensor)`` pairs such as ``model.named_parameters()``, or param
@@ -86,6 +109,15 @@ class Amos(Optimizer):
         c_coef: :math:`c`, the coefficient of the weight-decay factor :math:`c_t` (default 0.25).
         d_coef: :math:`d`, the coefficient of the step-decay factor :math:`d_t` (default 0.25).
         epsilon: :math:`\epsilon`, a floor on :math:`v` (default :math:`2^{-125}`).
+        decay_ratio: :math:`\rho`, the global rate of the decay as a fraction of the step's
+            (default 1, the paper's). The weight decay :math:`\tfrac12\gamma_t` scales as
+            :math:`\rho^2`, and :math:`b` (so the step's decay :math:`d_t`) grows
+            :math:`\rho^2` times slower, while the step :math:`\xi\eta\, d_t` starts the same.
+            :math:`\rho = 1/k` is exactly ``eta`` times :math:`k` with ``lr`` divided by
+            :math:`k`: the weights settle toward an RMS of :math:`k\eta` over
+            :math:`2k^2/\xi^2` steps instead of :math:`\eta` over :math:`2/\xi^2`. Budgets
+            shorter than an epoch or two gain from :math:`\rho < 1` (``amos suggest --steps``;
+            ``benchmarks/diagnose.py``).
         foreach: use the multi-tensor implementation (``torch._foreach_*``); ``None`` picks it,
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
         maximize: maximise the objective instead of minimising it.
@@ -99,6 +131,13 @@ class Amos(Optimizer):
             draws from torch's default generator; ``"compensated"`` keeps what rounding lost
             in a buffer of the parameter's dtype (Kahan summation; 2 bytes per parameter) and
             adds it back at the next step. Other dtypes: no effect.
+        second_moment: ``"slot"`` (default, the paper's): the step is
+            :math:`g_t / \sqrt{\hat v_t}` with the slot-shaped :math:`v`; ``"row-col"``: each
+            entry over the rank-1 estimate :math:`\hat V_t` above, at the cost of one column
+            factor :math:`u` per factored tensor (a vector per matrix, in the slots' dtype).
+            Its update runs eagerly even with ``fused=True``. Set on a param group of a
+            running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)` (so that at first
+            :math:`\hat V_t \approx \hat v_t`) and learns the column profile from there.
         nonfinite: what a step does with a non-finite gradient (inf or NaN, after clipping):
             ``"raise"`` (default) raises :class:`FloatingPointError` naming the parameter,
             before anything changes; it asks the host at every step, which is cheap on CPU but
@@ -112,10 +151,10 @@ class Amos(Optimizer):
 
     Per-parameter state: ``step`` (0-d float32 tensor, on the CPU; with ``nonfinite="skip"``
     on the parameter's device), ``eta`` (float), ``slot_shape`` (tuple), ``v`` and ``b`` (slot
-    shape), ``momentum_buffer`` (if :math:`\mu > 0`), ``compensation``
-    (``rounding="compensated"``, 16-bit parameters), ``skipped`` (``nonfinite="skip"``: 0-d
-    float32, steps skipped). Slots are float32 for bfloat16/float16 parameters, also after
-    :meth:`load_state_dict`.
+    shape), ``u`` (``second_moment="row-col"``, column shape), ``momentum_buffer`` (if
+    :math:`\mu > 0`), ``compensation`` (``rounding="compensated"``, 16-bit parameters),
+    ``skipped`` (``nonfinite="skip"``: 0-d float32, steps skipped). Slots are float32 for
+    bfloat16/float16 parameters, also after :meth:`load_state_dict`.
 
     By default a non-finite gradient raises :class:`FloatingPointError` naming the parameter,
     before any parameter or state changes (see ``nonfinite``).
@@ -150,17 +189,22 @@ class Amos(Optimizer):
         c_coef: float = DEFAULTS["c_coef"],
         d_coef: float = DEFAULTS["d_coef"],
         epsilon: float = DEFAULTS["epsilon"],
+        decay_ratio: float = DEFAULTS["decay_ratio"],
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
         rounding: str = "nearest",
+        second_moment: str = SECOND_MOMENT,
         nonfinite: str = "raise",
+        **unexpected: Any,
     ) -> None:
+        _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
-            rounding=rounding, nonfinite=nonfinite,
+            rounding=rounding, decay_ratio=decay_ratio, second_moment=second_moment,
+            nonfinite=nonfinite,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -169,6 +213,7 @@ class Amos(Optimizer):
         # param_names=[]: whether names are needed is checked per group
         _validation.check_hyperparameters(dict(checked, param_names=[]), "")
         super().__init__(params, defaults)
+        _mistakes.warn_unused(self.param_groups)  # rules no parameter takes: a typo, likely
         #: the step's records, kept (see _plan), by (group index, position): keyed by
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
@@ -177,17 +222,23 @@ class Amos(Optimizer):
         self._skipped_reported = 0.0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated."""
+        """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated, and
+        every named parameter's ``eta`` and slot shape resolved (a rule table without a value
+        for one fails here)."""
+        _mistakes.check_group(self, param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        where = f" (param group {len(self.param_groups) - 1})"
         try:
-            where = f" (param group {len(self.param_groups) - 1})"
             _validation.check_hyperparameters(group, where)
             if group["nonfinite"] != self.param_groups[0]["nonfinite"]:
                 raise ValueError(
                     f"Invalid nonfinite{where}: {group['nonfinite']!r}; every param group must "
                     f"use the first one's ({self.param_groups[0]['nonfinite']!r}), as one "
                     "finiteness check decides for the whole step")
+            _mistakes.resolve_all(group, where)
+            if hasattr(self, "_records"):  # after the constructor, which warns for all groups
+                _mistakes.warn_unused([group])
             if group["fused"]:  # fails here, with the reason, where torch.compile cannot work
                 for device_type in sorted({p.device.type for p in group["params"]}):
                     _fused.check_available(device_type)
@@ -293,6 +344,7 @@ class Amos(Optimizer):
         while its signature holds: deciding the route again each step measured ~10% of a step
         of a model of 200 small tensors."""
         self._opt_called = True  # for torch's LR schedulers (see below Amos.step)
+        _mistakes.check_momentum_not_cycled(self.param_groups)  # OneCycleLR's default
         plan = []
         for group_index, group in enumerate(self.param_groups):
             records = []
@@ -334,11 +386,18 @@ class Amos(Optimizer):
             mu = group["momentum"]
             for r in records:
                 compensated = _routes.compensated(r.p, group)
+                columns = (None if r.route.columns is None
+                           else column_shape(r.p.shape, r.slot_shape))
                 if (r.state is None or (mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)
+                        or (columns is not None and "u" not in r.state)
                         or "skipped" not in r.state):
                     like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
-                    r.state = self._init_state(r, like, mu, compensated, skip=True)
+                    like_column = None if columns is None else torch.empty(
+                        columns, dtype=slot_dtype(r.p), device=r.p.device)
+                    r.state = self._init_state(r, like, like_column, mu, compensated, skip=True)
+                if columns is None and "u" in r.state:  # second_moment set back to "slot"
+                    del r.state["u"]
         return tuple((gi, tuple(r.index for r in records)) for _, gi, records in plan)
 
     def _raise_if_not_finite(self, checked: list[_Checked]) -> None:
@@ -353,20 +412,25 @@ class Amos(Optimizer):
         """Phase 2: state created where new, then slots and parameters changed; with ``ok``
         (``nonfinite="skip"``), counted and undone on the device as ``ok`` says."""
         for group, _, h, records, measured in checked:
-            for r, g2 in zip(records, measured.g2):  # a kept record has its state (see _plan)
+            # a kept record has its state (see _plan)
+            for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
                 compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)
+                        or (g2_column is not None and "u" not in r.state)
                         or (ok is not None and "skipped" not in r.state)):
-                    r.state = self._init_state(r, g2, h.mu, compensated, ok is not None)
+                    r.state = self._init_state(r, g2, g2_column, h.mu, compensated,
+                                               ok is not None)
+                if g2_column is None and "u" in r.state:  # second_moment set back to "slot"
+                    del r.state["u"]
             if ok is None:
                 torch._foreach_add_([r.state["step"] for r in records], 1.0)
             else:
                 _routes.count(records, ok)
-            _routes.update(records, measured.g2, h, scratch, ok)
+            _routes.update(records, measured, h, scratch, ok)
 
-    def _init_state(self, r: Record, g2: Optional[Tensor], momentum: float, compensated: bool,
-                    skip: bool = False) -> dict[str, Any]:
+    def _init_state(self, r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor],
+                    momentum: float, compensated: bool, skip: bool = False) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
             # "skip": on the device, where the step counts without asking the host
@@ -380,6 +444,10 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.contiguous_format)
             state["v"] = torch.zeros_like(like)
             state["b"] = torch.zeros_like(like)
+        if g2_column is not None and "u" not in state:
+            # zero in a new state; mean(v) in one from before second_moment="row-col" was set,
+            # so that w_t = u_t / mean(v_t) starts at 1 (the paper's step), not at 0
+            state["u"] = torch.zeros_like(g2_column).add_(state["v"].mean())
         if momentum > 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)

@@ -68,6 +68,7 @@ def _one_line_error(capsys, argv, *fragments):
     (["--amos-beta", "1"], ["--amos-beta"]),
     (["--amos-eta", "-0.5"], ["--amos-eta"]),
     (["--amos-eta-scale", "0"], ["--amos-eta-scale", "positive"]),
+    (["--amos-decay-ratio", "-1"], ["--amos-decay-ratio", "positive"]),
     (["--adamw-weight-decay", "-0.1"], ["--adamw-weight-decay", ">= 0"]),
     (["--adamw-beta1", "1"], ["--adamw-beta1"]),
     (["--width", "10", "--heads", "4"], ["--width", "divisible"]),
@@ -125,6 +126,20 @@ def test_defaults_and_quick():
     assert Path(CompareConfig(task="lm", text="a.txt").resolve().out) == Path("amos-results/text")
     digits = CompareConfig(task="digits").resolve()
     assert digits.budgets == [400, 1500]
+
+
+def test_amos_second_moment_reaches_the_config_and_old_studies_resume():
+    from amosopt.commands.compare import _config
+
+    parser = build_parser()
+    assert parser.parse_args(["compare"]).amos_second_moment == "slot"
+    config = _config(parser.parse_args(["compare", "--amos-second-moment", "row-col"]))
+    assert config.amos_second_moment == "row-col"
+    assert config.fingerprint()["amos_second_moment"] == "row-col"
+    # the default is not in the fingerprint: studies recorded before the option resume
+    assert "amos_second_moment" not in CompareConfig().fingerprint()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--amos-second-moment", "rows"])
 
 
 def test_plan_covers_every_combination_smallest_budget_first():
@@ -299,3 +314,21 @@ def test_end_to_end_text_file(tmp_path):
 
 def test_study_error_is_a_value_error():
     assert issubclass(study.StudyError, ValueError)
+
+
+def test_two_studies_in_one_process_keep_their_own_settings(tmp_path):
+    """amos compare called twice in one process (--jobs 1): the second study's runs use its own
+    settings, not those of the first study's (seed, budget) cached in the process."""
+    argv = TINY_DIGITS + ["--optimizers", "amos-wsd,adamw"]
+    first, second, alone = tmp_path / "first", tmp_path / "second", tmp_path / "alone"
+    assert main(["compare", "--out", str(first)] + argv) == 0
+    changed = ["--amos-eta-scale", "4", "--adamw-weight-decay", "0.5"]
+    assert main(["compare", "--out", str(second)] + argv + changed) == 0
+    runs = {path.name: {r["key"]: r for r in json.loads(
+        (path / "results.json").read_text())["runs"]} for path in (first, second)}
+    for key, run in runs["first"].items():
+        assert run["val"] != runs["second"][key]["val"], key
+    study._CACHE.clear()  # the second study from a fresh cache gives the same numbers
+    assert main(["compare", "--out", str(alone)] + argv + changed) == 0
+    for run in json.loads((alone / "results.json").read_text())["runs"]:
+        assert run["val"] == runs["second"][run["key"]]["val"], run["key"]

@@ -45,6 +45,25 @@ def test_amos_wsd_cools_down_over_the_last_fraction():
     assert _rates("amos-wsd", 1.0) == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
+@pytest.mark.parametrize("second_moment", ["slot", "row-col"])
+def test_amos_takes_the_studys_second_moment(second_moment):
+    from dataclasses import replace
+
+    run = replace(SETTINGS, amos_second_moment=second_moment,
+                  slot_shape=lambda name, shape: (shape[0], 1) if len(shape) == 2 else ())
+    for name in ("amos", "amos-wsd"):
+        model = torch.nn.Linear(3, 2)
+        optimizer = build(name, model, 1.0, run).optimizer
+        assert optimizer.param_groups[0]["second_moment"] == second_moment
+        model.weight.grad, model.bias.grad = torch.ones(2, 3), torch.ones(2)
+        optimizer.step()
+        # a (1, 3) column factor beside the weight's (2, 1) slot; none beside the bias's ()
+        assert [tuple(optimizer.state[p]["u"].shape) if "u" in optimizer.state[p] else None
+                for p in model.parameters()] == ([(1, 3), None] if second_moment == "row-col"
+                                                 else [None, None])
+    assert SETTINGS.amos_second_moment == "slot"
+
+
 @pytest.mark.parametrize("name", ["adamw", "adafactor"])
 def test_linear_warmup_then_linear_decay_to_zero(name):
     # warm-up 2 steps (10% of 20): (s+1)/2, then (20 - s) / 18, 0 at the budget
@@ -161,3 +180,82 @@ def test_eta_scale_keeps_the_initial_step_and_weakens_the_decay(k):
         assert scaled.xi * scaled.eta(name, shape) == pytest.approx(
             base.xi * base.eta(name, shape), rel=1e-12)
     assert ("amos_eta_scale" in config.fingerprint()) == (k != 1)
+
+
+def test_amos_takes_the_studys_decay_ratio():
+    from dataclasses import replace
+
+    for name in ("amos", "amos-wsd"):
+        group = build(name, torch.nn.Linear(3, 2), 1.0,
+                      replace(SETTINGS, amos_decay_ratio=0.25)).optimizer.param_groups[0]
+        assert group["decay_ratio"] == 0.25
+    assert build("amos", torch.nn.Linear(3, 2), 1.0, SETTINGS).optimizer.param_groups[0][
+        "decay_ratio"] == 1.0
+
+
+def _lm_model():
+    from amosopt.compare.models import ByteLM
+
+    torch.manual_seed(0)
+    return ByteLM(d_model=32, n_heads=4, n_layers=2, seq_len=16)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from amosopt.compare.optimizers import muon_split
+
+    model = _lm_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden, rest = muon_split(model)
+    assert sorted(names[id(p)] for p in hidden) == sorted(
+        f"blocks.{i}.{layer}.weight" for i in range(2)
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))
+    assert {names[id(p)] for p in rest} >= {"tok_emb.weight", "pos_emb.weight", "head.weight",
+                                            "head.bias", "norm_f.weight"}
+    assert len(hidden) + len(rest) == len(names)
+
+
+def test_muon_steps_and_schedules_as_muon_and_adamw_apart():
+    """One step of the study's muon equals torch's Muon on the hidden matrices and AdamW on the
+    rest, each stepped on its own; the WSD scheduler moves both parts' rates."""
+    import copy
+
+    from amosopt.compare.optimizers import muon_split
+
+    model = _lm_model()
+    twin = copy.deepcopy(model)
+    built = build("muon", model, 3e-3, SETTINGS)
+    hidden, rest = muon_split(twin)
+    apart = [torch.optim.Muon(hidden, lr=3e-3 * 0.5, weight_decay=0.01,
+                              adjust_lr_fn="match_rms_adamw"),
+             torch.optim.AdamW(rest, lr=3e-3 * 0.5, weight_decay=0.01)]
+    tokens = torch.randint(0, 256, (4, 16))
+    for m in (model, twin):
+        m(tokens).square().mean().backward()
+    built.optimizer.step()  # warm-up step 1 of 2: half the rate, as for `apart`
+    for opt in apart:
+        opt.step()
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    built.scheduler.step()
+    assert [g["lr"] for g in built.optimizer.param_groups] == pytest.approx([3e-3, 3e-3])
+    assert {id(g) for g in built.optimizer.param_groups} == {
+        id(g) for part in built.optimizer.parts for g in part.param_groups}
+
+
+def test_adam_mini_shares_second_moments_by_row_and_token():
+    pytest.importorskip("adam_mini")
+    from amosopt.compare.train import state_bytes
+
+    model = _lm_model()
+    built = build("adam-mini", model, 3e-3, SETTINGS)
+    model(torch.randint(0, 256, (4, 16))).square().mean().backward()
+    built.optimizer.step()
+    state = {n: built.optimizer.state[p] for n, p in model.named_parameters()}
+    assert state["blocks.0.attn.qkv.weight"]["vmean"].shape == (96, 1)  # one per output row
+    assert state["tok_emb.weight"]["vmean"].shape == (256, 1)  # one per token
+    assert state["head.weight"]["vmean"].shape == (256, 1)
+    adamw = build("adamw", _lm_model(), 3e-3, SETTINGS)
+    for p in adamw.optimizer.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    adamw.optimizer.step()
+    assert 0.45 < state_bytes(built.optimizer) / state_bytes(adamw.optimizer) < 0.6

@@ -23,8 +23,11 @@ STEPS = 100
 @pytest.mark.parametrize("options", [
     dict(),
     dict(momentum=0.9, clip_value=0.5, beta=0.99, extra_l2=0.01, c_coef=0.5, d_coef=0.1),
+    dict(second_moment="row-col"),
+    dict(second_moment="row-col", momentum=0.9, clip_value=0.5, beta=0.99, extra_l2=0.01),
 ])
-def test_torch_and_optax_trajectories_agree(options):
+@pytest.mark.parametrize("foreach", [False, None])
+def test_torch_and_optax_trajectories_agree(options, foreach):
     rng = np.random.default_rng(0)
     theta0 = {k: rng.normal(size=s) for k, s in SHAPES.items()}
     noises = [{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(STEPS)]
@@ -32,7 +35,7 @@ def test_torch_and_optax_trajectories_agree(options):
     torch_params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
                     for k, v in theta0.items()}
     optimizer = torch_backend.Amos(list(torch_params.items()), lr=0.03, eta=ETA,
-                                   slot_shape=SLOTS, **options)
+                                   slot_shape=SLOTS, foreach=foreach, **options)
     torch_path = []
     for noise in noises:
         for k, p in torch_params.items():  # gradient 2 (theta - 0.3) + noise
@@ -61,6 +64,13 @@ def test_torch_and_optax_trajectories_agree(options):
                                          / max(np.max(np.abs(expected[k])), 1e-300)))
     assert worst <= 1e-12, f"torch vs optax max relative error {worst:.3g}"
     assert np.max(np.abs(torch_path[-1]["w"] - theta0["w"])) > 1e-2  # it moved
+    if options.get("second_moment") == "row-col":  # the same column factors, where they exist
+        for k, p in torch_params.items():
+            u = state[1].u[k]
+            assert (u is None) == ("u" not in optimizer.state[p]), k
+            if u is not None:
+                np.testing.assert_allclose(np.asarray(u), optimizer.state[p]["u"].numpy(),
+                                           rtol=1e-12)
 
 
 def test_torch_and_optax_diagnostics_agree():

@@ -35,7 +35,7 @@ def run(steps: int = 30):
         params = optax.apply_updates(params, updates)
         for k in params:
             numpy_params[k] = oracles[k].step(numpy_params[k], np.asarray(grads[k]),
-                                              lambda t: 0.05 * min(1.0, t / 10))
+                                              lambda t: 0.05 * min(1.0, (t - 1) / 10))
     return tx, state, params, grads, oracles, schedule
 
 

@@ -32,7 +32,7 @@ def data():
 def make_tx(model, x):
     scales = amos_optax.auto_scales(nnx.state(model, nnx.Param), model, x[:2])
     schedule = amos_optax.wsd_schedule(0.05, total_steps=40, warmup_steps=4)
-    return scales, amos_optax.amos(lambda t: schedule(t - 1), eta_fn=scales.eta,
+    return scales, amos_optax.amos(schedule, eta_fn=scales.eta,
                                    shape_fn=scales.slot_shape, momentum=0.9, clip_value=1.0)
 
 

@@ -121,9 +121,12 @@ def relative_error(ours: list[dict], reference: list[dict]) -> float:
 
 
 def as_callables(kwargs: dict) -> dict:
-    """jestimator needs eta_fn as a function; amosopt also takes a number."""
-    eta = kwargs["eta_fn"]
-    return {**kwargs, "eta_fn": eta if callable(eta) else (lambda name, shape: eta)}
+    """The same optimizer for jestimator: eta_fn as a function (amosopt also takes a number),
+    and a schedule shifted by one, since jestimator calls it with the 1-based step t and
+    amosopt, as optax does, with the count of updates done, t - 1."""
+    eta, xi = kwargs["eta_fn"], kwargs["learning_rate"]
+    return {**kwargs, "eta_fn": eta if callable(eta) else (lambda name, shape: eta),
+            "learning_rate": (lambda t: xi(t - 1)) if callable(xi) else xi}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +189,7 @@ def test_matches_numpy_transcription(case, noises):
         eta = eta_fn(name, shape) if callable(eta_fn) else eta_fn
         slot = None if shape_fn is None else shape_fn(name, shape)
         oracles[name] = NumpyAmos(eta=eta, slot_shape=slot, **kwargs)
-    schedule = (lambda t: float(xi(t))) if callable(xi) else xi
+    schedule = (lambda t: float(xi(t - 1))) if callable(xi) else xi  # the oracle's t is 1-based
     reference = []
     for noise in noises:
         g = gradient(theta, noise)

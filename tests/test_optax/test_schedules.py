@@ -45,18 +45,35 @@ def test_drives_an_optax_optimizer():
     np.testing.assert_allclose(seen, [0.1] * 6 + [0.1, 0.075, 0.05, 0.025, 0.0, 0.0], rtol=1e-6)
 
 
-def test_drives_amos_with_its_one_based_count():
-    schedule = amosopt.optax.wsd_schedule(0.1, 5, cooldown_steps=2)
-    tx = amosopt.optax.amos(lambda t: schedule(t - 1), eta_fn=lambda *_: 1.0, beta=0.98)
-    params = jnp.ones(3)
-    state = tx.init(params)
-    moved = []
-    for _ in range(6):
-        updates, state = tx.update(jnp.ones(3), state, params)
-        moved.append(float(jnp.abs(updates).max()))
-    # update s (0-based) is called with t = s + 1 and so uses m(s): m(4) = 0.5, m(5) = 0
-    assert moved[4] > 0 and moved[5] == 0.0
-    assert moved[4] == pytest.approx(0.5 * moved[3], rel=0.1)
+def test_drives_amos_unchanged_as_torch_does():
+    """``amos(schedule)`` calls the schedule with optax's count (0 at the first update), so a
+    WSD schedule gives the trajectory of torch's Amos under the same WSD scheduler, step for
+    step, and the same through ``optax.inject_hyperparams``."""
+    total, grads = 6, [np.cos(np.arange(6.0) + k).reshape(2, 3) for k in range(8)]
+    schedule = amosopt.optax.wsd_schedule(0.1, total, warmup_steps=2, cooldown_steps=3)
+    w = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
+    opt = amosopt.torch.Amos([w], lr=0.1, eta=0.5, beta=0.9)
+    sched = amosopt.torch.wsd_schedule(opt, total, warmup_steps=2, cooldown_steps=3)
+    expected = []
+    for g in grads:
+        w.grad = torch.as_tensor(g)
+        opt.step()
+        sched.step()
+        expected.append(w.detach().numpy().copy())
+    with jax.enable_x64(True):
+        for tx in (amosopt.optax.amos(schedule, eta_fn=0.5, beta=0.9),
+                   optax.inject_hyperparams(amosopt.optax.amos)(learning_rate=schedule,
+                                                                eta_fn=0.5, beta=0.9)):
+            params = jnp.ones((2, 3), jnp.float64)
+            state = tx.init(params)
+            for k, g in enumerate(grads):
+                updates, state = tx.update(jnp.asarray(g), state, params)
+                params = optax.apply_updates(params, updates)
+                np.testing.assert_allclose(np.asarray(params), expected[k], rtol=1e-12,
+                                           err_msg=f"update {k}")
+    # the last update of the budget still moves (xi = m(total - 1) > 0); after it, nothing does
+    assert not np.allclose(expected[total - 1], expected[total - 2])
+    np.testing.assert_array_equal(expected[total], expected[total - 1])
 
 
 @pytest.mark.parametrize("kwargs,name", [

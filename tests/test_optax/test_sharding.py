@@ -195,3 +195,18 @@ def test_data_and_tensor_parallel_mesh_equals_unsharded():
     assert report["v_down"] == str(P(None, None))
     assert report["v_up"] == str(P(None, "model"))
     assert report["ema_down"] == str(P("model", None))
+
+
+def test_row_col_sharded_step_equals_unsharded_on_4_cpu_devices():
+    """The column factors take their specs from the parameters' (``u`` of ``w``, (8, 1), is
+    split over ``x``) and the sharded run equals the unsharded one."""
+    script = SCRIPT.replace("momentum=0.9, clip_value=1.0)",
+                            "momentum=0.9, clip_value=1.0, second_moment='row-col')")
+    script = script.replace('"v_w_devices"', '"u_w": str(s1[1].u["w"].sharding.spec), '
+                            '"u_emb": str(s1[1].u["emb"].sharding.spec), "v_w_devices"')
+    assert script.count("row-col") == 1 and "u_emb" in script
+    report = run_on_4_cpu_devices(script)
+    assert report["error"] <= 1e-12, report
+    assert report["moved"] > 1e-2, report
+    assert report["u_w"] == str(P("x", None))
+    assert report["u_emb"] == str(P(None, None))

@@ -76,8 +76,8 @@ def dtypes_of(tree):
 
 
 def test_no_retrace_and_state_dtypes_are_stable():
-    tx = amos(learning_rate=lambda t: 0.1 / jnp.sqrt(t), eta_fn=0.5, shape_fn=SHAPE_RULES,
-              momentum=0.9, clip_value=1.0)
+    tx = amos(learning_rate=lambda count: 0.1 / jnp.sqrt(count + 1), eta_fn=0.5,
+              shape_fn=SHAPE_RULES, momentum=0.9, clip_value=1.0)
     traces = []
 
     @jax.jit

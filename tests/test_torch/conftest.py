@@ -80,7 +80,8 @@ def check_large_tensors_against_numpy(**kwargs) -> None:
     assert not params["c"].is_contiguous()
     opt = Amos(list(params.items()), lr=0.05, eta=0.5, clip_value=1.0, momentum=0.5,
                slot_shape=lambda n, s: s if slots[n] is None else slots[n], **kwargs)
-    oracles = {n: NumpyAmos(eta=0.5, slot_shape=slots[n], clip_value=1.0, momentum=0.5)
+    oracles = {n: NumpyAmos(eta=0.5, slot_shape=slots[n], clip_value=1.0, momentum=0.5,
+                            decay_ratio=kwargs.get("decay_ratio", 1.0))
                for n in shapes}
     want = dict(start)
     for t in range(4):

@@ -138,16 +138,29 @@ def test_clipping_turns_inf_into_clip_value_but_nan_still_raises() -> None:
                                _set_grad("0.bias", math.nan))
 
 
-@pytest.mark.parametrize("kwargs, message", [
+RULE_RESULTS = [
     (dict(eta=lambda n, s: -1.0 if n == "2.bias" else 0.5),
      r"Invalid eta for parameter '2\.bias' with shape \(3,\)"),
     (dict(eta={r".*weight": 0.5}), r"No rule matches parameter '0\.bias' with shape \(7,\)"),
     (dict(slot_shape=lambda n, s: (2, 1) if n == "2.weight" else ()),
      r"Invalid slot shape \(2, 1\) for parameter '2\.weight' with shape \(3, 7\)"),
     (dict(slot_shape={r".*": "SHAPE[5]"}), r"index 5 is out of range"),
-])
-def test_bad_rule_results_raise_at_first_step_and_change_nothing(kwargs, message) -> None:
-    opt = _opt(**kwargs)
+]
+
+
+@pytest.mark.parametrize("kwargs, message", RULE_RESULTS)
+def test_bad_rule_results_raise_at_construction(kwargs, message) -> None:
+    """Names and shapes are known at construction: a rule table (or callable) that leaves a
+    parameter without a valid value fails there, naming the parameter."""
+    with pytest.raises(ValueError, match=message + r".*\(param group 0\)"):
+        _opt(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", RULE_RESULTS)
+def test_bad_rule_results_set_after_construction_raise_at_step_and_change_nothing(
+        kwargs, message) -> None:
+    opt = _opt()
+    opt.param_groups[0].update(kwargs)  # bypasses the constructor's check: step still checks
     _assert_step_fails_cleanly(opt, ValueError, message, 0, lambda model: None)
     assert not opt.state
 

@@ -127,7 +127,10 @@ def fresh_dynamo():
     {"foreach": False},
     {"momentum": 0.9, "clip_value": 0.5},
     {"momentum": 0.9, "clip_value": 0.5, "foreach": False, "maximize": True},
-], ids=["default", "loop", "momentum-clip", "loop-momentum-clip-maximize"])
+    {"second_moment": "row-col", "momentum": 0.9, "clip_value": 0.5},
+    {"second_moment": "row-col", "foreach": False},
+], ids=["default", "loop", "momentum-clip", "loop-momentum-clip-maximize", "row-col",
+        "loop-row-col"])
 def test_equals_eager_with_at_most_one_recompile(whole: bool, options: dict) -> None:
     counts, compiled, eager = run(torch.float64, "aot_eager", whole=whole, **options)
     assert_close(compiled, eager, rtol=1e-12)

@@ -1,6 +1,7 @@
 """FSDP2 (``fully_shard``, DTensor parameters with ``Shard(0)``): a 2-process gloo run on CPU
 matches a single-process run, with slots that keep the sharded dim, reduce across it, are
-scalar, and are full-size."""
+scalar, and are full-size; and with ``second_moment="row-col"``, whose column factors reduce
+across the sharded dim (``l1``) or keep it (``l2``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ SLOTS = {r"l1\.weight": "(SHAPE[0], 1)",  # one slot per row: keeps the sharded 
          r"l2\.bias": "SHAPE"}
 ETAS = {r".*weight": "sqrt(1 / SHAPE[1])", r".*bias": 0.5}
 OPTIONS = dict(lr=0.2, eta=ETAS, slot_shape=SLOTS, momentum=0.9, clip_value=1.0)
+#: (foreach, second_moment) of each run
+VARIANTS = [(False, "slot"), (True, "slot"), (False, "row-col"), (True, "row-col")]
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch built without distributed")
@@ -62,19 +65,22 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.set_num_threads(1)
         mesh = init_device_mesh("cpu", (2,))
         results = {}
-        for foreach in (False, True):
+        for foreach, second_moment in VARIANTS:
             model = Net()
             fully_shard(model, mesh=mesh)
-            opt = Amos(model.named_parameters(), foreach=foreach, **OPTIONS)
+            opt = Amos(model.named_parameters(), foreach=foreach, second_moment=second_moment,
+                       **OPTIONS)
             _train(model, opt)
             named = dict(model.named_parameters())
             assert all(isinstance(p, DTensor) and p.placements == (Shard(0),)
                        for p in named.values())
             assert opt.state[named["l1.weight"]]["v"].placements == (Shard(0),)
             _check_non_finite_on_one_rank_raises_on_all(model, opt, rank)
-            results[foreach] = {
+            results[foreach, second_moment] = {
                 "params": {n: p.full_tensor() for n, p in named.items()},
                 "v": {n: opt.state[p]["v"].full_tensor() for n, p in named.items()},
+                "u": {n: opt.state[p]["u"].full_tensor() for n, p in named.items()
+                      if "u" in opt.state[p]},
             }
         if rank == 0:
             torch.save(results, out)
@@ -126,13 +132,20 @@ def test_fsdp2_two_processes_match_single_process(tmp_path) -> None:
     torch.multiprocessing.spawn(_worker, args=(_free_port(), out), nprocs=2)
     results = torch.load(out)
 
-    for foreach in (False, True):
-        sharded = results[foreach]
+    for foreach, second_moment in VARIANTS:
+        sharded = results[foreach, second_moment]
         model = Net()
-        opt = Amos(model.named_parameters(), foreach=foreach, **OPTIONS)
+        opt = Amos(model.named_parameters(), foreach=foreach, second_moment=second_moment,
+                   **OPTIONS)
         _train(model, opt)
         for n, p in model.named_parameters():
             assert not torch.equal(p.detach(), dict(Net().named_parameters())[n].detach())
             torch.testing.assert_close(sharded["params"][n], p.detach(), rtol=1e-6, atol=0)
             torch.testing.assert_close(sharded["v"][n], opt.state[p]["v"], rtol=1e-6, atol=0)
+            if "u" in opt.state[p]:
+                torch.testing.assert_close(sharded["u"][n], opt.state[p]["u"], rtol=1e-6,
+                                           atol=0)
         assert sharded["v"]["l2.weight"].shape == (1, 8) and sharded["v"]["l1.bias"].shape == ()
+        columns = {n: tuple(u.shape) for n, u in sharded["u"].items()}
+        assert columns == ({"l1.weight": (1, 6), "l2.weight": (4, 1)}
+                           if second_moment == "row-col" else {})

@@ -5,6 +5,8 @@ with gradient accumulation."""
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -285,3 +287,74 @@ def test_accelerate_gradient_accumulation_equals_the_big_batch():
     assert opt_b.optimizer.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == 0.0
     for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# trainer_optimizer: the Trainer's AdamW defaults, and the wrapped optimizer
+
+
+def test_trainer_optimizer_constant_schedule_needs_no_budget(tmp_path):
+    from amosopt.torch.integrations import trainer_optimizer
+
+    model = small_mlp()
+    args = trainer_args(tmp_path, max_steps=-1, num_train_epochs=1, warmup_steps=3)
+    optimizer, scheduler = trainer_optimizer(model, args, schedule="constant")
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.05 / 3, 0.1 / 3, 0.05, 0.05, 0.05, 0.05])
+    with pytest.raises(ValueError, match=r"warm-up is a fraction of the run \(0\.1\).*warmup_"
+                                         r"steps in steps"):
+        trainer_optimizer(model, trainer_args(tmp_path, max_steps=-1, num_train_epochs=1,
+                                              warmup_steps=0.1), schedule="constant")
+
+
+@pytest.mark.parametrize("kwargs, budget, batches", [
+    (dict(max_steps=1000), {}, 1000),  # a step budget, taken as one epoch
+    (dict(max_steps=-1, num_train_epochs=4), dict(num_training_steps=400), 100),
+])
+def test_trainer_optimizer_warns_about_an_adamw_learning_rate(tmp_path, kwargs, budget,
+                                                              batches):
+    from amosopt.torch.integrations import trainer_optimizer
+
+    suggested = 1 / math.sqrt(batches)  # the paper's xi = 1/sqrt(N)
+    args = trainer_args(tmp_path, learning_rate=5e-5, **kwargs)
+    with pytest.warns(UserWarning, match=rf"learning_rate=5e-05 is Amos's global rate xi.*"
+                                         rf"AdamW rate: for about {batches:,} batches per epoch"
+                                         rf".*gives xi = {suggested:g}"):
+        trainer_optimizer(small_mlp(), args, **budget)
+    with warnings.catch_warnings():  # a rate of the order of the suggestion: no warning
+        warnings.simplefilter("error")
+        trainer_optimizer(small_mlp(), trainer_args(tmp_path, learning_rate=suggested / 2,
+                                                    **kwargs), **budget)
+    with pytest.warns(UserWarning, match=r"learning_rate=5e-05.*AdamW rate"):  # no budget
+        trainer_optimizer(small_mlp(), trainer_args(tmp_path, learning_rate=5e-5, max_steps=-1,
+                                                    num_train_epochs=1), schedule="constant")
+
+
+def test_trainer_optimizer_warns_about_global_norm_clipping(tmp_path):
+    from amosopt.torch.integrations import trainer_optimizer
+
+    with pytest.warns(UserWarning, match=r"max_grad_norm=1\.0 clips the global gradient norm"
+                                         r".*max_grad_norm=0.*clip_value="):
+        trainer_optimizer(small_mlp(), trainer_args(tmp_path, max_grad_norm=1.0))
+
+
+def test_diagnostics_through_accelerates_wrapper():
+    accelerate = pytest.importorskip("accelerate")
+    from amosopt.torch import unwrap_optimizer
+    from amosopt.torch.diagnostics import diagnostics
+
+    model = small_mlp()
+    optimizer = auto_amos(model, lr=0.05)
+    x, y = regression_data().tensors
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    wrapped = accelerate.Accelerator(cpu=True).prepare(optimizer)
+    assert not isinstance(wrapped, Amos) and not hasattr(wrapped, "diagnostics")
+    assert unwrap_optimizer(wrapped) is optimizer
+    assert diagnostics(wrapped) == optimizer.diagnostics()
+    with pytest.raises(TypeError, match="not amosopt.torch.Amos, nor a wrapper"):
+        unwrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))

@@ -101,7 +101,7 @@ CASES = {
 FUSED = {"fused": ({"fused": True, "clip_value": 0.5, "momentum": 0.9}, "fused")}
 
 
-def check_skip(options: dict, ways: str, bad: str, value: float) -> None:
+def check_skip(options: dict, ways: str, bad: str, value: float) -> Amos:
     options = dict(options)
     dtype = options.pop("dtype", torch.float64)
     opt = make(dtype, nonfinite="skip", **options)
@@ -119,6 +119,7 @@ def check_skip(options: dict, ways: str, bad: str, value: float) -> None:
     for t in (0, 1, 3):
         step(reference, t)
     assert_identical(state_of(opt), state_of(reference))
+    return opt
 
 
 @pytest.mark.parametrize("bad, value", [("small_rows", float("nan")), ("big_full", float("inf")),
@@ -137,6 +138,60 @@ def test_a_non_finite_step_changes_nothing_on_every_way(case: str, bad: str, val
 def test_a_non_finite_step_changes_nothing_on_the_compiled_ways(bad: str) -> None:
     options, ways = FUSED["fused"]
     check_skip(options, ways, bad, float("nan"))
+
+
+#: the column factor ``u`` of ``second_moment="row-col"``: the parameter's shape with the slot's
+#: kept axes set to 1 (Adafactor's column mean), for the factored parameters of ``PARAMS``;
+#: full-size and one-entry slots have none
+COLUMN_SHAPES = {"small_rows": (1, 256), "batched": (1, 3), "big_rows": (1, 1000), "tall": (1, 8)}
+
+
+@pytest.mark.parametrize("bad, value", [("small_rows", float("nan")), ("tall", float("inf"))])
+@pytest.mark.parametrize("case", ["default", "loop", "momentum-clip"])
+def test_a_non_finite_step_leaves_the_column_factors_unchanged(case: str, bad: str, value: float
+                                                               ) -> None:
+    """``second_moment="row-col"`` adds ``u``, which the skip keeps without naming it: the
+    skipped step leaves it (and all else) bit for bit, and a finite step does change it."""
+    options, ways = CASES[case]
+    if "clip_value" in options:
+        value = float("nan")
+    opt = check_skip({**options, "second_moment": "row-col"}, ways, bad, value)
+    names = opt.param_groups[0]["param_names"]
+    for name, p in zip(names, opt.param_groups[0]["params"], strict=True):
+        state = opt.state[p]
+        assert ("u" in state) == (name in COLUMN_SHAPES), name
+        if name in COLUMN_SHAPES:
+            assert tuple(state["u"].shape) == COLUMN_SHAPES[name]
+    before = state_of(opt)
+    step(opt, 4)
+    after = state_of(opt)
+    for name, s, u in zip(names, before[1], after[1], strict=True):
+        if name in COLUMN_SHAPES:
+            assert not torch.equal(s["u"], u["u"]), name
+
+
+def test_init_group_makes_the_column_factors() -> None:
+    """The state that ``_init_group`` makes before a compiled "skip" step is traced includes
+    ``u`` (zero, column-shaped, the slots' dtype) where row-col gives one, and the step on that
+    state equals the eager one's."""
+    opt = make(nonfinite="skip", second_moment="row-col")
+    set_grads(opt, 0)
+    opt._init_group()
+    names = opt.param_groups[0]["param_names"]
+    for name, p in zip(names, opt.param_groups[0]["params"], strict=True):
+        state = opt.state[p]
+        assert ("u" in state) == (name in COLUMN_SHAPES), name
+        assert "skipped" in state and state["step"].device == p.device
+        if name in COLUMN_SHAPES:
+            u = state["u"]
+            assert tuple(u.shape) == COLUMN_SHAPES[name] and u.dtype == torch.float64
+            assert not u.any()
+    reference = make(nonfinite="skip", second_moment="row-col")
+    for run in (opt, reference):
+        for t in range(2):
+            step(run, t, bad="tall" if t == 1 else None)
+    assert_identical(state_of(opt), state_of(reference))
+    assert opt.skipped_steps() == 1
 
 
 def test_clipped_inf_is_a_step_in_both_policies() -> None:

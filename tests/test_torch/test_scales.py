@@ -94,6 +94,12 @@ def test_bert_base_memory_matches_the_papers_count():
     assert round(memory.percent(memory.amos_momentum), 2) == 50.11
     assert round(memory.percent(memory.amos), 3) == 0.105
     assert memory.params == 4 * sum(p.numel() for p in model.parameters())
+    # second_moment="row-col": a (1, in) column factor per kernel (Q, K, V, attention output,
+    # MLP in and out per layer, and the MLM transform) and a (1, 768) one per embedding table
+    # (words, positions, token types); the paper's <= 51% of AdamW's state still holds
+    columns = 12 * (4 * 768 + 768 + 3072) + 768 + 3 * 768
+    assert memory.columns == 4 * columns
+    assert round(memory.percent(memory.row_col_momentum), 2) == 50.14  # 50.11 without u
 
 
 # ------------------------------------------------------------------------------------------------

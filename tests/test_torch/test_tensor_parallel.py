@@ -26,11 +26,13 @@ SLOTS = {
                  r"l1\.bias": "()", r"l2\.bias": "SHAPE"},
     "full": None,
 }
+SLOTS["row-col"] = SLOTS["factored"]  # with second_moment="row-col": u of l2 is split over dp
 STEPS = 10
 
 
 def options(slots: str) -> dict:
-    return dict(lr=0.2, eta=ETAS, slot_shape=SLOTS[slots], momentum=0.9, clip_value=1.0)
+    return dict(lr=0.2, eta=ETAS, slot_shape=SLOTS[slots], momentum=0.9, clip_value=1.0,
+                second_moment="row-col" if slots == "row-col" else "slot")
 
 
 def _train(model: torch.nn.Module, opt: Amos, steps: range) -> None:
@@ -87,6 +89,8 @@ def _worker(rank: int, port: int, out: str) -> None:
                 "placements": {n: str(p.placements) for n, p in named.items()},
                 "params": {n: p.full_tensor() for n, p in named.items()},
                 "v": {n: opt.state[p]["v"].full_tensor() for n, p in named.items()},
+                "u": {n: opt.state[p]["u"].full_tensor() for n, p in named.items()
+                      if "u" in opt.state[p]},
                 "step": {n: float(opt.state[p]["step"]) for n, p in named.items()},
             }
         if rank == 0:
@@ -111,6 +115,11 @@ def test_fsdp2_and_tensor_parallel_on_a_2x2_mesh_match_one_process(tmp_path) -> 
             assert not torch.equal(p.detach(), dict(Net().named_parameters())[n].detach())
             torch.testing.assert_close(sharded["params"][n], p.detach(), rtol=1e-6, atol=0)
             torch.testing.assert_close(sharded["v"][n], opt.state[p]["v"], rtol=1e-6, atol=0)
+            if "u" in opt.state[p]:
+                torch.testing.assert_close(sharded["u"][n], opt.state[p]["u"], rtol=1e-6,
+                                           atol=0)
             assert sharded["step"][n] == STEPS
-        expected = (4, 1) if slots == "factored" else (4, 8)
+        assert ({n: tuple(u.shape) for n, u in sharded["u"].items()}
+                == ({"l1.weight": (1, 6), "l2.weight": (1, 8)} if slots == "row-col" else {}))
+        expected = (4, 1) if slots != "full" else (4, 8)
         assert tuple(sharded["v"]["l2.weight"].shape) == expected
