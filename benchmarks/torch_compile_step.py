@@ -7,7 +7,9 @@ scales, factored slots, clipping, tensor ``lr``):
 * ``compiled``: ``torch.compile(opt.step)`` (Inductor): phase 1, the check's reduction and phase 2
   as three graphs, with the graph break of the check's host sync between them;
 * ``compiled, no check``: the same with the check taken out (``_raise_if_not_finite`` replaced
-  by a no-op, so nothing breaks the graph: one graph; for this measurement only, never in use).
+  by a no-op, so nothing breaks the graph: one graph; for this measurement only, never in use);
+* ``eager, skip`` and ``compiled, skip``: ``nonfinite="skip"``, whose check stays on the device,
+  eagerly and as ``torch.compile(opt.step, fullgraph=True)`` (one graph).
 
 Timing is interleaved (each repetition steps every copy once, in a shuffled order); reported:
 median step times, the median of per-repetition ratios, and the graphs that one compiled step
@@ -60,20 +62,23 @@ def bench(name: str, reps: int, warmup: int, seed: int) -> dict:
     model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
     grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
-    calls: dict[str, list[int]] = {"compiled": [], "compiled, no check": []}
+    calls: dict[str, list[int]] = {"compiled": [], "compiled, no check": [],
+                                   "compiled, skip": []}
     steps = {}
-    for variant in ("eager", "compiled", "compiled, no check"):
+    for variant in ("eager", "compiled", "compiled, no check", "eager, skip", "compiled, skip"):
         copy_ = copy.deepcopy(model)
         for p, g in zip(copy_.parameters(), grads):
             p.grad = g.clone()
         opt = Amos(copy_.named_parameters(), lr=torch.tensor(0.01), eta=table.eta,
-                   slot_shape=table.slot_shape, clip_value=1.0)
-        if variant == "eager":
+                   slot_shape=table.slot_shape, clip_value=1.0,
+                   nonfinite="skip" if variant.endswith("skip") else "raise")
+        if variant.startswith("eager"):
             steps[variant] = opt.step
             continue
         if variant == "compiled, no check":
             opt._raise_if_not_finite = lambda checked: None  # measurement only
-        steps[variant] = torch.compile(opt.step, backend=graph_counting_backend(calls[variant]))
+        steps[variant] = torch.compile(opt.step, backend=graph_counting_backend(calls[variant]),
+                                       fullgraph=variant.endswith("skip"))
     times: dict[str, list[float]] = {k: [] for k in steps}
     graphs: dict[str, int] = {}
     order = list(steps)
@@ -117,7 +122,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = []
     print("| model | tensors | eager ms | compiled ms (/ eager) | no check ms (/ eager) "
-          "| check's cost | graphs per step |\n|---|---|---|---|---|---|---|")
+          "| check's cost | skip: eager ms (/ eager) | skip: compiled ms (/ eager) "
+          "| graphs per step |\n|---|---|---|---|---|---|---|---|---|")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         row = bench(name, args.reps, args.warmup, args.seed)
         rows.append(row)
@@ -125,6 +131,8 @@ def main() -> None:
               f"{row['compiled ms']:.2f} ({row['compiled / eager']:.2f}) | "
               f"{row['compiled, no check ms']:.2f} ({row['compiled, no check / eager']:.2f}) | "
               f"{row['check cost, compiled']:.2f}x | "
+              f"{row['eager, skip ms']:.2f} ({row['eager, skip / eager']:.2f}) | "
+              f"{row['compiled, skip ms']:.2f} ({row['compiled, skip / eager']:.2f}) | "
               f"{row['graphs per step']} |", flush=True)
     write_record(args.out, "torch_compile_step", rows,
                  {"threads": torch.get_num_threads()}, {"torch": torch.__version__})

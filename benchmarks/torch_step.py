@@ -8,6 +8,12 @@ AdamW on CPU) and the bytes of each optimizer's state tensors.
 
     .venv/bin/python benchmarks/torch_step.py            # all sizes; JSON in benchmarks/results
     .venv/bin/python benchmarks/torch_step.py --sizes 1M --reps 10
+    .venv/bin/python benchmarks/torch_step.py --device cuda   # on a GPU, synchronised timing
+
+On a GPU each timed step is followed by ``torch.cuda.synchronize()``, so the time is that of the
+device work plus the host's launch overhead; rows marked "skip" run ``nonfinite="skip"`` (no
+host sync inside the step), "compiled" rows ``torch.compile(opt.step, fullgraph=True)`` (their
+first steps, in the warm-up, compile).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
 LR = 1e-3
 
 
+#: rows whose step is ``torch.compile(opt.step, fullgraph=True)``
+COMPILED = ("Amos compiled skip", "Amos compiled +mom skip")
+
+
 def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple]:
     """name -> (factory(model) -> optimizer); each gets its own model copy later. Amos runs with
     the element-wise ``clip_value=1.0`` of ``amos compare`` unless the name says "no clip"."""
@@ -42,11 +52,14 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
     table = auto_scales(model, example)
 
     def amos(foreach: bool, momentum: float, factored: bool = True, clip: float | None = 1.0,
-             fused: bool = False):
+             fused: bool = False, nonfinite: str = "raise", compiled: bool = False):
         def make(m):
-            return Amos(m.named_parameters(), lr=0.01, eta=table.eta,
+            # compiled: a tensor lr (a float would be a constant of the graph)
+            return Amos(m.named_parameters(), lr=torch.tensor(0.01) if compiled else 0.01,
+                        eta=table.eta,
                         slot_shape=table.slot_shape if factored else None,
-                        momentum=momentum, clip_value=clip, foreach=foreach, fused=fused)
+                        momentum=momentum, clip_value=clip, foreach=foreach, fused=fused,
+                        nonfinite=nonfinite)
         return make
 
     makers = {
@@ -64,6 +77,10 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
         "Amos fused": amos(True, 0.0, fused=True),
         "Amos fused +mom": amos(True, 0.9, fused=True),
         "Amos fused full slots": amos(True, 0.0, factored=False, fused=True),
+        "Amos foreach skip": amos(True, 0.0, nonfinite="skip"),
+        "Amos foreach +mom skip": amos(True, 0.9, nonfinite="skip"),
+        "Amos compiled skip": amos(True, 0.0, nonfinite="skip", compiled=True),
+        "Amos compiled +mom skip": amos(True, 0.9, nonfinite="skip", compiled=True),
     }
     try:
         from pytorch_optimizer import Amos as KozistrAmos
@@ -74,27 +91,34 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
     return makers
 
 
-def bench_size(name: str, reps: int, warmup: int, seed: int) -> dict:
+def bench_size(name: str, reps: int, warmup: int, seed: int, device: str = "cpu") -> dict:
     width, layers = SIZES[name]
     torch.manual_seed(seed)
     model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
     n_params = count_parameters(model)
     example = torch.zeros(1, 8, dtype=torch.long)
+    makers = optimizers(model, example)  # scales from the CPU model
+    model = model.to(device)
     grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
     entries = {}
-    for label, make in optimizers(model, example).items():
+    for label, make in makers.items():
         copy_ = copy.deepcopy(model)
         for p, g in zip(copy_.parameters(), grads):
             p.grad = g.clone()
-        entries[label] = {"model": copy_, "opt": make(copy_), "times": []}
+        opt = make(copy_)
+        step = torch.compile(opt.step, fullgraph=True) if label in COMPILED else opt.step
+        entries[label] = {"model": copy_, "opt": opt, "step": step, "times": []}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     order = list(entries)
     rng = random.Random(seed)
     for rep in range(warmup + reps):
         rng.shuffle(order)
         for label in order:
-            opt = entries[label]["opt"]
+            step = entries[label]["step"]
+            sync()
             start = time.perf_counter()
-            opt.step()
+            step()
+            sync()
             elapsed = time.perf_counter() - start
             if rep >= warmup:
                 entries[label]["times"].append(elapsed)
@@ -109,7 +133,7 @@ def bench_size(name: str, reps: int, warmup: int, seed: int) -> dict:
                      "iqr_ms": [1000 * q[0], 1000 * q[2]], "ratio_to_fused_adamw": median / fused,
                      "state_bytes": nbytes, "state_percent_of_adamw": 100 * nbytes / adamw_bytes})
     return {"size": name, "parameters": n_params, "width": width, "layers": layers,
-            "reps": reps, "rows": rows}
+            "reps": reps, "device": device, "rows": rows}
 
 
 def print_table(result: dict) -> None:
@@ -133,20 +157,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "torch_step.json"))
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False here (no GPU, or a "
+                     "CPU-only torch build); run it on a machine with a CUDA GPU")
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = args.out
+    if args.device == "cuda" and out == parser.get_default("out"):
+        out = out.replace("torch_step.json", "torch_step_cuda.json")
     results = []
     for size in sizes:
-        results.append(bench_size(size, args.reps, args.warmup, args.seed))
+        results.append(bench_size(size, args.reps, args.warmup, args.seed, args.device))
         print_table(results[-1])
-    write_record(args.out, "torch optimizer.step()", results,
-                 machine={"torch_threads": torch.get_num_threads()},
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    write_record(out, "torch optimizer.step()", results,
+                 machine={"torch_threads": torch.get_num_threads(), "gpu": gpu},
                  versions={"torch": torch.__version__})
 
 

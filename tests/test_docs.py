@@ -238,10 +238,15 @@ def test_16_bit_parameters_and_compile(capsys) -> None:
     page.run(3)
     assert isinstance(page["optimizer"], Amos) and page["optimizer"].param_groups[0]["fused"]
 
-    page.run(4)  # a compiled step with a tensor lr
+    page.run(4)  # GradScaler with nonfinite="skip": a scale of 2**16 overflows nothing here
+    assert capsys.readouterr().out.split() == ["0"]
+    assert page["amp_optimizer"].param_groups[0]["nonfinite"] == "skip"
+    assert all(s["step"].item() == 3 for s in page["amp_optimizer"].state.values())
+
+    page.run(5)  # a compiled step with a tensor lr, one graph
     model = page["model"]
     before = [p.detach().clone() for p in model.parameters()]
-    page.run(5)
+    page.run(6)
     page.check_all_ran()
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert all(torch.isfinite(p).all() for p in model.parameters())

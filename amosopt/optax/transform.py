@@ -24,6 +24,7 @@ from amosopt.hyperparameters import (
     check_interval,
     check_second_moment,
 )
+from amosopt.optax.nonfinite import skip_if_not_finite
 from amosopt.rules import (
     PathName,
     Rules,
@@ -362,6 +363,8 @@ def amos(
     epsilon: float = DEFAULTS["epsilon"],
     decay_ratio: float = DEFAULTS["decay_ratio"],
     second_moment: str = SECOND_MOMENT,
+    *,
+    nonfinite: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -431,9 +434,10 @@ def amos(
     by one, see Schedules).
 
     A non-finite gradient cannot raise inside ``jit`` (the PyTorch ``Amos`` raises
-    ``FloatingPointError`` instead): it would put NaN into the slots for good. Guard long runs with
-    ``optax.apply_if_finite(amos(...), max_consecutive_errors=...)``, which skips such steps and
-    leaves the state as it was.
+    ``FloatingPointError`` by default): it would put NaN into the slots for good. Pass
+    ``nonfinite="skip"`` (the PyTorch ``Amos(nonfinite="skip")``): a step whose clipped
+    gradient is not finite then changes no parameter and no state, and is counted
+    (:func:`~amosopt.optax.nonfinite.skip_if_not_finite`).
 
     Schedules: any optax schedule (``optax.warmup_cosine_decay_schedule``,
     :func:`amosopt.optax.wsd_schedule`) drops in unchanged, also through
@@ -475,18 +479,23 @@ def amos(
         second_moment: ``"slot"`` (default, the paper's): :math:`g_t / \sqrt{\hat v_t}` with
             the slot-shaped :math:`v`; ``"row-col"``: each entry over the rank-1 estimate
             :math:`\hat V_t` above, at the cost of the column factors :math:`u`.
+        nonfinite: ``None`` (default): every step is computed; ``"skip"``: a step whose
+            (clipped) gradient or its square is not finite is skipped on the device.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``, always
         ``optax.chain(clip or identity, scale_by_amos, momentum or identity)`` whatever the
-        options; its ``update`` needs ``params``.
+        options, with ``nonfinite="skip"`` ``optax.chain(clip or identity,
+        skip_if_not_finite(optax.chain(scale_by_amos, momentum or identity)))``; its ``update``
+        needs ``params``.
 
     Raises:
         ValueError: naming the argument: a negative ``learning_rate``; ``beta`` or ``momentum``
             outside :math:`[0, 1)`; ``clip_value <= 0``; a negative ``extra_l2``, ``c_coef`` or
             ``d_coef``; ``epsilon <= 0``; a ``second_moment`` other than ``"slot"`` and
-            ``"row-col"``. At ``init``: a slot shape that does not broadcast, an
-            ``eta`` that is not a positive finite number, a parameter with no matching rule.
+            ``"row-col"``; ``nonfinite`` not None or "skip". At ``init``: a slot shape that does
+            not broadcast, an ``eta`` that is not a positive finite number, a parameter with no
+            matching rule.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -518,10 +527,14 @@ def amos(
     # A Python 0 turns momentum off, as in jestimator. An array (what inject_hyperparams passes)
     # keeps it on, so the state has the same structure at init and under jit.
     momentum_off = momentum is None or (isinstance(momentum, numbers.Real) and momentum == 0)
-    return optax.chain(
-        optax.identity() if clip_value is None else optax.clip(clip_value),
-        scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta, extra_l2=extra_l2,
-                      d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
-                      decay_ratio=decay_ratio, second_moment=second_moment),
-        optax.identity() if momentum_off else _momentum(momentum),
-    )
+    if nonfinite not in (None, "skip"):
+        raise ValueError(f"Invalid nonfinite: {nonfinite!r}; it must be None (every step is "
+                         "computed) or 'skip' (a non-finite step changes nothing)")
+    clip = optax.identity() if clip_value is None else optax.clip(clip_value)
+    steps = (scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta,
+                           extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
+                           decay_ratio=decay_ratio, second_moment=second_moment),
+             optax.identity() if momentum_off else _momentum(momentum))
+    if nonfinite == "skip":  # after clipping, which makes an inf finite, as in PyTorch
+        return optax.chain(clip, skip_if_not_finite(optax.chain(*steps)))
+    return optax.chain(clip, *steps)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 #: Slots that stay float32 for low-precision parameters (``load_state_dict`` must not cast them).
 _SLOT_KEYS = ("v", "b", "u", "momentum_buffer")
+#: 0-d float32 counters besides ``step`` (which torch leaves uncast): ``nonfinite="skip"``'s
+_COUNTERS = ("skipped",)
 #: state of the parameter's shape (the compensation buffer also has the parameter's dtype)
 _PARAMETER_SHAPED = ("momentum_buffer", "compensation")
 #: every tensor of a parameter's state but ``step``: the slot-shape check reads them
@@ -45,9 +47,9 @@ FORMAT_KEY = "amosopt_format"
 #: ``momentum_buffer`` (parameter shape), with ``second_moment="row-col"`` ``u`` (the column
 #: factor's shape, :func:`amosopt.rules.column_shape`, where there is one) and, with
 #: ``rounding="compensated"`` for a 16-bit parameter, ``compensation`` (its shape and dtype;
-#: optional: made at the next step where a state lacks it). A state_dict without the key was
-#: written before it was added (amosopt 0.x up to this change), in the same layout: it reads
-#: as format 1.
+#: optional: made at the next step where a state lacks it); with ``nonfinite="skip"``,
+#: ``skipped`` (0-d float32; optional alike). A state_dict without the key was written before
+#: it was added (amosopt 0.x up to this change), in the same layout: it reads as format 1.
 FORMAT = 1
 
 
@@ -78,14 +80,19 @@ def to_plain(state_dict: dict[str, Any]) -> dict[str, Any]:
 def loading(optimizer: Amos) -> Iterator[None]:
     """Around torch's ``load_state_dict``: checks the saved state after every user pre-hook
     (the check is registered last) and before torch changes anything, keeps its slots for
-    :func:`restore`, and afterwards puts back the specs that were saved as the marker."""
+    :func:`restore`, and afterwards puts back the specs that were saved as the marker.
+    ``nonfinite`` stays the loading optimizer's: it is how this run treats its device, not a
+    hyper-parameter of the saved run (a checkpoint written before the option existed would
+    otherwise turn a "skip" back into the default)."""
     specs = [(g["eta"], g["slot_shape"]) for g in optimizer.param_groups]
+    optimizer._own_nonfinite = optimizer.param_groups[0]["nonfinite"]
     handle = optimizer.register_load_state_dict_pre_hook(_check_and_remember_saved_state)
     try:
         yield
     finally:
         handle.remove()
         optimizer._saved_slots = None
+        optimizer._own_nonfinite = None
     for group, (eta, slot_shape) in zip(optimizer.param_groups, specs):
         group.pop(FORMAT_KEY, None)  # describes the saved form, not a hyper-parameter
         for key, own in (("eta", eta), ("slot_shape", slot_shape)):
@@ -95,22 +102,34 @@ def loading(optimizer: Amos) -> Iterator[None]:
 
 def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:
     """For ``__setstate__`` (inside ``load_state_dict``, before the post-hooks): options added
-    after a release get ``defaults``, a ``step`` saved as a number becomes a tensor, and the
-    slots of 16-bit parameters get back their saved float32 values."""
+    after a release get ``defaults``, a ``step`` saved as a number becomes a tensor, the
+    slots of 16-bit parameters and the counters get back their saved float32 values, and with
+    ``nonfinite="skip"`` the counters move to the parameter's device (with "raise", ``step``
+    stays where it was saved, as torch keeps it)."""
+    own_nonfinite = getattr(optimizer, "_own_nonfinite", None)
     for group in optimizer.param_groups:
         for key, default in defaults.items():
             group.setdefault(key, default)
+        if own_nonfinite is not None:
+            group["nonfinite"] = own_nonfinite
     saved = getattr(optimizer, "_saved_slots", None)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, p in enumerate(params):
+    params = [(p, group["nonfinite"] == "skip") for group in optimizer.param_groups
+              for p in group["params"]]
+    for index, (p, skip) in enumerate(params):
         entry = optimizer.state.get(p)
         if not entry:
             continue
         if "step" in entry and not isinstance(entry["step"], Tensor):
             entry["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
         for key, value in (saved[index] if saved else {}).items():
-            if key in entry and entry[key].dtype != slot_dtype(p):
+            if key in _COUNTERS and key in entry:
+                entry[key] = value.to(device=entry[key].device, dtype=torch.float32)
+            elif key in entry and entry[key].dtype != slot_dtype(p):
                 entry[key] = value.to(device=entry[key].device, dtype=slot_dtype(p))
+        if skip:
+            for key in ("step", *_COUNTERS):
+                if key in entry:
+                    entry[key] = entry[key].to(device=p.device, dtype=torch.float32)
 
 
 def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:
@@ -122,7 +141,7 @@ def _check_and_remember_saved_state(optimizer: Amos, state_dict: dict[str, Any])
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
     optimizer._saved_slots = [
         {k: v for k, v in state_dict["state"].get(i, {}).items()
-         if k in _SLOT_KEYS and isinstance(v, Tensor)} for i in ids]
+         if k in _SLOT_KEYS + _COUNTERS and isinstance(v, Tensor)} for i in ids]
 
 
 def _check_saved_state(optimizer: Amos, state_dict: dict[str, Any]) -> None:

@@ -64,7 +64,8 @@ def check_arguments(unexpected: Mapping[str, Any]) -> None:
              f"{key}=: not an argument of Amos" for key in unexpected]
     raise TypeError("Amos got unexpected keyword argument(s): " + "; ".join(lines) + ". Its "
                     "arguments: lr, eta, slot_shape, beta, momentum, clip_value, extra_l2, "
-                    "c_coef, d_coef, epsilon, foreach, maximize, fused, rounding.")
+                    "c_coef, d_coef, epsilon, decay_ratio, foreach, maximize, fused, rounding, "
+                    "second_moment, nonfinite.")
 
 
 def check_group(optimizer: Any, param_group: dict[str, Any]) -> None:

@@ -241,9 +241,12 @@ class Record:
     def scalars(self, h: Hyper) -> tuple[functional.Scalar, functional.Scalar, functional.Scalar]:
         """:func:`~amosopt.torch._functional.per_tensor`'s numbers at this step: floats, or
         inside ``torch.compile`` tensors computed from the step tensor (``int(step)`` would
-        break the graph and make ``1 - beta^t`` a new constant, so a recompile, every step)."""
+        break the graph and make ``1 - beta^t`` a new constant, so a recompile, every step),
+        as also where the step tensor lives on an accelerator (``nonfinite="skip"``), which
+        ``int(step)`` would make wait for the device."""
         step = self.state["step"]
-        t = step.to(torch.float64) if torch.compiler.is_compiling() else int(step)
+        on_host = step.device.type == "cpu" and not torch.compiler.is_compiling()
+        t = int(step) if on_host else step.to(torch.float64)
         return functional.per_tensor(h, self.eta, t)
 
 
@@ -320,9 +323,9 @@ def _peak_square(grad: Tensor, h: Hyper, dtype: torch.dtype) -> Tensor:
     return peak * peak
 
 
-def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: Any) -> None:
-    """One host sync per device: are all ``checks`` (by position in ``records``) finite? If
-    not, raises FloatingPointError naming the first culprit (``name_of(record)``)."""
+def _peaks(records: list[Record], checks: list[Tensor]) -> dict[torch.device, list[Tensor]]:
+    """The peak of each of ``checks`` (by position in ``records``), by device: finite exactly
+    when the check is (max propagates NaN and keeps inf)."""
     peaks: dict[torch.device, list[Tensor]] = {}
     local: dict[torch.device, list[Tensor]] = {}
     for r, check in zip(records, checks):
@@ -332,10 +335,24 @@ def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: An
         else:
             local.setdefault(check.device, []).append(check)
     for device, checks in local.items():
-        # max propagates NaN and keeps inf; dynamo cannot trace _foreach_max
+        # dynamo cannot trace _foreach_max
         peaks.setdefault(device, []).extend(
             [x.amax() for x in checks] if torch.compiler.is_compiling()
             else torch._foreach_max(checks))
+    return peaks
+
+
+def all_finite(records: list[Record], checks: list[Tensor]) -> Tensor:
+    """``nonfinite="skip"``: are all ``checks`` finite? A 0-d bool tensor on the first
+    record's device, from one reduction per device and no host sync."""
+    flags = [torch.isfinite(torch.stack(x)).all() for x in _peaks(records, checks).values()]
+    return torch.stack([f.to(flags[0].device) for f in flags]).all()
+
+
+def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: Any) -> None:
+    """One host sync per device: are all ``checks`` (by position in ``records``) finite? If
+    not, raises FloatingPointError naming the first culprit (``name_of(record)``)."""
+    peaks = _peaks(records, checks)
     # stack promotes mixed dtypes; one host sync per device. Inside torch.compile this is the
     # step's one graph break: outside any loop or generator, so that dynamo can resume after it
     flags = [torch.isfinite(torch.stack(x)).all().cpu() for x in peaks.values()]
@@ -350,50 +367,135 @@ def raise_if_not_finite(records: list[Record], checks: list[Tensor], name_of: An
                 "was changed. Check the loss, lower lr, or set clip_value.")
 
 
+def unscale(records: list[Record], grad_scale: Tensor) -> None:
+    """Divides the gradients by ``grad_scale`` in place (``torch.amp.GradScaler``'s scale,
+    which it passes to optimizers that unscale themselves), multiplying by its reciprocal
+    as ``GradScaler.unscale_`` does; on the device, no host sync."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for r in records:
+        by_device.setdefault(r.p.grad.device, []).append(r.p.grad)
+    inv_scale = grad_scale.double().reciprocal().float()
+    for device, grads in by_device.items():
+        torch._foreach_mul_(grads, inv_scale.to(device))
+
+
+def count(records: list[Record], ok: Tensor) -> None:
+    """``nonfinite="skip"``: adds ``ok`` (a 0-d bool) to each record's ``step`` and
+    ``not ok`` to its ``skipped``, on the counters' device."""
+    for key, value in (("step", ok), ("skipped", ~ok)):
+        counters: dict[torch.device, list[Tensor]] = {}
+        for r in records:
+            counters.setdefault(r.state[key].device, []).append(r.state[key])
+        for device, tensors in counters.items():
+            # a list of 0-d tensors: dynamo turns a tensor scalar into .item(), a graph break
+            torch._foreach_add_(tensors, [value.to(device, torch.float32)] * len(tensors))
+
+
 # ------------------------------------------------------------------------------------------------
 # Phase 2
 
 
-def update(records: list[Record], measured: Measured, h: Hyper, scratch: Scratch) -> None:
+def update(records: list[Record], measured: Measured, h: Hyper, scratch: Scratch,
+           ok: Optional[Tensor] = None) -> None:
     """Phase 2: each record on its way (``route.update``), with its ``g2`` (and ``g2_column``)
     from :func:`measure`; one pass per (device, dtype), as concatenations and lists need one
     dtype (tensors of one device keep their order, and so their draws of stochastic
-    rounding)."""
+    rounding).
+
+    With ``ok`` (``nonfinite="skip"``: a 0-d bool tensor, all gradients finite), every tensor
+    that a way changes is copied first and afterwards put back where ``ok`` is false
+    (:func:`_keep`): the step is undone on the device, whatever the way, without a host
+    branch. A large tensor is copied alone, just before its update; small ones (flat slots,
+    the batched update) per bucket."""
     buckets: dict[tuple[torch.device, torch.dtype], list[tuple[Record, Any, Any]]] = {}
     for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
         buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2, g2_column))
     for bucket in buckets.values():
         flat = [(r, g2) for r, g2, _ in bucket if r.route.flat]
+        kept = [] if ok is None else _keep(
+            [x for r, _ in flat for x in _slot_state(r)]
+            + [x for r, _, _ in bucket if r.route.batched for x in _changed(r)])
         coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
                             ) if flat else {}
         batched = []
         for r, g2, g2_column in bucket:
-            way = r.route.update
-            if way == Update.LOOP:
-                _loop_step(r, g2, g2_column, h, scratch)
+            if r.route.batched:
+                batched.append(_step_one(r, g2, g2_column, h, scratch, coefficients))
                 continue
-            v, b, m, c = r.slots(h)
-            if way == Update.FULL_STEP_KERNEL:
-                _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
-                continue
-            if way == Update.FULL_STEP or way == Update.FULL_STEP_BLOCKS:
-                _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
-                continue
-            decay, step = coefficients.get(r) or functional.slot_coefficients(
-                g2, v, b, h, *r.scalars(h))
-            if way == Update.KERNEL:
-                _fused.update(r.p, decay, step, m, r.route.matrix, h)
-            elif way == Update.BATCHED:
-                g = scaled_gradient(r, functional.clip(r.p.grad, h), g2_column, h)
-                batched.append((r.p, g, decay, step, m, c))
-            else:
-                g = scaled_gradient(r, clipped(r, h, scratch), g2_column, h)
-                functional.apply_update(r.p, g, decay, step, m, h, c)
+            alone = None if ok is None else _keep(_changed(r))
+            _step_one(r, g2, g2_column, h, scratch, coefficients)
+            if alone:
+                _put_back(ok, alone)
         if batched:
             p, g, decay, step, m, c = (functional.TensorList(list(x)) for x in zip(*batched))
             # one dtype per bucket, so every tensor of it has a buffer or none has
             functional.apply_update(p, g, decay, step, m if h.mu > 0 else None, h,
                                     c if c.tensors[0] is not None else None)
+        if kept:
+            _put_back(ok, kept)
+
+
+#: state that :func:`_changed` leaves out: counted apart (:func:`count`), or parameter-sized
+_COUNTERS, _PARAMETER_SIZED = ("step", "skipped"), ("momentum_buffer", "compensation")
+
+
+def _slot_state(r: Record) -> list[Tensor]:
+    """``r``'s slot-sized state tensors (``v``, ``b``, any other), each of which a step may
+    change: listed from the state, so that a slot added to it is kept too."""
+    return [x for k, x in r.state.items()
+            if isinstance(x, Tensor) and k not in _COUNTERS + _PARAMETER_SIZED]
+
+
+def _changed(r: Record) -> list[Tensor]:
+    """What phase 2 changes of ``r`` besides what :func:`_flat_slot_coefficients` does: the
+    parameter, its momentum and compensation buffers, and the slots unless they are flat."""
+    return ([r.p, *(r.state[k] for k in _PARAMETER_SIZED if k in r.state)]
+            + ([] if r.route.flat else _slot_state(r)))
+
+
+def _keep(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``(tensor, copy)`` of each of ``tensors``, for :func:`_put_back`."""
+    return [(x, x.clone()) for x in tensors]
+
+
+def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
+    """Where ``ok`` is false, each tensor gets back its copy, bit for bit (``torch.where``);
+    a 0-d tensor through its 1-element view (see :func:`_loop_step`)."""
+    for x, old in kept:
+        if is_dtensor(x):  # the same element-wise choice on each rank's shard
+            x, old = x.to_local(), old.to_local()
+        if x.dim() == 0:
+            x, old = x.view(1), old.view(1)
+        torch.where(ok, x, old, out=x)
+
+
+def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: Hyper,
+              scratch: Scratch, coefficients: dict[Record, tuple[Tensor, Tensor]]
+              ) -> Optional[tuple]:
+    """One record of :func:`update` on its way; the batched way only computes its slot
+    coefficients and returns the arguments of its share of the batched update."""
+    way = r.route.update
+    if way == Update.LOOP:
+        _loop_step(r, g2, g2_column, h, scratch)
+        return None
+    v, b, m, c = r.slots(h)
+    if way == Update.FULL_STEP_KERNEL:
+        _fused.full_slot_update(r.p, v, b, m, h, r.scalars(h))
+        return None
+    if way == Update.FULL_STEP or way == Update.FULL_STEP_BLOCKS:
+        _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
+        return None
+    decay, step = coefficients.get(r) or functional.slot_coefficients(
+        g2, v, b, h, *r.scalars(h))
+    if way == Update.KERNEL:
+        _fused.update(r.p, decay, step, m, r.route.matrix, h)
+    elif way == Update.BATCHED:
+        g = scaled_gradient(r, functional.clip(r.p.grad, h), g2_column, h)
+        return r.p, g, decay, step, m, c
+    else:
+        g = scaled_gradient(r, clipped(r, h, scratch), g2_column, h)
+        functional.apply_update(r.p, g, decay, step, m, h, c)
+    return None
 
 
 def _loop_step(r: Record, g2: Tensor, g2_column: Optional[Tensor], h: Hyper, scratch: Scratch

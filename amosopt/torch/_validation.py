@@ -14,6 +14,8 @@ from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
 
 #: the values of ``rounding``
 ROUNDINGS = ("nearest", "stochastic", "compensated")
+#: the values of ``nonfinite``
+NONFINITE = ("raise", "skip")
 
 
 def _is_number(x: Any) -> bool:
@@ -43,6 +45,8 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
         check_interval(arg, value, shown=group[arg], where=where)
     if not isinstance(group["rounding"], str) or group["rounding"] not in ROUNDINGS:
         raise bad("rounding", f"it must be one of {', '.join(map(repr, ROUNDINGS))}")
+    if not isinstance(group["nonfinite"], str) or group["nonfinite"] not in NONFINITE:
+        raise bad("nonfinite", f"it must be one of {', '.join(map(repr, NONFINITE))}")
     check_second_moment(group["second_moment"], where)
     for arg in ("foreach", "maximize", "fused"):
         if group[arg] not in ((None, True, False) if arg == "foreach" else (True, False)):

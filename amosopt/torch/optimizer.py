@@ -6,14 +6,17 @@ runs in two phases so that bad input never corrupts anything:
 
 1. *check* -- resolve ``eta`` and the slot shape of new parameters, pick each tensor's route
    (:func:`amosopt.torch._routes.route`), reduce the clipped squared gradient to the slot shape;
-   one host sync per device decides whether all of it is finite;
+   one host sync per device decides whether all of it is finite (``nonfinite="skip"``: one
+   reduction whose result stays on the device);
 2. *update* -- only then create state, and change slots and parameters: one tensor at a time
-   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`).
+   (``foreach=False``), or each on its route (:func:`amosopt.torch._routes.update`); with
+   ``nonfinite="skip"``, undone on the device where phase 1 found a non-finite value.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
@@ -23,7 +26,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
-from amosopt.rules import Shape, as_eta_fn, as_shape_fn
+from amosopt.rules import Shape, as_eta_fn, as_shape_fn, column_shape
 from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
@@ -135,15 +138,26 @@ class Amos(Optimizer):
             Its update runs eagerly even with ``fused=True``. Set on a param group of a
             running optimizer, ``u`` starts at :math:`\mathrm{mean}(v)` (so that at first
             :math:`\hat V_t \approx \hat v_t`) and learns the column profile from there.
+        nonfinite: what a step does with a non-finite gradient (inf or NaN, after clipping):
+            ``"raise"`` (default) raises :class:`FloatingPointError` naming the parameter,
+            before anything changes; it asks the host at every step, which is cheap on CPU but
+            makes the host wait for an accelerator and breaks a ``torch.compile`` graph.
+            ``"skip"`` decides on the device: such a step leaves every parameter and every
+            state tensor exactly as it was, and counts itself in the per-parameter state
+            ``skipped``; :meth:`diagnostics` and :meth:`state_dict` warn when that count has
+            grown. Use ``"skip"`` on GPUs, under ``torch.compile`` and with
+            ``torch.amp.GradScaler`` (which then passes its scale and overflow flag to
+            :meth:`step`, with no host sync). Every param group must use the same policy.
 
-    Per-parameter state: ``step`` (0-d float32 CPU tensor), ``eta`` (float), ``slot_shape``
-    (tuple), ``v`` and ``b`` (slot shape), ``u`` (``second_moment="row-col"``, column shape),
-    ``momentum_buffer`` (if :math:`\mu > 0`),
-    ``compensation`` (``rounding="compensated"``, 16-bit parameters). Slots are
-    float32 for bfloat16/float16 parameters, also after :meth:`load_state_dict`.
+    Per-parameter state: ``step`` (0-d float32 tensor, on the CPU; with ``nonfinite="skip"``
+    on the parameter's device), ``eta`` (float), ``slot_shape`` (tuple), ``v`` and ``b`` (slot
+    shape), ``u`` (``second_moment="row-col"``, column shape), ``momentum_buffer`` (if
+    :math:`\mu > 0`), ``compensation`` (``rounding="compensated"``, 16-bit parameters),
+    ``skipped`` (``nonfinite="skip"``: 0-d float32, steps skipped). Slots are float32 for
+    bfloat16/float16 parameters, also after :meth:`load_state_dict`.
 
-    A non-finite gradient raises :class:`FloatingPointError` naming the parameter, before any
-    parameter or state changes.
+    By default a non-finite gradient raises :class:`FloatingPointError` naming the parameter,
+    before any parameter or state changes (see ``nonfinite``).
 
     Example:
         >>> import torch
@@ -181,6 +195,7 @@ class Amos(Optimizer):
         fused: bool = False,
         rounding: str = "nearest",
         second_moment: str = SECOND_MOMENT,
+        nonfinite: str = "raise",
         **unexpected: Any,
     ) -> None:
         _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
@@ -189,6 +204,7 @@ class Amos(Optimizer):
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
             rounding=rounding, decay_ratio=decay_ratio, second_moment=second_moment,
+            nonfinite=nonfinite,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -202,6 +218,8 @@ class Amos(Optimizer):
         #: tensor, torch.compile would guard on the parameters as dict keys, and on their
         #: gradients with them, and recompile whenever a gradient is freed (zero_grad)
         self._records: dict[tuple[int, int], Record] = {}
+        #: steps skipped (``nonfinite="skip"``) that the user has been told about
+        self._skipped_reported = 0.0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group; its overrides (``eta`` and ``slot_shape`` included) are validated, and
@@ -213,6 +231,11 @@ class Amos(Optimizer):
         where = f" (param group {len(self.param_groups) - 1})"
         try:
             _validation.check_hyperparameters(group, where)
+            if group["nonfinite"] != self.param_groups[0]["nonfinite"]:
+                raise ValueError(
+                    f"Invalid nonfinite{where}: {group['nonfinite']!r}; every param group must "
+                    f"use the first one's ({self.param_groups[0]['nonfinite']!r}), as one "
+                    "finiteness check decides for the whole step")
             _mistakes.resolve_all(group, where)
             if hasattr(self, "_records"):  # after the constructor, which warns for all groups
                 _mistakes.warn_unused([group])
@@ -222,6 +245,14 @@ class Amos(Optimizer):
         except (ValueError, RuntimeError):
             self.param_groups.pop()
             raise
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """``torch.amp.GradScaler`` then sets ``grad_scale`` and ``found_inf`` on the optimizer
+        around :meth:`step`, which unscales the gradients and skips an overflowed step on the
+        device; with ``nonfinite="raise"`` it unscales itself and asks the host (its default
+        path)."""
+        return self.param_groups[0]["nonfinite"] == "skip"
 
     @staticmethod
     def _param_name(group: dict[str, Any], group_index: int, i: int) -> str:
@@ -252,34 +283,67 @@ class Amos(Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (optional).
 
+        Under ``torch.amp.GradScaler`` with ``nonfinite="skip"``, the scaler's attributes
+        ``grad_scale`` (the gradients are divided by it, in place) and ``found_inf`` (non-zero:
+        the step is skipped) are used.
+
         Raises:
-            FloatingPointError: a gradient is not finite; nothing has been changed.
+            FloatingPointError: ``nonfinite="raise"`` and a gradient is not finite; nothing has
+                been changed.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Under torch.compile: the host's bookkeeping (_plan) runs outside the graph, and the
-        # one host sync (is every gradient finite?) is a graph break that dynamo resumes after,
-        # at the top level of the step: phase 1, the check's reduction and phase 2 run as three
-        # graphs, the same at every step from the second on (README, PyTorch quick start)
-        plan = self._plan_outside_graph() if torch.compiler.is_compiling() else self._plan()
+        skip = self.param_groups[0]["nonfinite"] == "skip"
+        if not torch.compiler.is_compiling():
+            plan = self._plan()
+        elif skip:
+            # one graph: the host's bookkeeping runs as dynamo runs torch's optimizers' (see
+            # _init_group), and the traced step only looks up the records it names
+            plan = [(self.param_groups[gi], gi, [self._records[gi, i] for i in indices])
+                    for gi, indices in self._init_group()]
+        else:
+            # the host's bookkeeping (_plan) runs outside the graph, and the one host sync (is
+            # every gradient finite?) is a graph break that dynamo resumes after, at the top
+            # level of the step: phase 1, the check's reduction and phase 2 run as three graphs,
+            # the same at every step from the second on (README, PyTorch quick start)
+            plan = self._plan_outside_graph()
         if not plan:
             return loss
+        grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
+        if grad_scale is not None:
+            _routes.unscale([r for *_, records in plan for r in records], grad_scale)
         scratch: _routes.Scratch = {}
         checked = []
         for group, group_index, records in plan:
             h = Hyper.of(group)
             checked.append((group, group_index, h, records, _routes.measure(records, h, scratch)))
-        self._raise_if_not_finite(checked)
-        self._update(checked, scratch)
+        ok = None
+        if skip:
+            ok = _routes.all_finite([r for *_, rs, _ in checked for r in rs],
+                                    [c for *_, m in checked for c in m.checks])
+            found_inf = getattr(self, "found_inf", None)  # set by torch.amp.GradScaler
+            if found_inf is not None:
+                ok = ok & (found_inf.to(ok.device) == 0)
+        else:
+            self._raise_if_not_finite(checked)
+        self._update(checked, scratch, ok)
         return loss
+
+    # A torch LR scheduler replaces ``optimizer.step`` by a wrapper that records the call in
+    # ``_opt_called`` (to warn about steps in the wrong order), unless the step has this flag;
+    # dynamo does not trace that wrapper (for torch's own optimizers neither), which would rule
+    # out ``torch.compile(optimizer.step, fullgraph=True)`` with a scheduler. ``_plan`` sets
+    # ``_opt_called`` itself, eagerly (in a compiled step, where it runs at tracing time).
+    step._wrapped_by_lr_sched = True
 
     def _plan(self) -> list[tuple[dict[str, Any], int, list[Record]]]:
         """``(group, group index, records)`` of each group's parameters with a gradient:
         host-side work only (no tensor is read or changed). A record is kept from step to step
         while its signature holds: deciding the route again each step measured ~10% of a step
         of a model of 200 small tensors."""
+        self._opt_called = True  # for torch's LR schedulers (see below Amos.step)
         _mistakes.check_momentum_not_cycled(self.param_groups)  # OneCycleLR's default
         plan = []
         for group_index, group in enumerate(self.param_groups):
@@ -307,6 +371,35 @@ class Amos(Optimizer):
     #: first step) and leave the steady-state steps in pieces
     _plan_outside_graph = torch.compiler.disable(_plan)
 
+    def _init_group(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """``nonfinite="skip"`` under ``torch.compile``: :meth:`_plan` (the route and record of
+        each new parameter: the rule tables it reads cannot be traced, and its checks compare
+        hyper-parameters that dynamo may trace as symbols) and the state of new parameters,
+        made before the step is traced; returns ``(group index, parameter indices)`` of the
+        plan, plain data that becomes a constant of the graph. Dynamo runs a torch
+        optimizer's method of this name as it is, rather than tracing it, and guards on the
+        state it made, as for torch's own optimizers (``torch._dynamo``'s
+        ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
+        itself."""
+        plan = self._plan()
+        for group, _, records in plan:
+            mu = group["momentum"]
+            for r in records:
+                compensated = _routes.compensated(r.p, group)
+                columns = (None if r.route.columns is None
+                           else column_shape(r.p.shape, r.slot_shape))
+                if (r.state is None or (mu > 0 and "momentum_buffer" not in r.state)
+                        or (compensated and "compensation" not in r.state)
+                        or (columns is not None and "u" not in r.state)
+                        or "skipped" not in r.state):
+                    like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
+                    like_column = None if columns is None else torch.empty(
+                        columns, dtype=slot_dtype(r.p), device=r.p.device)
+                    r.state = self._init_state(r, like, like_column, mu, compensated, skip=True)
+                if columns is None and "u" in r.state:  # second_moment set back to "slot"
+                    del r.state["u"]
+        return tuple((gi, tuple(r.index for r in records)) for _, gi, records in plan)
+
     def _raise_if_not_finite(self, checked: list[_Checked]) -> None:
         names = {id(r): self._param_name(g, gi, r.index)
                  for g, gi, _, rs, _ in checked for r in rs}
@@ -314,26 +407,35 @@ class Amos(Optimizer):
                                     [c for *_, m in checked for c in m.checks],
                                     lambda r: names[id(r)])
 
-    def _update(self, checked: list[_Checked], scratch: _routes.Scratch) -> None:
-        """Phase 2: state created where new, then slots and parameters changed."""
+    def _update(self, checked: list[_Checked], scratch: _routes.Scratch,
+                ok: Optional[Tensor] = None) -> None:
+        """Phase 2: state created where new, then slots and parameters changed; with ``ok``
+        (``nonfinite="skip"``), counted and undone on the device as ``ok`` says."""
         for group, _, h, records, measured in checked:
             # a kept record has its state (see _plan)
             for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
                 compensated = _routes.compensated(r.p, group)
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)
-                        or (g2_column is not None and "u" not in r.state)):
-                    r.state = self._init_state(r, g2, g2_column, h.mu, compensated)
+                        or (g2_column is not None and "u" not in r.state)
+                        or (ok is not None and "skipped" not in r.state)):
+                    r.state = self._init_state(r, g2, g2_column, h.mu, compensated,
+                                               ok is not None)
                 if g2_column is None and "u" in r.state:  # second_moment set back to "slot"
                     del r.state["u"]
-            torch._foreach_add_([r.state["step"] for r in records], 1.0)
-            _routes.update(records, measured, h, scratch)
+            if ok is None:
+                torch._foreach_add_([r.state["step"] for r in records], 1.0)
+            else:
+                _routes.count(records, ok)
+            _routes.update(records, measured, h, scratch, ok)
 
     def _init_state(self, r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor],
-                    momentum: float, compensated: bool) -> dict[str, Any]:
+                    momentum: float, compensated: bool, skip: bool = False) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            # "skip": on the device, where the step counts without asking the host
+            state["step"] = torch.zeros((), dtype=torch.float32,
+                                        device=r.p.device if skip else None)
             state["eta"] = float(r.eta)
             state["slot_shape"] = tuple(r.slot_shape)
             # slot shape, dtype and placement of g2; where the full step recomputes M(g^2),
@@ -351,18 +453,45 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
         if compensated and "compensation" not in state:  # the parameter's dtype
             state["compensation"] = torch.zeros_like(r.p, memory_format=torch.preserve_format)
+        if skip and "skipped" not in state:
+            state["skipped"] = torch.zeros((), dtype=torch.float32, device=state["step"].device)
         return state
 
     def diagnostics(self, *, per_parameter: bool = True) -> dict[str, float]:
         """What Amos is doing, per parameter and as min / median / max over them: a flat dict
         for TensorBoard, W&B or Lightning's ``log_dict`` (keys ``lr``, ``step``,
         ``weight_decay``, ``d_t``, ``c_t``, ``b``, ``decay``, ``decay_onset``,
-        ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`). Reads the state after the
-        last :meth:`step`: one host transfer of the slots, nothing when not called. See
+        ``clip_fraction``; formulas in :mod:`amosopt.diagnostics`; with ``nonfinite="skip"``
+        also ``skipped``, :meth:`skipped_steps`). Reads the state after the last :meth:`step`:
+        one host transfer of the slots, nothing when not called. See
         :func:`amosopt.torch.diagnostics.diagnostics`."""
         from amosopt.torch.diagnostics import diagnostics
 
-        return diagnostics(self, per_parameter=per_parameter)
+        self._report_skipped()
+        numbers = diagnostics(self, per_parameter=per_parameter)
+        if self.param_groups[0]["nonfinite"] == "skip":
+            numbers["skipped"] = float(self._skipped_reported)
+        return numbers
+
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient (``nonfinite="skip"``), the most of any
+        parameter (one that had no gradient at a step was not skipped then): one host
+        transfer, so read it where the host may wait, as when logging."""
+        counts = [s["skipped"] for s in self.state.values() if "skipped" in s]
+        if not counts:
+            return 0
+        return int(torch.stack([c.to(counts[0].device, torch.float32) for c in counts]).max())
+
+    def _report_skipped(self) -> None:
+        """Warns once for each growth of :meth:`skipped_steps` (read here, never in a step)."""
+        total = self.skipped_steps()
+        if total > self._skipped_reported:
+            warnings.warn(
+                f"Amos skipped {total - int(self._skipped_reported)} step(s) with a non-finite "
+                f"gradient since last reported ({total} in all; nonfinite='skip'). Check the "
+                "loss, lower lr, or set clip_value; with torch.amp.GradScaler, the first steps' "
+                "overflows are expected.", RuntimeWarning, stacklevel=3)
+        self._skipped_reported = total
 
     # ---- state dict ------------------------------------------------------------------------
 
@@ -372,13 +501,15 @@ class Amos(Optimizer):
         ``ScaleTable``, a ``Rules`` object) is replaced by a marker, and :meth:`load_state_dict`
         keeps the loading optimizer's own spec. Each parameter's resolved ``eta`` and slot shape
         are in its state either way."""
+        self._report_skipped()
         return _checkpoints.to_plain(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's (pre-hooks, then the state, then post-hooks), with these differences: the
         slots keep float32 for low-precision parameters (torch would cast them to the
         parameter's dtype), a per-parameter ``step`` saved as a number becomes a tensor, and
-        specs saved as the marker of :meth:`state_dict` are kept from this optimizer.
+        specs saved as the marker of :meth:`state_dict` are kept from this optimizer, as is
+        ``nonfinite`` (with ``"skip"``, the step counters move to the parameters' devices).
 
         Raises:
             ValueError: the state_dict was written in a format this version cannot read (a
@@ -394,6 +525,7 @@ class Amos(Optimizer):
         super().__setstate__(state)
         self._records = {}  # new slot tensors: decide the routes again
         _checkpoints.restore(self, _OPTIONS_DEFAULTS)
+        self._skipped_reported = self.skipped_steps()  # reported before it was saved
 
 
 #: the defaults of the signature: a group saved before an option existed gets its default

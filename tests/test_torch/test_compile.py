@@ -56,7 +56,8 @@ def backward(model: torch.nn.Module, opt: Amos, t: int, dtype: torch.dtype) -> N
 
 
 def run(dtype: torch.dtype, backend: str, *, whole: bool, steps: int = STEPS,
-        tensor_lr: bool = True, steady: bool = True, **options) -> tuple[list[int], tuple, tuple]:
+        tensor_lr: bool = True, steady: bool = True, fullgraph: bool = False, **options
+        ) -> tuple[list[int], tuple, tuple]:
     """``steps`` steps compiled and eagerly, side by side: (recompiles so far after each step,
     compiled snapshot, eager snapshot). ``whole``: compile the training step (forward,
     backward, ``opt.step()``); else ``torch.compile(opt.step)`` alone. Also asserts that the
@@ -71,7 +72,7 @@ def run(dtype: torch.dtype, backend: str, *, whole: bool, steps: int = STEPS,
         torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
 
-    compiled_step = torch.compile(opt.step, backend=counter)
+    compiled_step = torch.compile(opt.step, backend=counter, fullgraph=fullgraph)
     compiled_training_step = torch.compile(training_step, backend=counter)
     counts, graphs = [], []
     for t in range(steps):
@@ -110,6 +111,7 @@ def recompiles() -> int:
 def torch_dynamo_reset() -> None:
     torch._dynamo.reset()  # every test counts its own compiles
     torch._dynamo.utils.guard_failures.clear()
+    torch._dynamo.utils.counters.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -193,11 +195,73 @@ def test_non_finite_gradient_raises_before_any_change() -> None:
                 assert torch.equal(value, after[1][i][key]), key
 
 
+OPTIONS = [{}, {"foreach": False}, {"momentum": 0.9, "clip_value": 0.5},
+           {"momentum": 0.9, "clip_value": 0.5, "foreach": False, "maximize": True}]
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["step", "training-step"])
+@pytest.mark.parametrize("options", OPTIONS,
+                         ids=["default", "loop", "momentum-clip", "loop-momentum-clip-maximize"])
+def test_skip_is_one_graph_equal_to_eager(whole: bool, options: dict) -> None:
+    """``nonfinite="skip"``: ``torch.compile(opt.step, fullgraph=True)`` traces (a graph break
+    would raise), with an LR scheduler and a tensor lr; a compiled training step breaks only
+    where torch does for every optimizer (``zero_grad``, ``backward``), never in the step."""
+    counts, compiled, eager = run(torch.float64, "aot_eager", whole=whole, fullgraph=not whole,
+                                  nonfinite="skip", **options)
+    assert_close(compiled, eager, rtol=1e-12)
+    assert counts[0] == 0 and counts[-1] <= 1, counts
+    breaks = list(torch._dynamo.utils.counters["graph_break"])
+    assert all("zero_grad" in k or "backward" in k for k in breaks), breaks
+    assert whole or not breaks
+
+
+def test_skip_runs_one_graph_per_step() -> None:
+    model, opt, sched = make(torch.float64, nonfinite="skip")
+    calls = []
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        def run_graph(*args):
+            calls.append(1)
+            return graph.forward(*args)
+        return run_graph
+
+    compiled_step = torch.compile(opt.step, backend=backend, fullgraph=True)
+    for t in range(3):
+        backward(model, opt, t, torch.float64)
+        calls.clear()
+        compiled_step()
+        sched.step()
+        assert len(calls) == 1
+
+
+def test_skip_compiled_leaves_everything_on_a_non_finite_step() -> None:
+    model, opt, _ = make(torch.float64, nonfinite="skip", momentum=0.9)
+    compiled_step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    for t in range(2):
+        backward(model, opt, t, torch.float64)
+        compiled_step()
+    before = copy.deepcopy(snapshot(opt))
+    backward(model, opt, 2, torch.float64)
+    model.l1.weight.grad[0, 0] = float("inf")
+    compiled_step()
+    after = snapshot(opt)
+    for a, b in zip(before[0], after[0], strict=True):
+        assert torch.equal(a, b)
+    for i in before[1]:
+        for key, value in before[1][i].items():
+            if key == "skipped":
+                assert after[1][i][key].item() == value.item() + 1
+            elif isinstance(value, torch.Tensor):
+                assert torch.equal(value, after[1][i][key]), key
+    assert recompiles() <= 1
+
+
 @pytest.mark.slow
-def test_inductor_equals_eager() -> None:
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_inductor_equals_eager(nonfinite: str) -> None:
     """Inductor, the default backend (a C++ compile on CPU: seconds), on the loop way with
     scalar float64 slots and a 0-d parameter, where in-place updates could be lost."""
     counts, compiled, eager = run(torch.float64, "inductor", whole=True, steps=6,
-                                  foreach=False, momentum=0.9)
+                                  foreach=False, momentum=0.9, nonfinite=nonfinite)
     assert_close(compiled, eager, rtol=1e-12)
     assert counts[-1] <= 1, counts
