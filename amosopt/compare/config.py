@@ -19,38 +19,31 @@ XI_MULTIPLIERS = [0.5, 1.0, 2.0]
 #: a learning rate gets a log grid of the same length (4 trials in the full study, one more
 #: than Amos's xi grid: the first runs put some optima at the edge of 3-point grids), placed
 #: around the best rates seen in earlier runs (a best value at an edge is flagged).
+#: the optimizers whose learning rate is on AdamW's scale (Muon's step is matched to AdamW's
+#: update RMS): one grid serves them all; Adafactor's relative step has its own
+ADAM_SCALE = ("adamw", "adamw-wsd", "schedulefree", "adam-mini", "muon")
+
+
+def _grids(adam: list[float], adafactor: list[float]) -> dict[str, list[float]]:
+    return {**{name: list(adam) for name in ADAM_SCALE}, "adafactor": list(adafactor)}
+
+
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {
         "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "adamw-wsd": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "adafactor": [2e-2, 4e-2, 8e-2, 1.6e-1],
-                           "schedulefree": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "adam-mini": [7.5e-4, 1.5e-3, 3e-3, 6e-3],
-                           "muon": [7.5e-4, 1.5e-3, 3e-3, 6e-3]}},
+                 "grids": _grids([7.5e-4, 1.5e-3, 3e-3, 6e-3], [2e-2, 4e-2, 8e-2, 1.6e-1])},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
                   "xi_multipliers": [1.0],
-                  "grids": {"adamw": [1e-3, 3e-3, 1e-2], "adamw-wsd": [1e-3, 3e-3, 1e-2],
-                            "adafactor": [5e-3, 1e-2, 2e-2],
-                            "schedulefree": [1e-3, 3e-3, 1e-2],
-                            "adam-mini": [1e-3, 3e-3, 1e-2], "muon": [1e-3, 3e-3, 1e-2]}},
+                  "grids": _grids([1e-3, 3e-3, 1e-2], [5e-3, 1e-2, 2e-2])},
     },
     "digits": {
         "full": {"budgets": [400, 1500], "evals": 20, "eval_batches": 0,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": {"adamw": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "adamw-wsd": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "adafactor": [3e-2, 1e-1, 3e-1, 1.0],
-                           "schedulefree": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "adam-mini": [1e-3, 3e-3, 1e-2, 3e-2],
-                           "muon": [1e-3, 3e-3, 1e-2, 3e-2]}},
+                 "grids": _grids([1e-3, 3e-3, 1e-2, 3e-2], [3e-2, 1e-1, 3e-1, 1.0])},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 0,
                   "xi_multipliers": [1.0],
-                  "grids": {"adamw": [3e-3, 1e-2, 3e-2], "adamw-wsd": [3e-3, 1e-2, 3e-2],
-                            "adafactor": [1e-1, 3e-1, 1.0],
-                            "schedulefree": [3e-3, 1e-2, 3e-2],
-                            "adam-mini": [3e-3, 1e-2, 3e-2], "muon": [3e-3, 1e-2, 3e-2]}},
+                  "grids": _grids([3e-3, 1e-2, 3e-2], [1e-1, 3e-1, 1.0])},
     },
 }
 DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]

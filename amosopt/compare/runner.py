@@ -21,7 +21,7 @@ import torch
 
 from amosopt.compare import data as data_lib
 from amosopt.compare import jobs, optimizers, report
-from amosopt.compare.config import DEFAULTS, CompareConfig
+from amosopt.compare.config import CompareConfig
 from amosopt.compare.models import count_parameters
 from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
