@@ -41,43 +41,43 @@ from amosopt.cli import main as amos_main  # noqa: E402
 
 BUDGET = 1000
 SEEDS = (0, 1)
+#: Amos's grid (the weaker decays ran {1, 2} x first on seed 0, then 0.5 x: their best sat at 1 x)
 AMOS_GRID = "0.5,1,2"
 #: the warm-up's grid reaches higher (at k = 1 without warm-up the study's best was 2 x)
 WIDE_GRID = "1,2,4"
-#: the weaker decays: {1, 2} x was run first (seed 0), then 0.5 x, where the best sat at 1 x
-ETA_GRID = AMOS_GRID
 #: AdamW's grid: the study's best at 1000 steps (3e-3, both schedules) and its neighbours
 ADAMW_GRID = "1.5e-3,3e-3,6e-3"
 
-#: (name, arguments of amos compare, what it changes, baseline: (folder, optimizer))
-STAGES: list[tuple[str, list[str], str, tuple[str, str]]] = [
+#: (name, arguments of amos compare, what it changes, the baseline's study folder: its runs of
+#: the same optimizers and seeds)
+STAGES: list[tuple[str, list[str], str, str]] = [
     ("eta-x2", ["--optimizers", "amos-wsd", "--amos-eta-scale", "2",
-                "--xi-multipliers", ETA_GRID],
-     "eta x 2, xi / 2: same initial step, decay 4x weaker", ("lm", "amos-wsd")),
+                "--xi-multipliers", AMOS_GRID],
+     "eta x 2, xi / 2: same initial step, decay 4x weaker", "lm"),
     ("eta-x4", ["--optimizers", "amos-wsd", "--amos-eta-scale", "4",
-                "--xi-multipliers", ETA_GRID],
-     "eta x 4, xi / 4: same initial step, decay 16x weaker", ("lm", "amos-wsd")),
+                "--xi-multipliers", AMOS_GRID],
+     "eta x 4, xi / 4: same initial step, decay 16x weaker", "lm"),
     ("adamw-wd-0.1", ["--optimizers", "adamw-wsd,adamw", "--adamw-weight-decay", "0.1",
                       "--adamw-lrs", ADAMW_GRID],
-     "AdamW weight decay 0.1 instead of 0.01", ("lm", "adamw-wsd")),
+     "AdamW weight decay 0.1 instead of 0.01", "lm"),
     ("warmup", ["--optimizers", "amos-wsd", "--amos-warmup", str(BUDGET // 20),
                 "--xi-multipliers", WIDE_GRID],
-     "5% linear warm-up of xi, grid to 4 x", ("lm", "amos-wsd")),
+     "5% linear warm-up of xi, grid to 4 x", "lm"),
     ("beta-0.995", ["--optimizers", "amos-wsd", "--amos-beta", "0.995",
                     "--xi-multipliers", AMOS_GRID],
-     "beta 0.995 instead of the suggested 0.98", ("lm", "amos-wsd")),
+     "beta 0.995 instead of the suggested 0.98", "lm"),
     ("momentum-0.95", ["--optimizers", "amos-wsd", "--amos-momentum", "0.95",
                        "--xi-multipliers", AMOS_GRID],
-     "momentum 0.95 instead of 0.9", ("lm", "amos-wsd")),
+     "momentum 0.95 instead of 0.9", "lm"),
     ("adamw-beta1-0.95", ["--optimizers", "adamw-wsd", "--adamw-beta1", "0.95",
                           "--adamw-lrs", ADAMW_GRID],
-     "AdamW-WSD beta1 0.95 instead of 0.9 (control of momentum-0.95)", ("lm", "adamw-wsd")),
+     "AdamW-WSD beta1 0.95 instead of 0.9 (control of momentum-0.95)", "lm"),
     ("constant-eta-x2", ["--optimizers", "amos-wsd", "--amos-eta", "0.1", "--amos-eta-scale", "2",
-                         "--xi-multipliers", ETA_GRID],
-     "one eta = 0.1, then x 2 with xi / 2", ("ablation-constant-eta", "amos-wsd")),
+                         "--xi-multipliers", AMOS_GRID],
+     "one eta = 0.1, then x 2 with xi / 2", "ablation-constant-eta"),
     ("constant-eta-x4", ["--optimizers", "amos-wsd", "--amos-eta", "0.1", "--amos-eta-scale", "4",
-                         "--xi-multipliers", ETA_GRID],
-     "one eta = 0.1, then x 4 with xi / 4", ("ablation-constant-eta", "amos-wsd")),
+                         "--xi-multipliers", AMOS_GRID],
+     "one eta = 0.1, then x 4 with xi / 4", "ablation-constant-eta"),
 ]
 
 
@@ -111,7 +111,7 @@ def _grid_row(results: dict, optimizer: str, seeds: list[int]) -> dict | None:
 def summarize(root: Path) -> list[dict]:
     """Each stage's tuned loss against its baseline on the seeds it has finished."""
     rows = []
-    for name, _, change, (base_folder, base_optimizer) in STAGES:
+    for name, _, change, base_folder in STAGES:
         results, base = _load(root, f"diag-{name}"), _load(root, base_folder)
         if results is None or base is None:
             continue
