@@ -9,8 +9,9 @@ Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved 
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.optim.optimizer import required
@@ -56,16 +57,18 @@ _AMOS_KEYS = ("eta", "beta")
 _WRAPPER_PREFIXES = re.compile(r"(?:^|(?<=\.))(?:_orig_mod|module)\.")
 
 
-def check_arguments(unexpected: Mapping[str, Any]) -> None:
-    """Raises TypeError for keyword arguments Amos does not take, with what to pass instead."""
+def check_arguments(unexpected: Mapping[str, Any], init: Callable[..., Any]) -> None:
+    """Raises TypeError for keyword arguments Amos does not take, with what to pass instead and
+    the arguments it does take (read from ``init``, Amos's constructor)."""
     if not unexpected:
         return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    arguments = [name for name, p in inspect.signature(init).parameters.items()
+                 if p.kind in named and name not in ("self", "params")]
     lines = [f"{key}=: {FOREIGN_ARGUMENTS[key]}" if key in FOREIGN_ARGUMENTS else
              f"{key}=: not an argument of Amos" for key in unexpected]
-    raise TypeError("Amos got unexpected keyword argument(s): " + "; ".join(lines) + ". Its "
-                    "arguments: lr, eta, slot_shape, beta, momentum, clip_value, extra_l2, "
-                    "c_coef, d_coef, epsilon, decay_ratio, foreach, maximize, fused, rounding, "
-                    "second_moment, nonfinite.")
+    raise TypeError("Amos got unexpected keyword argument(s): " + "; ".join(lines)
+                    + f". Its arguments: {', '.join(arguments)}.")
 
 
 def check_group(optimizer: Any, param_group: dict[str, Any]) -> None:

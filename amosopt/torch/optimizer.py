@@ -198,7 +198,7 @@ class Amos(Optimizer):
         nonfinite: str = "raise",
         **unexpected: Any,
     ) -> None:
-        _mistakes.check_arguments(unexpected)  # weight_decay=, betas=: says what Amos takes
+        _mistakes.check_arguments(unexpected, Amos.__init__)  # weight_decay=: what to pass
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
