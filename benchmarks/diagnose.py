@@ -12,6 +12,9 @@ on seeds 0 and 1, with its own grid, and is judged against the study's runs of t
 * ``adamw-wd-0.1``: AdamW and AdamW-WSD with weight decay 0.1 (the study used 0.01).
 * ``warmup``: Amos with a 5% linear warm-up of xi, its grid reaching 4 x.
 * ``beta-0.995``; ``momentum-0.95``, with ``adamw-beta1-0.95`` (AdamW-WSD) as its control.
+* ``control``: the study's own amos-wsd rerun on today's code (a difference is drift, not a gain).
+* ``row-col``: the row-and-column second moment; ``combined`` (and ``combined-row-col``): the
+  changes that each gained about 0.02 alone, together.
 
 Every stage is one ``amos compare`` into ``--root/diag-NAME`` (resumable, like the study). All
 stages run seed 0 first, then seed 1, so a cut session has every question answered once.
@@ -48,6 +51,10 @@ WIDE_GRID = "1,2,4"
 #: AdamW's grid: the study's best at 1000 steps (3e-3, both schedules) and its neighbours
 ADAMW_GRID = "1.5e-3,3e-3,6e-3"
 
+#: the changes that each gained about 0.02 alone, together
+COMBINED = ["--amos-decay-ratio", "0.25", "--amos-warmup", str(BUDGET // 20),
+            "--amos-beta", "0.995"]
+
 #: (name, arguments of amos compare, what it changes, the baseline's study folder: its runs of
 #: the same optimizers and seeds)
 STAGES: list[tuple[str, list[str], str, str]] = [
@@ -75,6 +82,16 @@ STAGES: list[tuple[str, list[str], str, str]] = [
     ("constant-eta-x2", ["--optimizers", "amos-wsd", "--amos-eta", "0.1", "--amos-eta-scale", "2",
                          "--xi-multipliers", AMOS_GRID],
      "one eta = 0.1, then x 2 with xi / 2", "ablation-constant-eta"),
+    ("control", ["--optimizers", "amos-wsd", "--xi-multipliers", "1,2"],
+     "nothing: the study's amos-wsd rerun on today's code (checks that nothing drifted)", "lm"),
+    ("row-col", ["--optimizers", "amos-wsd", "--amos-second-moment", "row-col",
+                 "--xi-multipliers", AMOS_GRID],
+     "row-and-column second moment (Adafactor's rank-1 normaliser)", "lm"),
+    ("combined", ["--optimizers", "amos-wsd", *COMBINED, "--xi-multipliers", AMOS_GRID],
+     "decay ratio 1/4, 5% warm-up and beta 0.995 together", "lm"),
+    ("combined-row-col", ["--optimizers", "amos-wsd", *COMBINED, "--amos-second-moment",
+                          "row-col", "--xi-multipliers", AMOS_GRID],
+     "decay ratio 1/4, 5% warm-up, beta 0.995 and the row-col second moment", "lm"),
     ("constant-eta-x4", ["--optimizers", "amos-wsd", "--amos-eta", "0.1", "--amos-eta-scale", "4",
                          "--xi-multipliers", AMOS_GRID],
      "one eta = 0.1, then x 4 with xi / 4", "ablation-constant-eta"),

@@ -1,5 +1,6 @@
 """amosopt.compare.data and tasks: deterministic splits and seeded batch orders."""
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -35,6 +36,29 @@ def _lm_task(seed, tmp_path):
     text = data_lib.load_text_file(path, 17)
     return LMTask(text, steps=5, seed=seed, batch_size=4, seq_len=16, width=16, layers=1,
                   heads=2, eval_batches=1)
+
+
+@pytest.mark.parametrize("n_bytes", [1000, 16384, 50000])
+def test_subsample_train_takes_even_chunks(n_bytes):
+    train = np.arange(200_000, dtype=np.int64) % 251  # position is readable from the value
+    text = data_lib.TextData(train.astype(np.uint8), np.zeros(300, np.uint8), "t", {})
+    small = data_lib.subsample_train(text, n_bytes)
+    chunk = min(data_lib.CHUNK_BYTES, n_bytes)
+    k = -(-n_bytes // chunk)
+    assert len(small.train) == k * chunk and small.val is text.val
+    pieces = small.train.reshape(k, chunk)
+    # each piece is a contiguous run of the original, the first at 0 and the last at the end
+    assert ((np.diff(pieces.astype(np.int64), axis=1) % 251) == 1).all()
+    assert pieces[0, 0] == 0
+    if k > 1:
+        assert bytes(pieces[-1]) == bytes(text.train[-chunk:])
+
+
+@pytest.mark.parametrize("n_bytes", [0, -5, 200_000, 300_000])
+def test_subsample_train_refuses_sizes_outside_the_split(n_bytes):
+    text = data_lib.TextData(np.zeros(200_000, np.uint8), np.zeros(300, np.uint8), "t", {})
+    with pytest.raises(data_lib.DataError, match="--train-bytes"):
+        data_lib.subsample_train(text, n_bytes)
 
 
 def test_batch_order_is_seeded(tmp_path):
