@@ -12,6 +12,16 @@ README), give three rules of thumb (arXiv 2210.11693):
 * element-wise ``clip_value`` matched to the scale of the loss: ``1`` for a loss averaged over
   the labels, ``sqrt(L)`` for a loss summed over ``L`` labels per batch (MNIST summed over a
   batch of 32: ``sqrt(32)``; T5X: ``sqrt(batch * target_length) = 684``).
+
+Given a step budget ``T`` (``suggest(..., steps=T)``), it gives the whole recipe for that budget.
+The paper's setting is made for runs of several epochs, in which Amos's own decay (of the step
+and of the weights, time constant about ``2 / xi^2 = 2N`` updates) starts within the run. A
+budget that ends before it (:func:`decay_onset`) gets our **short-budget recipe**, measured in
+``amos compare``'s study (``docs/guides/study.md``, "The recipe"): a linear warm-up of ``xi``
+over the first 5% and a cooldown to 0 over the last 20% (the WSD shape), the decay's rate
+``rho * xi`` turned down (``decay_ratio``, so that the cooldown, not the decay, anneals), and
+each entry normalised by the row-and-column estimate of its second moment
+(``second_moment="row-col"``, Adafactor's factorisation) instead of its slot's.
 """
 
 from __future__ import annotations
@@ -33,6 +43,19 @@ LOSS_KINDS = ("mean", "sum")
 COOLDOWN_FRACTION = 0.2
 #: the drop of Amos's step that counts as "its decay has started"
 ONSET_DROP = 0.1
+#: momentum of every suggestion (the authors' BERT and T5 recipes; the study's Amos)
+MOMENTUM = 0.9
+
+# The short-budget recipe (a budget that ends before Amos's own decay starts); the values the
+# diagnostic stage of the study measured at lm 1000 steps (docs/guides/study.md, "The recipe").
+#: share of the budget over which xi warms up linearly from 0
+SHORT_WARMUP_FRACTION = 0.05
+#: rho: the decay's global rate as a fraction of xi (time constant 2 / (rho xi)^2 updates)
+SHORT_DECAY_RATIO = 0.25
+#: the normaliser of each entry's step
+SHORT_SECOND_MOMENT = "row-col"
+#: 1 - beta of the short-budget recipe
+SHORT_ONE_MINUS_BETA = 0.005
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,12 @@ class Suggestion:
         cooldown_steps: with a budget whose end comes before ``decay_onset``: the length of the
             cooldown to add (20% of ``T``, :func:`amosopt.torch.wsd_schedule`); else 0.
         warnings: what the user should act on (empty when nothing).
+        momentum: ``momentum`` of the optimizer (an EMA of the updates).
+        warmup_steps: linear warm-up of ``xi`` from 0 over this many steps.
+        decay_ratio: ``rho``, the decay's rate as a fraction of ``xi`` (1: the paper's).
+        second_moment: the normaliser, ``"slot"`` (the paper's) or ``"row-col"``.
+        recipe: ``"paper"`` (no budget, or one long enough for Amos's own decay) or
+            ``"short-budget"``.
     """
 
     xi: float
@@ -62,6 +91,32 @@ class Suggestion:
     steps: int | None = None
     cooldown_steps: int = 0
     warnings: tuple[str, ...] = ()
+    momentum: float = MOMENTUM
+    warmup_steps: int = 0
+    decay_ratio: float = 1.0
+    second_moment: str = "slot"
+    recipe: str = "paper"
+
+    def amos_kwargs(self) -> dict:
+        """The arguments of :class:`amosopt.torch.Amos` / :func:`amosopt.optax.amos` (and
+        ``auto_amos``) other than the rate and the scales: ``beta``, ``momentum``,
+        ``clip_value``, ``decay_ratio`` and ``second_moment``."""
+        return {"beta": self.beta, "momentum": self.momentum, "clip_value": self.clip_value,
+                "decay_ratio": self.decay_ratio, "second_moment": self.second_moment}
+
+    def schedule_kwargs(self) -> dict:
+        """The arguments of ``wsd_schedule`` (either backend) after the rate or the optimizer:
+        ``total_steps``, ``warmup_steps`` and ``cooldown_steps``.
+
+        Raises:
+            ValueError: the suggestion has no budget (``steps=None``): hold ``xi`` after
+                ``warmup_steps`` instead (``warmup_schedule``).
+        """
+        if self.steps is None:
+            raise ValueError("Invalid steps: this suggestion has no budget; pass steps=T to "
+                             "suggest() for a schedule, or hold xi constant after the warm-up")
+        return {"total_steps": self.steps, "warmup_steps": self.warmup_steps,
+                "cooldown_steps": self.cooldown_steps}
 
     def as_dict(self) -> dict:
         return {
@@ -72,6 +127,11 @@ class Suggestion:
             "decay_onset": self.decay_onset,
             "steps": self.steps,
             "cooldown_steps": self.cooldown_steps,
+            "momentum": self.momentum,
+            "warmup_steps": self.warmup_steps,
+            "decay_ratio": self.decay_ratio,
+            "second_moment": self.second_moment,
+            "recipe": self.recipe,
             "reasoning": list(self.reasoning),
             "warnings": list(self.warnings),
         }
@@ -83,12 +143,18 @@ class Suggestion:
             f"beta                      = {self.beta:.4g}",
             f"clip_value                = {self.clip_value:.4g}",
         ]
+        lines.append(f"momentum                  = {self.momentum:.4g}")
         if self.steps is not None:
-            lines.append(f"cooldown_steps            = {self.cooldown_steps}"
-                         f"   (budget {self.steps} steps)")
+            lines += [f"warmup_steps              = {self.warmup_steps}",
+                      f"cooldown_steps            = {self.cooldown_steps}"
+                      f"   (budget {self.steps} steps)"]
+        if self.recipe != "paper":
+            lines += [f"decay_ratio               = {self.decay_ratio:.4g}",
+                      f"second_moment             = {self.second_moment}"]
         lines += [
             "",
-            "Why (Tian & Parikh 2022, and the authors' jestimator recipes):",
+            f"Why ({self.recipe} recipe; Tian & Parikh 2022, the authors' jestimator recipes"
+            + (", and amos compare's study" if self.recipe != "paper" else "") + "):",
         ]
         lines += [f"  - {line}" for line in self.reasoning]
         lines += ["", *(f"Warning: {w}" for w in self.warnings)] if self.warnings else []
@@ -170,8 +236,9 @@ def suggest(
             tokens per sequence); ignored for a mean loss.
         steps: the training budget ``T`` in steps, if there is one. When Amos's own decay will
             not start within it (``T`` < :func:`decay_onset` at ``eta = 1``), the suggestion
-            adds a cooldown over the last 20% of ``T`` and a warning: without one, the run ends
-            at a constant rate and loses to a decayed AdamW.
+            is the short-budget recipe (module docstring): a 5% warm-up, a cooldown over the
+            last 20%, ``decay_ratio`` ``rho``, the row-col second moment, and a longer
+            average (``beta``). Otherwise the paper's setting, held constant.
 
     Returns:
         A :class:`Suggestion`.
@@ -218,20 +285,44 @@ def suggest(
     onset = decay_onset(xi)
     onset_why = (f"Amos's own decay cuts the step by 10% after about {onset:,.0f} steps "
                  f"(~{onset / n_batches:.1f} epochs) for eta = 1, later for smaller eta")
-    cooldown, warnings = 0, ()
+    if steps is not None and steps < onset:
+        return _short_budget(xi, beta, clip_value, n_batches, reasoning, onset, onset_why,
+                             steps)
     if steps is None:
         reasoning += (onset_why + "; with no budget, keep xi constant (optionally a short "
                       "linear warm-up): Amos decays the step itself",)
-    elif steps < onset:
-        cooldown = max(1, round(COOLDOWN_FRACTION * steps))
-        reasoning += (onset_why + f", after the budget of {steps:,} steps: cool xi down to 0 "
-                      f"over the last {cooldown} steps (20%, Hägele et al. 2024)",)
-        warnings = (f"Amos's own decay will not start within {steps:,} steps (it starts after "
-                    f"about {onset:,.0f}); add a cooldown: amosopt.torch.wsd_schedule(optimizer, "
-                    f"{steps}, cooldown_steps={cooldown}) or amosopt.optax.wsd_schedule(xi, "
-                    f"{steps}, cooldown_steps={cooldown})",)
     else:
         reasoning += (onset_why + f", within the budget of {steps:,} steps: keep xi constant "
-                      "and let Amos decay it",)
-    return Suggestion(xi, beta, clip_value, n_batches, reasoning, onset, steps, cooldown,
-                      warnings)
+                      "and let Amos decay it (the paper's recipe)",)
+    return Suggestion(xi, beta, clip_value, n_batches, reasoning, onset, steps)
+
+
+def _short_budget(xi: float, beta: float, clip_value: float, n_batches: float,
+                  reasoning: tuple[str, ...], onset: float, onset_why: str,
+                  steps: int) -> Suggestion:
+    """The short-budget recipe (see the module docstring) for a budget ``steps`` < ``onset``."""
+    warmup = round(SHORT_WARMUP_FRACTION * steps)
+    cooldown = max(1, round(COOLDOWN_FRACTION * steps))
+    # the average of g^2 over at most 1 / SHORT_ONE_MINUS_BETA steps (more when the paper's
+    # rule gives more) and at most a fifth of the budget
+    one_minus_beta = max(min(1.0 - beta, SHORT_ONE_MINUS_BETA), 5.0 / steps)
+    short_beta = round(1.0 - one_minus_beta, 6)
+    rho = SHORT_DECAY_RATIO
+    reasoning = reasoning[:1] + (
+        f"1 - beta = {one_minus_beta:.3g}: an average of g^2 over about "
+        f"{1 / one_minus_beta:,.0f} steps (the paper's 1 - beta ~ xi gives {1 - beta:.3g}; "
+        f"at most {SHORT_ONE_MINUS_BETA:g} and at least 5 / T in a short run: the study)",
+        reasoning[2],
+        onset_why + f", after the budget of {steps:,} steps, so the budget gets the "
+        "short-budget recipe:",
+        f"warm xi up from 0 over the first {warmup} steps ({SHORT_WARMUP_FRACTION:.0%}) and cool "
+        f"it down to 0 over the last {cooldown} ({COOLDOWN_FRACTION:.0%}, Hägele et al. 2024)",
+        f"decay_ratio rho = {rho:g}: the decay runs at rho * xi, so its time constant "
+        f"2 / (rho xi)^2 = {2 / (rho * xi) ** 2:,.0f} steps is well past the budget and the "
+        "cooldown anneals (the weights keep what they learn)",
+        f"second_moment = {SHORT_SECOND_MOMENT!r}: each entry's step is normalised by the "
+        "rank-1 estimate of its own second moment (Adafactor's), one vector per matrix more",
+    )
+    return Suggestion(xi, short_beta, clip_value, n_batches, reasoning, onset, steps,
+                      cooldown, (), MOMENTUM, warmup, rho, SHORT_SECOND_MOMENT,
+                      "short-budget")

@@ -131,22 +131,41 @@ def test_decay_onset_bad_input():
             decay_onset(**kwargs)
 
 
-def test_a_short_budget_gets_a_cooldown_and_a_warning():
-    s = suggest(80000, 32, steps=2000)  # xi = 0.02: onset ~ ln(1 + 4/9/sqrt(xi)) / xi^2
+@pytest.mark.parametrize("steps, one_minus_beta", [(2000, 0.005), (1000, 0.005), (500, 0.01),
+                                                    (100, 0.05)])
+def test_a_short_budget_gets_the_short_budget_recipe(steps, one_minus_beta):
+    s = suggest(80000, 32, steps=steps)  # xi = 0.02: onset ~ ln(1 + 4/9/sqrt(xi)) / xi^2
     assert s.decay_onset == pytest.approx(decay_onset(0.02))
     assert 3000 < s.decay_onset < 4000
-    assert s.steps == 2000 and s.cooldown_steps == 400
-    assert len(s.warnings) == 1 and "will not start within 2,000 steps" in s.warnings[0]
-    assert "wsd_schedule(optimizer, 2000, cooldown_steps=400)" in s.warnings[0]
-    assert "Warning: " in s.format() and "cooldown_steps            = 400" in s.format()
+    assert s.recipe == "short-budget" and s.steps == steps and s.warnings == ()
+    assert s.xi == pytest.approx(0.02)
+    # 5% warm-up, 20% cooldown, the average of g^2 over min(200, T/5) steps (1 - beta >= 5/T)
+    assert (s.warmup_steps, s.cooldown_steps) == (round(0.05 * steps), round(0.2 * steps))
+    assert s.beta == pytest.approx(1 - one_minus_beta)
+    assert (s.decay_ratio, s.second_moment, s.momentum) == (0.25, "row-col", 0.9)
+    assert s.amos_kwargs() == {"beta": s.beta, "momentum": 0.9, "clip_value": 1.0,
+                               "decay_ratio": 0.25, "second_moment": "row-col"}
+    assert s.schedule_kwargs() == {"total_steps": steps, "warmup_steps": s.warmup_steps,
+                                   "cooldown_steps": s.cooldown_steps}
+    text = s.format()
+    assert f"cooldown_steps            = {s.cooldown_steps}" in text
+    assert "decay_ratio               = 0.25" in text and "short-budget recipe" in text
+
+
+def test_the_paper_beta_stays_when_it_averages_longer():
+    s = suggest(10**9, 256, steps=5000)  # xi = 5e-4: 1 - beta = 0.001 < 0.005
+    assert s.recipe == "short-budget" and s.beta == pytest.approx(0.999)
 
 
 def test_a_long_budget_keeps_xi_constant():
     s = suggest(80000, 32, steps=50000)
-    assert s.cooldown_steps == 0 and s.warnings == ()
+    assert s.cooldown_steps == 0 and s.warnings == () and s.recipe == "paper"
+    assert (s.warmup_steps, s.decay_ratio, s.second_moment, s.beta) == (0, 1.0, "slot", 0.98)
     assert "keep xi constant" in s.reasoning[-1]
     none = suggest(80000, 32)
     assert none.steps is None and none.warnings == () and "Warning" not in none.format()
+    with pytest.raises(ValueError, match="Invalid steps: this suggestion has no budget"):
+        none.schedule_kwargs()
 
 
 def test_bad_steps():
@@ -159,10 +178,12 @@ def test_cli_steps(capsys):
     argv = ["suggest", "--examples", "80000", "--batch-size", "32", "--steps", "2000"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Warning: Amos's own decay will not start within 2,000 steps" in out
+    assert "after the budget of 2,000 steps, so the budget gets the short-budget recipe" in out
     assert main(argv + ["--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["cooldown_steps"] == 400 and data["steps"] == 2000 and data["warnings"]
+    assert data["cooldown_steps"] == 400 and data["steps"] == 2000 and not data["warnings"]
+    assert (data["warmup_steps"], data["decay_ratio"], data["recipe"]) == (100, 0.25,
+                                                                           "short-budget")
     assert main(argv[:-1] + ["0"]) == 2
     assert "invalid --steps" in capsys.readouterr().err
 

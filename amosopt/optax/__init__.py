@@ -8,6 +8,7 @@ update), jestimator's with the 1-based step: port one ``f`` as ``lambda count: f
 
 from amosopt.optax.diagnostics import decay_onset, diagnostics
 from amosopt.optax.nonfinite import SkipState, skip_if_not_finite
+from amosopt.optax.recipe import recipe
 from amosopt.optax.rounding import CompensatedState, compensated_rounding
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.sharding import slot_partition_spec, state_sharding
@@ -28,6 +29,7 @@ __all__ = [
     "amos",
     "param_names",
     "path_to_name",
+    "recipe",
     "scale_by_amos",
     "SkipState",
     "skip_if_not_finite",

@@ -7,9 +7,10 @@ not.
 """
 
 from amosopt.torch.integrations import unwrap_optimizer
+from amosopt.torch._recipe import recipe
 from amosopt.torch.optimizer import Amos
 from amosopt.torch.scales import auto_amos, auto_scales
 from amosopt.torch.schedules import WSDSchedule, warmup_schedule, wsd_schedule
 
-__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "unwrap_optimizer",
+__all__ = ["Amos", "WSDSchedule", "auto_amos", "auto_scales", "recipe", "unwrap_optimizer",
            "warmup_schedule", "wsd_schedule"]
