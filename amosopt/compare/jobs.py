@@ -26,7 +26,7 @@ from amosopt.compare import optimizers
 from amosopt.compare.tasks import Task
 from amosopt.compare.train import RunRecord, train
 
-__all__ = ["RunSpec", "StudyError", "execute", "load_done", "run_all"]
+__all__ = ["PlannedRun", "StudyError", "execute", "load_done", "run_all"]
 
 
 class StudyError(ValueError):
@@ -34,8 +34,9 @@ class StudyError(ValueError):
 
 
 @dataclass(frozen=True, order=True)
-class RunSpec:
-    """One run of the study; ``key`` names its result file."""
+class PlannedRun:
+    """One planned run of the study: what identifies it (``key`` names its result file, and a
+    done run is recognised by it), not how it is trained."""
 
     budget: int
     seed: int
@@ -91,28 +92,31 @@ _REPORTS: Any = None  # the queue a worker sends its progress to
 
 
 @dataclass
-class SeedContext:
+class SeedSetup:
+    """What every run of one (seed, budget) starts from: the task with its batch order, the
+    model's initial weights and the settings the optimizers are built with."""
+
     task: Task
     init_state: dict
-    settings: optimizers.RunSettings
+    settings: optimizers.OptimizerSettings
     evals: int  # validation evaluations per run
 
 
-def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs_dir: str,
+def execute(spec: PlannedRun, make_setup: Callable[[int, int], SeedSetup], runs_dir: str,
             progress: Callable[[str, int, float], None] | None = None) -> dict:
     """Trains one run, writes ``runs_dir/KEY.json`` and returns its record."""
     # the settings are part of the key: one process may run several studies (amos compare
-    # called twice with --jobs 1), and make_context is a partial of the study's settings
-    key = (spec.seed, spec.budget, repr(make_context))
+    # called twice with --jobs 1), and make_setup is a partial of the study's settings
+    key = (spec.seed, spec.budget, repr(make_setup))
     if key not in _CACHE:
         _CACHE.clear()  # one (seed, budget) at a time keeps a worker's memory flat
-        _CACHE[key] = make_context(spec.seed, spec.budget)
-    context: SeedContext = _CACHE[key]
-    model = context.task.make_model()
-    model.load_state_dict(context.init_state)
-    built = optimizers.build(spec.optimizer, model, spec.value, context.settings)
+        _CACHE[key] = make_setup(spec.seed, spec.budget)
+    setup: SeedSetup = _CACHE[key]
+    model = setup.task.make_model()
+    model.load_state_dict(setup.init_state)
+    built = optimizers.build(spec.optimizer, model, spec.value, setup.settings)
     run = RunRecord(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
-              {"schedule": optimizers.schedule_description(spec.optimizer, context.settings),
+              {"schedule": optimizers.schedule_description(spec.optimizer, setup.settings),
                "hyper": optimizers.OPTIMIZERS[spec.optimizer].hyper,
                "lr": built.lr() if spec.optimizer.startswith("amos") else spec.value})
     if _REPORTS is not None:  # a worker: the main process draws the bars
@@ -123,7 +127,7 @@ def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs
             progress(spec.key, done, loss)
     else:
         callback = None
-    train(context.task, model, built, run, context.evals, callback)
+    train(setup.task, model, built, run, setup.evals, callback)
     record = run.as_dict()
     _write_atomically(Path(runs_dir) / f"{spec.key}.json", json.dumps(record) + "\n")
     return record
@@ -142,7 +146,7 @@ def _init_worker(reports: Any) -> None:
 class _Bars:
     """One overall bar (steps of the whole study, with its time estimate) and one per run."""
 
-    def __init__(self, specs: list[RunSpec], enabled: bool):
+    def __init__(self, specs: list[PlannedRun], enabled: bool):
         from tqdm.auto import tqdm
 
         self._tqdm, self.enabled = tqdm, enabled
@@ -171,7 +175,7 @@ class _Bars:
         self.done_steps[key] = done
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def finish(self, spec: RunSpec) -> None:
+    def finish(self, spec: PlannedRun) -> None:
         bar = self.runs.pop(spec.key, None)
         self.positions.pop(spec.key, None)
         self.closed.add(spec.key)
@@ -187,12 +191,12 @@ class _Bars:
         self.total.close()
 
 
-def run_all(specs: list[RunSpec], make_context: Callable[[int, int], SeedContext],
+def run_all(specs: list[PlannedRun], make_setup: Callable[[int, int], SeedSetup],
             runs_dir: Path, jobs: int, on_done: Callable[[dict], None],
             progress: bool = True) -> None:
     """Runs ``specs`` (``jobs`` at a time) and calls ``on_done(record)`` after each one.
 
-    ``make_context`` must be picklable (a module-level function or a ``functools.partial`` of
+    ``make_setup`` must be picklable (a module-level function or a ``functools.partial`` of
     one) when ``jobs > 1``. A KeyboardInterrupt stops the runs in flight and is re-raised;
     every finished run is on disk already.
     """
@@ -202,23 +206,23 @@ def run_all(specs: list[RunSpec], make_context: Callable[[int, int], SeedContext
     try:
         if jobs <= 1:
             for spec in specs:
-                on_done(execute(spec, make_context, str(runs_dir),
+                on_done(execute(spec, make_setup, str(runs_dir),
                                 lambda key, done, loss: bars.update(key, done, loss,
                                                                     budgets[key])))
                 bars.finish(spec)
         else:
-            _run_pool(specs, make_context, runs_dir, jobs, on_done, bars, budgets)
+            _run_pool(specs, make_setup, runs_dir, jobs, on_done, bars, budgets)
     finally:
         bars.close()
 
 
-def _run_pool(specs: Iterable[RunSpec], make_context: Callable, runs_dir: Path, jobs: int,
+def _run_pool(specs: Iterable[PlannedRun], make_setup: Callable, runs_dir: Path, jobs: int,
               on_done: Callable[[dict], None], bars: _Bars, budgets: dict[str, int]) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of torch's thread pools
     reports = context.Queue()
     pool = context.Pool(jobs, initializer=_init_worker, initargs=(reports,))
     try:
-        pending = {spec: pool.apply_async(execute, (spec, make_context, str(runs_dir)))
+        pending = {spec: pool.apply_async(execute, (spec, make_setup, str(runs_dir)))
                    for spec in specs}
         while pending:
             _drain(reports, bars, budgets, wait=0.2)

@@ -26,9 +26,9 @@ from amosopt.compare.models import count_parameters
 from amosopt.compare.tasks import DigitsTask, LMTask, Task
 from amosopt.suggest import suggest
 
-def plan(config: CompareConfig) -> list[jobs.RunSpec]:
+def plan(config: CompareConfig) -> list[jobs.PlannedRun]:
     """Every run, smallest budget first (so that a partial study has whole budgets)."""
-    return sorted(jobs.RunSpec(budget, seed, rank, name, float(value))
+    return sorted(jobs.PlannedRun(budget, seed, rank, name, float(value))
                   for budget in config.budgets for seed in config.seeds
                   for rank, name in enumerate(config.optimizers)
                   for value in config.grid(name))
@@ -84,21 +84,21 @@ def _scaled_eta(eta: Any, k: float, name: str, shape: tuple) -> float:
     return k * eta(name, shape)
 
 
-def seed_context(config_dict: dict, seed: int, budget: int) -> jobs.SeedContext:
+def seed_setup(config_dict: dict, seed: int, budget: int) -> jobs.SeedSetup:
     """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
-    return _seed_context(CompareConfig(**config_dict), seed, budget)[0]
+    return _seed_setup(CompareConfig(**config_dict), seed, budget)[0]
 
 
-def _seed_context(config: CompareConfig, seed: int, budget: int
-                  ) -> tuple[jobs.SeedContext, list[dict]]:
-    """:func:`seed_context`, and Amos's scales table for the report (one trace of the model)."""
+def _seed_setup(config: CompareConfig, seed: int, budget: int
+                  ) -> tuple[jobs.SeedSetup, list[dict]]:
+    """:func:`seed_setup`, and Amos's scales table for the report (one trace of the model)."""
     task = build_task(config, seed, budget)
     torch.manual_seed(seed)
     model = task.make_model()
     _warm_up(task, model)
     suggestion = suggest(task.train_examples, config.batch_size, "mean")
     eta, slot_shape, table = _amos_scales(config, model, task.batch(0)[0])
-    settings = optimizers.RunSettings(
+    settings = optimizers.OptimizerSettings(
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
         amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
@@ -108,7 +108,7 @@ def _seed_context(config: CompareConfig, seed: int, budget: int
         adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1,
         amos_decay_ratio=config.amos_decay_ratio)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    return jobs.SeedContext(task, init_state, settings, config.evals), table
+    return jobs.SeedSetup(task, init_state, settings, config.evals), table
 
 
 def _warm_up(task: Task, model: torch.nn.Module) -> None:
@@ -167,16 +167,16 @@ def _describe(config: CompareConfig) -> dict:
         raise data_lib.DataError(
             f"invalid --batch-size: {config.batch_size} is larger than the "
             f"{task.train_examples} training examples; use at most {task.train_examples}")
-    context, table = _seed_context(config, config.seeds[0], budget)
+    setup, table = _seed_setup(config, config.seeds[0], budget)
     model = task.make_model()
-    model.load_state_dict(context.init_state)
+    model.load_state_dict(setup.init_state)
     memory = {}
     for name, momentum in (("amos_momentum_0", 0.0), ("amos_momentum_0.9", 0.9),
                            ("adamw", None)):
-        settings = replace(context.settings, amos_momentum=momentum or 0.0)
+        settings = replace(setup.settings, amos_momentum=momentum or 0.0)
         memory[name] = probe_state_bytes(task, model, functools.partial(
             optimizers.build, "adamw" if momentum is None else "amos", value=1e-3,
-            run=settings))
+            settings=settings))
     source = "amosopt.torch.auto_scales"
     if config.amos_eta is not None:
         source += f", eta overridden to {config.amos_eta:g}"
@@ -232,7 +232,7 @@ def run_compare(config: CompareConfig) -> dict:
 
     results["runs"] = [done[s.key] for s in specs if s.key in done]
     try:
-        jobs.run_all(todo, functools.partial(seed_context, asdict(config)), runs_dir,
+        jobs.run_all(todo, functools.partial(seed_setup, asdict(config)), runs_dir,
                       config.jobs, on_done, config.progress)
         results["complete"] = True
     except KeyboardInterrupt:
