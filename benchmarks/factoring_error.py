@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.compare import optimizers  # noqa: E402
-from amosopt.compare.runner import CompareConfig, seed_setup  # noqa: E402
+from amosopt.compare import CompareConfig  # noqa: E402
+from amosopt.compare.prepare import seed_setup  # noqa: E402
 from amosopt.rules import reduced_axes  # noqa: E402
 from benchmarks._record import write_record  # noqa: E402
 

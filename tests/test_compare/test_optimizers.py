@@ -166,7 +166,8 @@ def test_adamw_takes_the_studys_weight_decay_and_beta1():
 def test_eta_scale_keeps_the_initial_step_and_weakens_the_decay(k):
     """--amos-eta-scale k: eta x k, xi / k, so xi * eta is unchanged and xi^2 (the decay)
     is k^2 times smaller; the studies recorded before the option resume (fingerprint)."""
-    from amosopt.compare.runner import CompareConfig, seed_setup
+    from amosopt.compare import CompareConfig
+    from amosopt.compare.prepare import seed_setup
     from amosopt.suggest import suggest
 
     config = CompareConfig(task="digits", budgets=[10], amos_eta_scale=k).resolve()
