@@ -341,7 +341,7 @@ def _print_summary(results: dict, out: Path) -> None:
         parts = [f"{k.replace('amos_momentum_', 'Amos momentum ')} "
                  f"{100 * v / memory['adamw']:.2f}%" for k, v in memory.items() if k != "adamw"]
         print("Optimizer state vs AdamW: " + ", ".join(parts))
-    from amosopt.compare.report import onset_sentence
+    from amosopt.compare.markdown import onset_sentence
 
     sentence = onset_sentence(results)
     if sentence:
