@@ -26,6 +26,7 @@ from amosopt.compare import optimizers
 from amosopt.compare.plan import PlannedRun
 from amosopt.compare.prepare import SeedSetup
 from amosopt.compare.progress import ProgressBars
+from amosopt.compare.registry import AMOS
 from amosopt.compare.train import RunRecord, train
 
 __all__ = ["StudyError", "check_fingerprint", "execute", "load_done", "run_all"]
@@ -93,7 +94,7 @@ def execute(spec: PlannedRun, make_setup: Callable[[int, int], SeedSetup], runs_
     run = RunRecord(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
               {"schedule": optimizers.schedule_description(spec.optimizer, setup.settings),
                "hyper": optimizers.OPTIMIZERS[spec.optimizer].hyper,
-               "lr": built.lr() if spec.optimizer.startswith("amos") else spec.value})
+               "lr": built.lr() if spec.optimizer in AMOS else spec.value})
     if _REPORTS is not None:  # a worker: the main process draws the bars
         def callback(done: int, loss: float) -> None:
             _REPORTS.put((spec.key, done, loss))

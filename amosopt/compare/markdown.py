@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from amosopt.compare.summary import AMOS, grid
+from amosopt.compare.registry import AMOS
+from amosopt.compare.summary import grid
 
 __all__ = ["markdown", "onset_sentence"]
 

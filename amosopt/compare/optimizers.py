@@ -31,13 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from amosopt.compare.config import field_default
 from amosopt.compare.registry import OPTIMIZERS, OptimizerInfo
-from amosopt.hyperparameters import SECOND_MOMENT
 
 __all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "OptimizerSettings", "build"]
 
-ADAMW_BETAS = (0.9, 0.999)
-ADAMW_WEIGHT_DECAY = 0.01  # also Adafactor's and schedule-free's
+ADAMW_BETA2 = 0.999
+#: Adafactor's and schedule-free's: AdamW's defaults, fixed (the --adamw-* flags change AdamW's,
+#: Adam-mini's and Muon's only)
+FIXED_WEIGHT_DECAY = field_default("adamw_weight_decay")
+FIXED_BETAS = (field_default("adamw_beta1"), ADAMW_BETA2)
 
 
 @dataclass
@@ -67,16 +70,17 @@ class OptimizerSettings:
     clip_value: float
     eta: Callable[[str, tuple], float] | float
     slot_shape: Callable[[str, tuple], tuple] | None
-    amos_momentum: float = 0.9
-    amos_beta: float | None = None
-    amos_warmup: int = 0
-    amos_decay_ratio: float = 1.0
-    amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
-    warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
-    cooldown_fraction: float = 0.2  # the WSD runs
-    cooldown: str = "linear"
-    adamw_weight_decay: float = ADAMW_WEIGHT_DECAY  # adamw and adamw-wsd
-    adamw_beta1: float = ADAMW_BETAS[0]  # adamw and adamw-wsd
+    # the study's options, named and defaulted as in CompareConfig (the one source of defaults)
+    amos_momentum: float = field_default("amos_momentum")
+    amos_beta: float | None = field_default("amos_beta")
+    amos_warmup: int = field_default("amos_warmup")
+    amos_decay_ratio: float = field_default("amos_decay_ratio")
+    amos_second_moment: str = field_default("amos_second_moment")  # Amos(second_moment=...)
+    warmup_fraction: float = field_default("warmup_fraction")  # AdamW, Adafactor, schedule-free
+    cooldown_fraction: float = field_default("cooldown_fraction")  # the WSD runs
+    cooldown: str = field_default("cooldown")
+    adamw_weight_decay: float = field_default("adamw_weight_decay")  # adamw and adamw-wsd
+    adamw_beta1: float = field_default("adamw_beta1")  # adamw and adamw-wsd
     extra: dict = field(default_factory=dict)
 
     @property
@@ -119,7 +123,7 @@ def _amos(model: nn.Module, multiplier: float, settings: OptimizerSettings, wsd:
 
 def _adamw(model: nn.Module, lr: float, settings: OptimizerSettings, wsd: bool) -> Built:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr,
-                                  betas=(settings.adamw_beta1, ADAMW_BETAS[1]),
+                                  betas=(settings.adamw_beta1, ADAMW_BETA2),
                                   weight_decay=settings.adamw_weight_decay, fused=True)
     scheduler = _wsd(optimizer, settings) if wsd else _linear_warmup_decay(optimizer, settings)
     return Built(optimizer, scheduler)
@@ -127,15 +131,15 @@ def _adamw(model: nn.Module, lr: float, settings: OptimizerSettings, wsd: bool) 
 
 def _adafactor(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     optimizer = torch.optim.Adafactor(model.parameters(), lr=lr,
-                                      weight_decay=ADAMW_WEIGHT_DECAY)
+                                      weight_decay=FIXED_WEIGHT_DECAY)
     return Built(optimizer, _linear_warmup_decay(optimizer, settings))
 
 
 def _schedulefree(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     import schedulefree
 
-    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=lr, betas=ADAMW_BETAS,
-                                               weight_decay=ADAMW_WEIGHT_DECAY,
+    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=lr, betas=FIXED_BETAS,
+                                               weight_decay=FIXED_WEIGHT_DECAY,
                                                warmup_steps=settings.warmup_steps)
     return Built(optimizer, None, train_mode=optimizer.train, eval_mode=optimizer.eval)
 
@@ -144,7 +148,7 @@ def _adam_mini(model: nn.Module, lr: float, settings: OptimizerSettings) -> Buil
     import adam_mini
 
     optimizer = adam_mini.Adam_mini(model.named_parameters(), lr=lr,
-                                    betas=(settings.adamw_beta1, ADAMW_BETAS[1]),
+                                    betas=(settings.adamw_beta1, ADAMW_BETA2),
                                     weight_decay=settings.adamw_weight_decay, verbose=False)
     # Adam-mini partitions by name: tell it the study models' embeddings and output layer;
     # the fused attention input (qkv) gets one second moment per output row, as its values
@@ -197,7 +201,7 @@ def _muon(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
         parts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=settings.adamw_weight_decay,
                                       adjust_lr_fn="match_rms_adamw"))
     if rest:
-        parts.append(torch.optim.AdamW(rest, lr=lr, betas=(settings.adamw_beta1, ADAMW_BETAS[1]),
+        parts.append(torch.optim.AdamW(rest, lr=lr, betas=(settings.adamw_beta1, ADAMW_BETA2),
                                        weight_decay=settings.adamw_weight_decay, fused=True))
     optimizer = _Split(parts)
     return Built(optimizer, _wsd(optimizer, settings))

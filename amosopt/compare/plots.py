@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from amosopt.compare.summary import AMOS
+from amosopt.compare.registry import AMOS
 
 __all__ = ["plot_curves", "plot_frontier", "plot_schedules", "schedule_runs"]
 

@@ -5,7 +5,7 @@ model's initial weights, and the settings the optimizers are built with (Amos's 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -76,6 +76,11 @@ def _scaled_eta(eta: Any, k: float, name: str, shape: tuple) -> float:
     return k * eta(name, shape)
 
 
+#: the study's options that the optimizers read: OptimizerSettings' fields named as in CompareConfig
+_STUDY_OPTIONS = tuple(f.name for f in fields(OptimizerSettings)
+                       if f.name in {g.name for g in fields(CompareConfig)})
+
+
 def seed_setup(config_dict: dict, seed: int, budget: int) -> SeedSetup:
     """The model's initialisation for ``seed`` and every run's settings at ``budget``."""
     return seed_setup_and_scales(CompareConfig(**config_dict), seed, budget)[0]
@@ -93,12 +98,7 @@ def seed_setup_and_scales(config: CompareConfig, seed: int, budget: int
     settings = OptimizerSettings(
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
-        amos_momentum=config.amos_momentum, amos_beta=config.amos_beta,
-        amos_warmup=config.amos_warmup, amos_second_moment=config.amos_second_moment,
-        warmup_fraction=config.warmup_fraction,
-        cooldown_fraction=config.cooldown_fraction, cooldown=config.cooldown,
-        adamw_weight_decay=config.adamw_weight_decay, adamw_beta1=config.adamw_beta1,
-        amos_decay_ratio=config.amos_decay_ratio)
+        **{name: getattr(config, name) for name in _STUDY_OPTIONS})
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return SeedSetup(task, init_state, settings, config.evals), table
 

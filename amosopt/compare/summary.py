@@ -15,10 +15,11 @@ import math
 import statistics
 from typing import Any
 
-__all__ = ["AMOS", "REFERENCES", "grid", "summarize"]
+from amosopt.compare.registry import AMOS
+
+__all__ = ["REFERENCES", "grid", "summarize"]
 
 REFERENCES = ("adamw", "adamw-wsd")
-AMOS = ("amos", "amos-wsd")
 
 
 def grid(config: dict, name: str) -> list[float]:
