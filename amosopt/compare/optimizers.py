@@ -25,7 +25,7 @@ others' grids are learning rates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,7 +81,6 @@ class OptimizerSettings:
     cooldown: str = field_default("cooldown")
     adamw_weight_decay: float = field_default("adamw_weight_decay")  # adamw and adamw-wsd
     adamw_beta1: float = field_default("adamw_beta1")  # adamw and adamw-wsd
-    extra: dict = field(default_factory=dict)
 
     @property
     def warmup_steps(self) -> int:
