@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.compare import optimizers  # noqa: E402
-from amosopt.compare.runner import CompareConfig, seed_context  # noqa: E402
+from amosopt.compare import CompareConfig  # noqa: E402
+from amosopt.compare.prepare import seed_setup  # noqa: E402
 from amosopt.rules import reduced_axes  # noqa: E402
 from benchmarks._record import write_record  # noqa: E402
 
@@ -113,10 +114,10 @@ def main() -> None:
     at = sorted(int(s) for s in args.at.split(","))
     config = CompareConfig(task="lm", budgets=[args.budget], seeds=[args.seed])
     config.resolve()
-    context = seed_context(asdict(config), args.seed, args.budget)
-    task, settings = context.task, context.settings
+    setup = seed_setup(asdict(config), args.seed, args.budget)
+    task, settings = setup.task, setup.settings
     model = task.make_model()
-    model.load_state_dict(context.init_state)
+    model.load_state_dict(setup.init_state)
     built = optimizers.build("amos-wsd", model, 1.0, settings)
     params = {n: p for n, p in model.named_parameters() if p.ndim >= 2}
     slots = {n: tuple(settings.slot_shape(n, tuple(p.shape))) for n, p in params.items()}

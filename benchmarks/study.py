@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.cli import main as amos_main  # noqa: E402
-from amosopt.compare.report import summarize  # noqa: E402
+from amosopt.compare.summary import summarize  # noqa: E402
 
 ALL = "amos,amos-wsd,adamw,adamw-wsd,adafactor,schedulefree"
 LM_BUDGETS = [500, 1000, 2000]

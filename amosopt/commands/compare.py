@@ -13,13 +13,17 @@ import argparse
 import math
 from pathlib import Path
 
-from amosopt.compare.config import DEFAULT_OPTIMIZERS, DEFAULTS, field_default
-from amosopt.compare.registry import OPTIMIZERS
+from amosopt.compare.config import AMOS_SLOTS, DEFAULT_OPTIMIZERS, DEFAULTS, field_default
+from amosopt.compare.registry import AMOS, OPTIMIZERS
 from amosopt.hyperparameters import SECOND_MOMENTS
+from amosopt.schedules import COOLDOWN_SHAPES
 
-TASK_NAMES = ("lm", "digits")
+#: the tasks with study defaults
+TASK_NAMES = tuple(DEFAULTS)
 #: the registry's names, read without torch
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+#: the optimizers tuned on a learning-rate grid (--lrs)
+LR_OPTIMIZER_NAMES = tuple(name for name in OPTIMIZER_NAMES if name not in AMOS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"step budgets, each its own set of runs (default: {_budgets()})")
     parser.add_argument("--steps", type=int, help="one budget: the same as --budgets N")
     parser.add_argument("--seeds", metavar="S,S,...",
-                        help="seeds: initialisation and batch order (default 0)")
+                        help="seeds: initialisation and batch order (default "
+                             f"{_numbers(field_default('seeds'))})")
     parser.add_argument("--seed", type=int, help="one seed: the same as --seeds S")
     parser.add_argument("--optimizers", metavar="NAME,...",
                         help=f"from {', '.join(OPTIMIZER_NAMES)} (default "
@@ -70,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0 = off)")
     parser.add_argument("--amos-beta", type=float,
                         help="Amos beta (default: as amos suggest gives it)")
-    parser.add_argument("--amos-slots", choices=("factored", "full"),
+    parser.add_argument("--amos-slots", choices=AMOS_SLOTS,
                         default=field_default("amos_slots"),
                         help="Amos slot shapes: automatic factored slots (default) or full-size")
     parser.add_argument("--amos-eta", type=float, metavar="ETA",
@@ -97,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=field_default("cooldown_fraction"), metavar="FRACTION",
                         help="WSD runs: cooldown length as a fraction of the budget "
                              "(default %(default)s)")
-    parser.add_argument("--cooldown", choices=("linear", "1-sqrt"),
+    parser.add_argument("--cooldown", choices=COOLDOWN_SHAPES,
                         default=field_default("cooldown"),
                         help="WSD runs: cooldown shape (default %(default)s)")
     parser.add_argument("--evals", type=int, help="validation evaluations per run")
@@ -154,9 +159,9 @@ def _parse_grids(args: argparse.Namespace) -> dict[str, list[float]]:
         grids["adamw"] = grids["adamw-wsd"] = lrs
     for item in args.lrs:
         name, sep, values = item.partition("=")
-        if not sep or name not in OPTIMIZER_NAMES or name.startswith("amos"):
+        if not sep or name not in LR_OPTIMIZER_NAMES:
             raise CommandError(f"invalid --lrs {item!r}: expected NAME=LR,LR,... with NAME one "
-                               f"of {', '.join(n for n in OPTIMIZER_NAMES if n[:4] != 'amos')} "
+                               f"of {', '.join(LR_OPTIMIZER_NAMES)} "
                                "(Amos's grid is --xi-multipliers)")
         grids[name] = _parse_numbers(f"--lrs {name}", values)
     return grids
@@ -245,7 +250,8 @@ def _config(args: argparse.Namespace):
     budgets = ([args.steps] if args.steps is not None else
                _parse_numbers("--budgets", args.budgets, int))
     seeds = ([args.seed] if args.seed is not None else
-             _parse_numbers("--seeds", args.seeds, int, positive=False) or [0])
+             _parse_numbers("--seeds", args.seeds, int, positive=False)
+             or list(field_default("seeds")))
     for budget in budgets or []:
         try:  # the WSD runs' schedule must fit every budget
             WSD(budget, round(args.warmup_fraction * budget),
@@ -341,7 +347,7 @@ def _print_summary(results: dict, out: Path) -> None:
         parts = [f"{k.replace('amos_momentum_', 'Amos momentum ')} "
                  f"{100 * v / memory['adamw']:.2f}%" for k, v in memory.items() if k != "adamw"]
         print("Optimizer state vs AdamW: " + ", ".join(parts))
-    from amosopt.compare.report import onset_sentence
+    from amosopt.compare.markdown import onset_sentence
 
     sentence = onset_sentence(results)
     if sentence:

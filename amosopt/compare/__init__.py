@@ -1,9 +1,10 @@
 """``amos compare``: Amos against a tuned AdamW on real data (torch; heavy imports live here).
 
-:func:`run_compare` takes a :class:`CompareConfig` and writes ``results.json``, ``loss.png`` and
-``report.md``; the command line in :mod:`amosopt.commands.compare` fills the config. ``run_compare``
-(torch) is imported on first use, so that the settings (:mod:`amosopt.compare.config`) and the
-optimizer names (:mod:`amosopt.compare.registry`) read without torch.
+:func:`run_compare` takes a :class:`CompareConfig` and writes ``results.json``, ``report.md`` and
+the plots (:mod:`amosopt.compare.report`); the command line in :mod:`amosopt.commands.compare`
+fills the config. ``run_compare`` (torch) is imported on first use, so that the settings
+(:mod:`amosopt.compare.config`) and the optimizer names (:mod:`amosopt.compare.registry`) read
+without torch.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from amosopt.compare.registry import OPTIMIZERS
+from amosopt.compare.registry import AMOS, OPTIMIZERS
 from amosopt.hyperparameters import SECOND_MOMENT
 
-__all__ = ["DEFAULTS", "DEFAULT_OPTIMIZERS", "XI_MULTIPLIERS", "CompareConfig", "field_default"]
+__all__ = ["AMOS_SLOTS", "DEFAULTS", "DEFAULT_OPTIMIZERS", "XI_MULTIPLIERS", "CompareConfig",
+           "field_default"]
 
 #: Amos's grid: multiples of the xi that ``amos suggest`` gives
 XI_MULTIPLIERS = [0.5, 1.0, 2.0]
@@ -21,7 +22,7 @@ XI_MULTIPLIERS = [0.5, 1.0, 2.0]
 #: around the best rates seen in earlier runs (a best value at an edge is flagged).
 #: the optimizers whose learning rate is on AdamW's scale (Muon's step is matched to AdamW's
 #: update RMS): one grid serves them all; Adafactor's relative step has its own
-ADAM_SCALE = ("adamw", "adamw-wsd", "schedulefree", "adam-mini", "muon")
+ADAM_SCALE = tuple(name for name in OPTIMIZERS if name not in AMOS and name != "adafactor")
 
 
 def _grids(adam: list[float], adafactor: list[float]) -> dict[str, list[float]]:
@@ -47,6 +48,8 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 DEFAULT_OPTIMIZERS = ["amos", "amos-wsd", "adamw"]
+#: Amos's slot shapes: the automatic factored ones, or full-size
+AMOS_SLOTS = ("factored", "full")
 #: the settings that change what a run computes: a resumed study must keep them
 FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "heads", "channels",
                "evals", "eval_batches", "warmup_fraction", "amos_warmup", "amos_momentum",
@@ -111,7 +114,7 @@ class CompareConfig:
         return self
 
     def grid(self, optimizer: str) -> list[float]:
-        if OPTIMIZERS[optimizer].hyper == "xi multiplier":
+        if optimizer in AMOS:
             return list(self.xi_multipliers)
         return list(self.grids[optimizer])
 

@@ -1,11 +1,12 @@
-"""The runs of an ``amos compare`` study: planned, executed in parallel, resumable.
+"""The runs of an ``amos compare`` study (:mod:`~amosopt.compare.plan`), executed in parallel
+and resumable.
 
-A study is every (budget, seed, optimizer, grid value) combination. Each run trains a fresh model
-from the seed's initialisation on the seed's batch order for exactly its budget, and is judged at
-its own end. A finished run is written to ``OUT/runs/KEY.json`` (atomically) the moment it ends,
-so an interrupted study loses at most the runs in flight, and running the same command again
-skips what is done. ``--jobs N`` runs N runs at once in separate processes, one torch thread
-each; the main process draws the progress bars from their reports.
+Each run trains a fresh model from the seed's initialisation on the seed's batch order for
+exactly its budget, and is judged at its own end. A finished run is written to
+``OUT/runs/KEY.json`` (atomically) the moment it ends, so an interrupted study loses at most the
+runs in flight, and running the same command again skips what is done. ``--jobs N`` runs N runs
+at once in separate processes, one torch thread each; the main process draws the progress bars
+(:mod:`~amosopt.compare.progress`) from their reports.
 """
 
 from __future__ import annotations
@@ -16,36 +17,23 @@ import os
 import queue as queue_lib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from amosopt.compare import optimizers
-from amosopt.compare.tasks import Task
+from amosopt.compare.plan import PlannedRun
+from amosopt.compare.prepare import SeedSetup
+from amosopt.compare.progress import ProgressBars
+from amosopt.compare.registry import AMOS
 from amosopt.compare.train import RunRecord, train
 
-__all__ = ["RunSpec", "StudyError", "execute", "load_done", "run_all"]
+__all__ = ["StudyError", "check_fingerprint", "execute", "load_done", "run_all"]
 
 
 class StudyError(ValueError):
     """An output folder that holds a study with other settings."""
-
-
-@dataclass(frozen=True, order=True)
-class RunSpec:
-    """One run of the study; ``key`` names its result file."""
-
-    budget: int
-    seed: int
-    rank: int  # the optimizer's position in --optimizers (for ordering only)
-    optimizer: str
-    value: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.optimizer}_{self.value:g}_b{self.budget}_s{self.seed}"
 
 
 def load_done(runs_dir: Path) -> dict[str, dict]:
@@ -90,31 +78,23 @@ _CACHE: dict[Any, Any] = {}
 _REPORTS: Any = None  # the queue a worker sends its progress to
 
 
-@dataclass
-class SeedContext:
-    task: Task
-    init_state: dict
-    settings: optimizers.RunSettings
-    evals: int  # validation evaluations per run
-
-
-def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs_dir: str,
+def execute(spec: PlannedRun, make_setup: Callable[[int, int], SeedSetup], runs_dir: str,
             progress: Callable[[str, int, float], None] | None = None) -> dict:
     """Trains one run, writes ``runs_dir/KEY.json`` and returns its record."""
     # the settings are part of the key: one process may run several studies (amos compare
-    # called twice with --jobs 1), and make_context is a partial of the study's settings
-    key = (spec.seed, spec.budget, repr(make_context))
+    # called twice with --jobs 1), and make_setup is a partial of the study's settings
+    key = (spec.seed, spec.budget, repr(make_setup))
     if key not in _CACHE:
         _CACHE.clear()  # one (seed, budget) at a time keeps a worker's memory flat
-        _CACHE[key] = make_context(spec.seed, spec.budget)
-    context: SeedContext = _CACHE[key]
-    model = context.task.make_model()
-    model.load_state_dict(context.init_state)
-    built = optimizers.build(spec.optimizer, model, spec.value, context.settings)
+        _CACHE[key] = make_setup(spec.seed, spec.budget)
+    setup: SeedSetup = _CACHE[key]
+    model = setup.task.make_model()
+    model.load_state_dict(setup.init_state)
+    built = optimizers.build(spec.optimizer, model, spec.value, setup.settings)
     run = RunRecord(spec.key, spec.optimizer, spec.value, spec.budget, spec.seed,
-              {"schedule": optimizers.schedule_description(spec.optimizer, context.settings),
+              {"schedule": optimizers.schedule_description(spec.optimizer, setup.settings),
                "hyper": optimizers.OPTIMIZERS[spec.optimizer].hyper,
-               "lr": built.lr() if spec.optimizer.startswith("amos") else spec.value})
+               "lr": built.lr() if spec.optimizer in AMOS else spec.value})
     if _REPORTS is not None:  # a worker: the main process draws the bars
         def callback(done: int, loss: float) -> None:
             _REPORTS.put((spec.key, done, loss))
@@ -123,7 +103,7 @@ def execute(spec: RunSpec, make_context: Callable[[int, int], SeedContext], runs
             progress(spec.key, done, loss)
     else:
         callback = None
-    train(context.task, model, built, run, context.evals, callback)
+    train(setup.task, model, built, run, setup.evals, callback)
     record = run.as_dict()
     _write_atomically(Path(runs_dir) / f"{spec.key}.json", json.dumps(record) + "\n")
     return record
@@ -136,89 +116,42 @@ def _init_worker(reports: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Many runs, with progress bars
+# Many runs, one at a time or in a pool of processes
 
 
-class _Bars:
-    """One overall bar (steps of the whole study, with its time estimate) and one per run."""
-
-    def __init__(self, specs: list[RunSpec], enabled: bool):
-        from tqdm.auto import tqdm
-
-        self._tqdm, self.enabled = tqdm, enabled
-        self.total = tqdm(total=sum(s.budget for s in specs), desc="study", unit="step",
-                          disable=not enabled, dynamic_ncols=True, position=0,
-                          postfix={"runs": f"0/{len(specs)}"})
-        self.runs: dict[str, Any] = {}
-        self.positions: dict[str, int] = {}
-        self.done_steps: dict[str, int] = {}
-        self.closed: set[str] = set()
-        self.finished, self.count = 0, len(specs)
-
-    def update(self, key: str, done: int, loss: float, budget: int) -> None:
-        if key in self.closed:  # a report that arrived after the run's result
-            return
-        if key not in self.runs:
-            taken = set(self.positions.values())
-            self.positions[key] = min(p for p in range(1, len(taken) + 2) if p not in taken)
-            self.runs[key] = self._tqdm(total=budget, desc=key, unit="step", leave=False,
-                                        disable=not self.enabled, dynamic_ncols=True,
-                                        position=self.positions[key])
-            self.done_steps[key] = 0
-        bar = self.runs[key]
-        bar.update(done - self.done_steps[key])
-        self.total.update(done - self.done_steps[key])
-        self.done_steps[key] = done
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def finish(self, spec: RunSpec) -> None:
-        bar = self.runs.pop(spec.key, None)
-        self.positions.pop(spec.key, None)
-        self.closed.add(spec.key)
-        self.total.update(spec.budget - self.done_steps.pop(spec.key, 0))
-        if bar is not None:
-            bar.close()
-        self.finished += 1
-        self.total.set_postfix(runs=f"{self.finished}/{self.count}")
-
-    def close(self) -> None:
-        for bar in self.runs.values():
-            bar.close()
-        self.total.close()
-
-
-def run_all(specs: list[RunSpec], make_context: Callable[[int, int], SeedContext],
+def run_all(specs: list[PlannedRun], make_setup: Callable[[int, int], SeedSetup],
             runs_dir: Path, jobs: int, on_done: Callable[[dict], None],
             progress: bool = True) -> None:
     """Runs ``specs`` (``jobs`` at a time) and calls ``on_done(record)`` after each one.
 
-    ``make_context`` must be picklable (a module-level function or a ``functools.partial`` of
+    ``make_setup`` must be picklable (a module-level function or a ``functools.partial`` of
     one) when ``jobs > 1``. A KeyboardInterrupt stops the runs in flight and is re-raised;
     every finished run is on disk already.
     """
     runs_dir.mkdir(parents=True, exist_ok=True)
-    bars = _Bars(specs, progress)
+    bars = ProgressBars(specs, progress)
     budgets = {s.key: s.budget for s in specs}
     try:
         if jobs <= 1:
             for spec in specs:
-                on_done(execute(spec, make_context, str(runs_dir),
+                on_done(execute(spec, make_setup, str(runs_dir),
                                 lambda key, done, loss: bars.update(key, done, loss,
                                                                     budgets[key])))
                 bars.finish(spec)
         else:
-            _run_pool(specs, make_context, runs_dir, jobs, on_done, bars, budgets)
+            _run_pool(specs, make_setup, runs_dir, jobs, on_done, bars, budgets)
     finally:
         bars.close()
 
 
-def _run_pool(specs: Iterable[RunSpec], make_context: Callable, runs_dir: Path, jobs: int,
-              on_done: Callable[[dict], None], bars: _Bars, budgets: dict[str, int]) -> None:
+def _run_pool(specs: Iterable[PlannedRun], make_setup: Callable, runs_dir: Path, jobs: int,
+              on_done: Callable[[dict], None], bars: ProgressBars,
+              budgets: dict[str, int]) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of torch's thread pools
     reports = context.Queue()
     pool = context.Pool(jobs, initializer=_init_worker, initargs=(reports,))
     try:
-        pending = {spec: pool.apply_async(execute, (spec, make_context, str(runs_dir)))
+        pending = {spec: pool.apply_async(execute, (spec, make_setup, str(runs_dir)))
                    for spec in specs}
         while pending:
             _drain(reports, bars, budgets, wait=0.2)
@@ -235,7 +168,7 @@ def _run_pool(specs: Iterable[RunSpec], make_context: Callable, runs_dir: Path, 
         pool.join()
 
 
-def _drain(reports: Any, bars: _Bars, budgets: dict[str, int], wait: float) -> None:
+def _drain(reports: Any, bars: ProgressBars, budgets: dict[str, int], wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
         try:

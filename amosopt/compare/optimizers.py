@@ -25,19 +25,22 @@ others' grids are learning rates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from amosopt.compare.config import field_default
 from amosopt.compare.registry import OPTIMIZERS, OptimizerInfo
-from amosopt.hyperparameters import SECOND_MOMENT
 
-__all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "RunSettings", "build"]
+__all__ = ["OPTIMIZERS", "Built", "OptimizerInfo", "OptimizerSettings", "build"]
 
-ADAMW_BETAS = (0.9, 0.999)
-ADAMW_WEIGHT_DECAY = 0.01  # also Adafactor's and schedule-free's
+ADAMW_BETA2 = 0.999
+#: Adafactor's and schedule-free's: AdamW's defaults, fixed (the --adamw-* flags change AdamW's,
+#: Adam-mini's and Muon's only)
+FIXED_WEIGHT_DECAY = field_default("adamw_weight_decay")
+FIXED_BETAS = (field_default("adamw_beta1"), ADAMW_BETA2)
 
 
 @dataclass
@@ -56,8 +59,10 @@ class Built:
 
 
 @dataclass(frozen=True)
-class RunSettings:
-    """What every run of one study shares (besides the model and data)."""
+class OptimizerSettings:
+    """What :func:`build` reads besides the model and the tuned value: the budget, Amos's
+    suggested settings and scales, and the study's options (the same for every run of one
+    (seed, budget))."""
 
     budget: int
     xi: float  # suggested global rate
@@ -65,17 +70,17 @@ class RunSettings:
     clip_value: float
     eta: Callable[[str, tuple], float] | float
     slot_shape: Callable[[str, tuple], tuple] | None
-    amos_momentum: float = 0.9
-    amos_beta: float | None = None
-    amos_warmup: int = 0
-    amos_decay_ratio: float = 1.0
-    amos_second_moment: str = SECOND_MOMENT  # Amos(second_moment=...)
-    warmup_fraction: float = 0.05  # AdamW, Adafactor, schedule-free
-    cooldown_fraction: float = 0.2  # the WSD runs
-    cooldown: str = "linear"
-    adamw_weight_decay: float = ADAMW_WEIGHT_DECAY  # adamw and adamw-wsd
-    adamw_beta1: float = ADAMW_BETAS[0]  # adamw and adamw-wsd
-    extra: dict = field(default_factory=dict)
+    # the study's options, named and defaulted as in CompareConfig (the one source of defaults)
+    amos_momentum: float = field_default("amos_momentum")
+    amos_beta: float | None = field_default("amos_beta")
+    amos_warmup: int = field_default("amos_warmup")
+    amos_decay_ratio: float = field_default("amos_decay_ratio")
+    amos_second_moment: str = field_default("amos_second_moment")  # Amos(second_moment=...)
+    warmup_fraction: float = field_default("warmup_fraction")  # AdamW, Adafactor, schedule-free
+    cooldown_fraction: float = field_default("cooldown_fraction")  # the WSD runs
+    cooldown: str = field_default("cooldown")
+    adamw_weight_decay: float = field_default("adamw_weight_decay")  # adamw and adamw-wsd
+    adamw_beta1: float = field_default("adamw_beta1")  # adamw and adamw-wsd
 
     @property
     def warmup_steps(self) -> int:
@@ -86,69 +91,70 @@ class RunSettings:
         return round(self.cooldown_fraction * self.budget)
 
 
-def _linear_warmup_decay(optimizer: torch.optim.Optimizer, run: RunSettings) -> Any:
+def _linear_warmup_decay(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> Any:
     """The paper's baseline schedule: linear warm-up, then a linear decay that reaches 0 at the
     budget, i.e. WSD whose cooldown spans everything after the warm-up."""
     from amosopt.torch import wsd_schedule
 
-    return wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
-                        cooldown_steps=run.budget - run.warmup_steps)
+    return wsd_schedule(optimizer, settings.budget, warmup_steps=settings.warmup_steps,
+                        cooldown_steps=settings.budget - settings.warmup_steps)
 
 
-def _amos(model: nn.Module, multiplier: float, run: RunSettings, wsd: bool) -> Built:
+def _amos(model: nn.Module, multiplier: float, settings: OptimizerSettings, wsd: bool) -> Built:
     from amosopt.torch import Amos, wsd_schedule
     from amosopt.torch.schedules import warmup_schedule
 
-    optimizer = Amos(model.named_parameters(), lr=multiplier * run.xi, eta=run.eta,
-                     slot_shape=run.slot_shape,
-                     beta=run.beta if run.amos_beta is None else run.amos_beta,
-                     momentum=run.amos_momentum, clip_value=run.clip_value,
-                     decay_ratio=run.amos_decay_ratio,
-                     second_moment=run.amos_second_moment)
+    optimizer = Amos(model.named_parameters(), lr=multiplier * settings.xi, eta=settings.eta,
+                     slot_shape=settings.slot_shape,
+                     beta=settings.beta if settings.amos_beta is None else settings.amos_beta,
+                     momentum=settings.amos_momentum, clip_value=settings.clip_value,
+                     decay_ratio=settings.amos_decay_ratio,
+                     second_moment=settings.amos_second_moment)
     if wsd:
-        scheduler = wsd_schedule(optimizer, run.budget, warmup_steps=run.amos_warmup,
-                                 cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
-    elif run.amos_warmup:  # constant after a warm-up: the anytime run knows no budget
-        scheduler = warmup_schedule(optimizer, run.amos_warmup)
+        scheduler = wsd_schedule(optimizer, settings.budget, warmup_steps=settings.amos_warmup,
+                                 cooldown_steps=settings.cooldown_steps, cooldown=settings.cooldown)
+    elif settings.amos_warmup:  # constant after a warm-up: the anytime run knows no budget
+        scheduler = warmup_schedule(optimizer, settings.amos_warmup)
     else:
         scheduler = None
     return Built(optimizer, scheduler)
 
 
-def _adamw(model: nn.Module, lr: float, run: RunSettings, wsd: bool) -> Built:
+def _adamw(model: nn.Module, lr: float, settings: OptimizerSettings, wsd: bool) -> Built:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr,
-                                  betas=(run.adamw_beta1, ADAMW_BETAS[1]),
-                                  weight_decay=run.adamw_weight_decay, fused=True)
-    return Built(optimizer, _wsd(optimizer, run) if wsd else _linear_warmup_decay(optimizer, run))
+                                  betas=(settings.adamw_beta1, ADAMW_BETA2),
+                                  weight_decay=settings.adamw_weight_decay, fused=True)
+    scheduler = _wsd(optimizer, settings) if wsd else _linear_warmup_decay(optimizer, settings)
+    return Built(optimizer, scheduler)
 
 
-def _adafactor(model: nn.Module, lr: float, run: RunSettings) -> Built:
+def _adafactor(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     optimizer = torch.optim.Adafactor(model.parameters(), lr=lr,
-                                      weight_decay=ADAMW_WEIGHT_DECAY)
-    return Built(optimizer, _linear_warmup_decay(optimizer, run))
+                                      weight_decay=FIXED_WEIGHT_DECAY)
+    return Built(optimizer, _linear_warmup_decay(optimizer, settings))
 
 
-def _schedulefree(model: nn.Module, lr: float, run: RunSettings) -> Built:
+def _schedulefree(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     import schedulefree
 
-    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=lr, betas=ADAMW_BETAS,
-                                               weight_decay=ADAMW_WEIGHT_DECAY,
-                                               warmup_steps=run.warmup_steps)
+    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=lr, betas=FIXED_BETAS,
+                                               weight_decay=FIXED_WEIGHT_DECAY,
+                                               warmup_steps=settings.warmup_steps)
     return Built(optimizer, None, train_mode=optimizer.train, eval_mode=optimizer.eval)
 
 
-def _adam_mini(model: nn.Module, lr: float, run: RunSettings) -> Built:
+def _adam_mini(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     import adam_mini
 
     optimizer = adam_mini.Adam_mini(model.named_parameters(), lr=lr,
-                                    betas=(run.adamw_beta1, ADAMW_BETAS[1]),
-                                    weight_decay=run.adamw_weight_decay, verbose=False)
+                                    betas=(settings.adamw_beta1, ADAMW_BETA2),
+                                    weight_decay=settings.adamw_weight_decay, verbose=False)
     # Adam-mini partitions by name: tell it the study models' embeddings and output layer;
     # the fused attention input (qkv) gets one second moment per output row, as its values
     optimizer.embd_names.update({"tok_emb", "pos_emb"})
     optimizer.output_names.update({"head", "fc2"})
     optimizer.wv_names.add("qkv")
-    return Built(optimizer, _wsd(optimizer, run))
+    return Built(optimizer, _wsd(optimizer, settings))
 
 
 class _Split(torch.optim.Optimizer):
@@ -187,55 +193,56 @@ def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
     return muon, [p for p in model.parameters() if id(p) not in chosen]
 
 
-def _muon(model: nn.Module, lr: float, run: RunSettings) -> Built:
+def _muon(model: nn.Module, lr: float, settings: OptimizerSettings) -> Built:
     hidden, rest = muon_split(model)
     parts = []
     if hidden:  # a model without hidden matrices (one linear layer) is AdamW's alone
-        parts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=run.adamw_weight_decay,
+        parts.append(torch.optim.Muon(hidden, lr=lr, weight_decay=settings.adamw_weight_decay,
                                       adjust_lr_fn="match_rms_adamw"))
     if rest:
-        parts.append(torch.optim.AdamW(rest, lr=lr, betas=(run.adamw_beta1, ADAMW_BETAS[1]),
-                                       weight_decay=run.adamw_weight_decay, fused=True))
+        parts.append(torch.optim.AdamW(rest, lr=lr, betas=(settings.adamw_beta1, ADAMW_BETA2),
+                                       weight_decay=settings.adamw_weight_decay, fused=True))
     optimizer = _Split(parts)
-    return Built(optimizer, _wsd(optimizer, run))
+    return Built(optimizer, _wsd(optimizer, settings))
 
 
-def _wsd(optimizer: torch.optim.Optimizer, run: RunSettings) -> Any:
+def _wsd(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> Any:
     from amosopt.torch import wsd_schedule
 
-    return wsd_schedule(optimizer, run.budget, warmup_steps=run.warmup_steps,
-                        cooldown_steps=run.cooldown_steps, cooldown=run.cooldown)
+    return wsd_schedule(optimizer, settings.budget, warmup_steps=settings.warmup_steps,
+                        cooldown_steps=settings.cooldown_steps, cooldown=settings.cooldown)
 
 
-def build(name: str, model: nn.Module, value: float, run: RunSettings) -> Built:
+def build(name: str, model: nn.Module, value: float, settings: OptimizerSettings) -> Built:
     """The optimizer ``name`` for ``model`` with its tuned hyper-parameter at ``value``."""
     if name in ("amos", "amos-wsd"):
-        return _amos(model, value, run, wsd=name == "amos-wsd")
+        return _amos(model, value, settings, wsd=name == "amos-wsd")
     if name in ("adamw", "adamw-wsd"):
-        return _adamw(model, value, run, wsd=name == "adamw-wsd")
+        return _adamw(model, value, settings, wsd=name == "adamw-wsd")
     if name == "adafactor":
-        return _adafactor(model, value, run)
+        return _adafactor(model, value, settings)
     if name == "schedulefree":
-        return _schedulefree(model, value, run)
+        return _schedulefree(model, value, settings)
     if name == "adam-mini":
-        return _adam_mini(model, value, run)
+        return _adam_mini(model, value, settings)
     if name == "muon":
-        return _muon(model, value, run)
+        return _muon(model, value, settings)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
-def schedule_description(name: str, run: RunSettings) -> str:
+def schedule_description(name: str, settings: OptimizerSettings) -> str:
     """One line for the report: how the rate moves over the budget."""
-    wsd = (f"WSD: {run.cooldown} cooldown over the last {run.cooldown_steps} steps "
-           f"({run.cooldown_fraction:.0%}) to 0")
+    wsd = (f"WSD: {settings.cooldown} cooldown over the last {settings.cooldown_steps} steps "
+           f"({settings.cooldown_fraction:.0%}) to 0")
     if name == "amos":
-        return ("constant xi" + (f" after {run.amos_warmup} warm-up steps" if run.amos_warmup
-                                 else "") + "; Amos's own decay only")
+        warmup = settings.amos_warmup
+        return ("constant xi" + (f" after {warmup} warm-up steps" if warmup else "")
+                + "; Amos's own decay only")
     if name == "amos-wsd":
-        return (f"{run.amos_warmup} warm-up steps, " if run.amos_warmup else "") + wsd
+        return (f"{settings.amos_warmup} warm-up steps, " if settings.amos_warmup else "") + wsd
     if name in ("adamw-wsd", "adam-mini", "muon"):
-        return f"{run.warmup_steps} warm-up steps, {wsd}"
+        return f"{settings.warmup_steps} warm-up steps, {wsd}"
     if name == "schedulefree":
-        return f"{run.warmup_steps} warm-up steps, then constant (schedule-free averaging)"
-    return f"{run.warmup_steps} warm-up steps, then linear decay to 0 at the budget"
+        return f"{settings.warmup_steps} warm-up steps, then constant (schedule-free averaging)"
+    return f"{settings.warmup_steps} warm-up steps, then linear decay to 0 at the budget"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["OPTIMIZERS", "OptimizerInfo"]
+__all__ = ["AMOS", "OPTIMIZERS", "OptimizerInfo"]
 
 
 @dataclass(frozen=True)
@@ -42,3 +42,5 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
                       "with adamw-wsd's schedule"),
     )
 }
+#: the optimizers tuned on multiples of the suggested xi (Amos's), not on a learning rate
+AMOS = tuple(name for name, info in OPTIMIZERS.items() if info.hyper == "xi multiplier")

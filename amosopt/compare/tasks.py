@@ -26,9 +26,7 @@ class Task:
     steps: int
     seed: int
     description: dict = field(default_factory=dict)
-    #: for amosopt.suggest: training examples, and labels per example for a summed loss
-    train_examples: int = 0
-    labels_per_example: int = 1
+    train_examples: int = 0  # for amosopt.suggest (the study's losses are means)
 
     def make_model(self) -> nn.Module:
         raise NotImplementedError
@@ -62,7 +60,6 @@ class LMTask(Task):
         starts = torch.linspace(0, len(val) - seq_len - 1, n_windows).long()
         self.val_windows = val[starts[:, None] + torch.arange(seq_len + 1)]
         self.train_examples = len(self.train) // seq_len  # non-overlapping sequences
-        self.labels_per_example = seq_len
         self.description = dict(text.description, val_windows=int(n_windows),
                                 val_tokens=int(n_windows * seq_len))
 

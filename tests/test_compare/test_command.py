@@ -14,7 +14,8 @@ pytest.importorskip("scipy")
 
 from amosopt.cli import build_parser, main  # noqa: E402
 from amosopt.compare import jobs as study  # noqa: E402
-from amosopt.compare.runner import CompareConfig, plan  # noqa: E402
+from amosopt.compare import CompareConfig  # noqa: E402
+from amosopt.compare.plan import plan  # noqa: E402
 
 TINY_LM = ["--width", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
            "--batch-size", "4", "--budgets", "6,8", "--evals", "2", "--adamw-lrs", "1e-3,1e-2",

@@ -8,10 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from amosopt.compare import optimizers  # noqa: E402
-from amosopt.compare.optimizers import OPTIMIZERS, RunSettings, build  # noqa: E402
+from amosopt.compare.optimizers import OPTIMIZERS, OptimizerSettings, build  # noqa: E402
 
-SETTINGS = RunSettings(budget=20, xi=0.01, beta=0.98, clip_value=1.0, eta=0.5, slot_shape=None,
-                       warmup_fraction=0.1, cooldown_fraction=0.25)
+SETTINGS = OptimizerSettings(budget=20, xi=0.01, beta=0.98, clip_value=1.0, eta=0.5,
+                             slot_shape=None, warmup_fraction=0.1, cooldown_fraction=0.25)
 
 
 def _rates(name: str, value: float, steps: int = 22) -> list[float]:
@@ -166,13 +166,14 @@ def test_adamw_takes_the_studys_weight_decay_and_beta1():
 def test_eta_scale_keeps_the_initial_step_and_weakens_the_decay(k):
     """--amos-eta-scale k: eta x k, xi / k, so xi * eta is unchanged and xi^2 (the decay)
     is k^2 times smaller; the studies recorded before the option resume (fingerprint)."""
-    from amosopt.compare.runner import CompareConfig, seed_context
+    from amosopt.compare import CompareConfig
+    from amosopt.compare.prepare import seed_setup
     from amosopt.suggest import suggest
 
     config = CompareConfig(task="digits", budgets=[10], amos_eta_scale=k).resolve()
-    base = seed_context({**vars(config), "amos_eta_scale": 1.0}, 0, 10).settings
-    scaled = seed_context(vars(config), 0, 10).settings
-    examples = seed_context(vars(config), 0, 10).task.train_examples
+    base = seed_setup({**vars(config), "amos_eta_scale": 1.0}, 0, 10).settings
+    scaled = seed_setup(vars(config), 0, 10).settings
+    examples = seed_setup(vars(config), 0, 10).task.train_examples
     assert base.xi == suggest(examples, config.batch_size, "mean").xi
     assert scaled.xi == pytest.approx(base.xi / k, rel=1e-15)
     for name, shape in [("conv1.weight", (16, 1, 3, 3)), ("fc2.bias", (10,))]:

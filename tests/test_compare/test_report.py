@@ -1,4 +1,4 @@
-"""amosopt.compare.report.summarize on hand-made runs: the tuning rule, grid-edge flags, the
+"""amosopt.compare.summary.summarize on hand-made runs: the tuning rule, grid-edge flags, the
 reference, steps to reach it, and the paired test against its closed form."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from amosopt.compare import report  # noqa: E402
+from amosopt.compare import summary  # noqa: E402
 
 
 def _record(optimizer, value, seed, losses, budget=100, diverged=None, complete=True):
@@ -48,7 +48,7 @@ def _study():
 
 
 def test_tuned_values_edges_and_reference():
-    s = report.summarize(_results(_study()))["budgets"]["100"]
+    s = summary.summarize(_results(_study()))["budgets"]["100"]
     amos, adamw, wsd = (s["optimizers"][k] for k in ("amos", "adamw", "adamw-wsd"))
     assert amos["tuned_value"] == 2.0 and amos["tuned_at_grid_edge"] is True
     assert adamw["tuned_value"] == 3e-3 and adamw["tuned_at_grid_edge"] is False
@@ -65,7 +65,7 @@ def test_tuned_values_edges_and_reference():
 
 
 def test_reach_is_per_seed_against_the_references_loss_of_that_seed():
-    s = report.summarize(_results(_study()))["budgets"]["100"]
+    s = summary.summarize(_results(_study()))["budgets"]["100"]
     tuned = s["optimizers"]["amos"]["tuned"]
     # reference losses per seed: 2.4, 2.45, 2.35; amos curve [5, 3, 2.5 - 0.01 s, 2.39, final]
     # seed 0: 2.39 <= 2.4 at step 75; seed 1: 2.49 > 2.45, 2.39 at 75; seed 2: 2.48, 2.39 > 2.35,
@@ -77,7 +77,7 @@ def test_reach_is_per_seed_against_the_references_loss_of_that_seed():
 
 
 def test_paired_test_matches_the_closed_form():
-    s = report.summarize(_results(_study()))["budgets"]["100"]
+    s = summary.summarize(_results(_study()))["budgets"]["100"]
     test = s["optimizers"]["amos"]["tuned"]["paired_test"]
     d = [2.3 - 2.4, 2.35 - 2.45, 2.2 - 2.35]
     t = statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(3))
@@ -91,12 +91,12 @@ def test_paired_test_matches_the_closed_form():
 def test_a_value_counts_only_with_every_seed_done():
     runs = [r for r in _study() if not (r["optimizer"] == "amos" and r["value"] == 2.0
                                         and r["seed"] == 2)]
-    amos = report.summarize(_results(runs))["budgets"]["100"]["optimizers"]["amos"]
+    amos = summary.summarize(_results(runs))["budgets"]["100"]["optimizers"]["amos"]
     assert amos["seeds"] == [0, 1]  # seed 2 lacks one grid value: judged on seeds 0 and 1
     assert amos["tuned"]["n"] == 2
 
 
 def test_no_reference_without_adamw():
     runs = [r for r in _study() if r["optimizer"] == "amos"]
-    s = report.summarize(_results(runs, optimizers=("amos",)))["budgets"]["100"]
+    s = summary.summarize(_results(runs, optimizers=("amos",)))["budgets"]["100"]
     assert s["reference"] is None and "reach" not in s["entries"][0]
