@@ -13,6 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
+from amosopt.commands.suggest import whole_number
 from amosopt.compare.config import AMOS_SLOTS, DEFAULT_OPTIMIZERS, DEFAULTS, field_default
 from amosopt.compare.registry import AMOS, OPTIMIZERS
 from amosopt.hyperparameters import SECOND_MOMENTS
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", metavar="PATH",
                         help="train the language model on this text file instead (the last 10%% "
                              "is validation)")
+    parser.add_argument("--train-bytes", metavar="N", type=whole_number,
+                        help="lm: train on about N bytes of the training split (16 KiB chunks "
+                             "spread evenly over it), so that a budget covers several epochs; "
+                             "validation is unchanged (default: all of it)")
     parser.add_argument("--quick", action="store_true",
                         help="a short study (a few minutes on 2 cores): budgets "
                              f"{_numbers(DEFAULTS['lm']['quick']['budgets'])}, Amos at the "
@@ -194,13 +199,17 @@ def _check(args: argparse.Namespace) -> None:
         raise CommandError(f"unknown task {args.task!r}; choose one of: {', '.join(TASK_NAMES)}")
     if args.text is not None and args.task != "lm":
         raise CommandError("--text trains the language model: use it with --task lm")
+    if args.train_bytes is not None and args.task != "lm":
+        raise CommandError("--train-bytes shortens the language model's text: use it with "
+                           "--task lm")
     if args.steps is not None and args.budgets is not None:
         raise CommandError("give --budgets or --steps, not both")
     if args.seed is not None and args.seeds is not None:
         raise CommandError("give --seeds or --seed, not both")
     positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--evals": args.evals,
                 "--threads": args.threads, "--seq-len": args.seq_len, "--width": args.width,
-                "--layers": args.layers, "--heads": args.heads, "--jobs": args.jobs}
+                "--layers": args.layers, "--heads": args.heads, "--jobs": args.jobs,
+                "--train-bytes": args.train_bytes}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise CommandError(f"invalid {flag} {value}: it must be a positive integer")
@@ -261,7 +270,7 @@ def _config(args: argparse.Namespace):
             raise CommandError(f"budget {budget}: {error} (from --warmup-fraction, "
                                "--amos-warmup and --cooldown-fraction)") from None
     return CompareConfig(
-        task=args.task, text=args.text, budgets=budgets, seeds=seeds,
+        task=args.task, text=args.text, train_bytes=args.train_bytes, budgets=budgets, seeds=seeds,
         optimizers=_parse_optimizers(args.optimizers) or list(DEFAULT_OPTIMIZERS),
         quick=args.quick, out=args.out, batch_size=args.batch_size, grids=_parse_grids(args),
         xi_multipliers=_parse_numbers("--xi-multipliers", args.xi_multipliers),

@@ -57,7 +57,7 @@ FINGERPRINT = ("task", "text", "batch_size", "seq_len", "width", "layers", "head
 #: settings added later: part of the fingerprint only where they differ from their default, so
 #: that studies recorded before them resume
 FINGERPRINT_OPTIONAL = ("amos_eta_scale", "adamw_weight_decay", "adamw_beta1",
-                        "amos_decay_ratio", "amos_second_moment")
+                        "amos_decay_ratio", "amos_second_moment", "train_bytes")
 
 
 @dataclass
@@ -66,6 +66,9 @@ class CompareConfig:
 
     task: str = "lm"
     text: str | None = None
+    #: lm: a training split of about this many bytes (even chunks of the full one), so that a
+    #: budget covers several epochs; None: all of it
+    train_bytes: int | None = None
     budgets: list[int] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     optimizers: list[str] = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))

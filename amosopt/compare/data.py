@@ -5,7 +5,7 @@
   ``site-packages``; split into train and validation **by file** with a hash of the relative
   path, so the split is the same on every run and machine with the same Python.
 * ``--text PATH``: any file, read as bytes; the last ``VAL_FRACTION`` is validation.
-* ``--train-bytes N`` (either text): a training split of about ``N`` bytes, in chunks of
+* ``--train-bytes N`` (either text): a training split of ``N`` bytes, in chunks of at most
   ``CHUNK_BYTES`` taken evenly across the full split (:func:`subsample_train`), so that a budget
   covers several epochs while the text stays representative; validation is unchanged.
 * ``digits``: scikit-learn's ``load_digits`` (1797 8x8 images), a fixed 80/20 split.
@@ -23,7 +23,7 @@ import numpy as np
 
 #: fraction of the files (stdlib) or of the bytes (--text) held out for validation
 VAL_FRACTION = 0.1
-#: the unit of --train-bytes: chunks this long, spread evenly over the full training split
+#: the unit of --train-bytes: chunks at most this long, spread evenly over the full training split
 CHUNK_BYTES = 16384
 #: directories left out of the stdlib corpus (tests are generated / repetitive, and
 #: site-packages is not part of every installation)
@@ -165,10 +165,10 @@ def load_digits_data(split_seed: int = 0) -> DigitsData:
 
 
 def subsample_train(text: TextData, n_bytes: int) -> TextData:
-    """``text`` with a training split of ``n_bytes`` rounded up to whole chunks of
-    ``CHUNK_BYTES``: chunk ``i`` of ``k`` starts at ``round(i * (len - CHUNK_BYTES) / (k - 1))``,
-    so the chunks cover the whole split evenly (every file of the corpus is represented in
-    proportion); validation is kept whole.
+    """``text`` with a training split of exactly ``n_bytes``: ``k = ceil(n_bytes /
+    CHUNK_BYTES)`` contiguous pieces of (nearly) equal length, piece ``i`` starting at
+    ``round(i * (len - piece) / (k - 1))``, so that they cover the whole split evenly (every
+    part of the corpus represented in proportion); validation is kept whole.
 
     Raises:
         DataError: ``n_bytes`` is not positive, or not smaller than the training split.
@@ -177,11 +177,12 @@ def subsample_train(text: TextData, n_bytes: int) -> TextData:
     if n_bytes <= 0 or n_bytes >= size:
         raise DataError(f"--train-bytes {n_bytes}: expected a positive number of bytes below "
                         f"the training split's {size}")
-    chunk = min(CHUNK_BYTES, n_bytes)
-    k = -(-n_bytes // chunk)
-    starts = np.linspace(0, size - chunk, k).round().astype(np.int64) if k > 1 else [0]
-    train = np.concatenate([text.train[s:s + chunk] for s in starts])
+    k = -(-n_bytes // CHUNK_BYTES)
+    lengths = [n_bytes // k + (i < n_bytes % k) for i in range(k)]
+    starts = ([0] if k == 1 else
+              [round(i * (size - lengths[i]) / (k - 1)) for i in range(k)])
+    train = np.concatenate([text.train[s:s + n] for s, n in zip(starts, lengths)])
     description = dict(text.description, train_bytes=int(len(train)),
-                       train_subsample=f"{k} chunks of {chunk} bytes evenly across the "
-                                       f"{size}-byte training split")
+                       train_subsample=f"{k} chunks of about {n_bytes // k} bytes evenly "
+                                       f"across the {size}-byte training split")
     return TextData(train, text.val, text.source, description)

@@ -4,6 +4,9 @@ Each has one tuned hyper-parameter, searched on a grid with the same number of t
 
 * ``amos``: the paper's recipe, ``amosopt.torch.Amos`` at a constant ``xi`` (the anytime run);
 * ``amos-wsd``: the same with a warmup-stable-decay cooldown (:func:`amosopt.torch.wsd_schedule`);
+* ``amos-recipe``: the whole setting that ``amos suggest --steps T`` gives for the budget
+  (:func:`amosopt.suggest.suggest`, as :func:`amosopt.torch.recipe` builds it), with the
+  automatic scales; ``amos-recipe-nomom`` the same without momentum;
 * ``adamw``: ``torch.optim.AdamW``, linear warm-up then linear decay to 0 (the paper's baseline);
 * ``adamw-wsd``: AdamW with the same WSD schedule as ``amos-wsd``;
 * ``adafactor``: ``torch.optim.Adafactor`` (factored second moments: the small-state peer),
@@ -81,6 +84,8 @@ class OptimizerSettings:
     cooldown: str = field_default("cooldown")
     adamw_weight_decay: float = field_default("adamw_weight_decay")  # adamw and adamw-wsd
     adamw_beta1: float = field_default("adamw_beta1")  # adamw and adamw-wsd
+    #: amos suggest's setting for the budget (amos-recipe): an amosopt.suggest.Suggestion
+    recipe: Any = None
 
     @property
     def warmup_steps(self) -> int:
@@ -118,6 +123,19 @@ def _amos(model: nn.Module, multiplier: float, settings: OptimizerSettings, wsd:
     else:
         scheduler = None
     return Built(optimizer, scheduler)
+
+
+def _amos_recipe(model: nn.Module, multiplier: float, settings: OptimizerSettings,
+                 momentum: bool) -> Built:
+    """``amosopt.torch.recipe(model, settings.recipe)`` with the traced scales and ``xi`` times
+    ``multiplier``."""
+    from amosopt.torch import Amos, wsd_schedule
+
+    recipe = settings.recipe
+    kwargs = recipe.amos_kwargs() | ({} if momentum else {"momentum": 0.0})
+    optimizer = Amos(model.named_parameters(), lr=multiplier * recipe.xi, eta=settings.eta,
+                     slot_shape=settings.slot_shape, **kwargs)
+    return Built(optimizer, wsd_schedule(optimizer, **recipe.schedule_kwargs()))
 
 
 def _adamw(model: nn.Module, lr: float, settings: OptimizerSettings, wsd: bool) -> Built:
@@ -217,6 +235,8 @@ def build(name: str, model: nn.Module, value: float, settings: OptimizerSettings
     """The optimizer ``name`` for ``model`` with its tuned hyper-parameter at ``value``."""
     if name in ("amos", "amos-wsd"):
         return _amos(model, value, settings, wsd=name == "amos-wsd")
+    if name in ("amos-recipe", "amos-recipe-nomom"):
+        return _amos_recipe(model, value, settings, momentum=name == "amos-recipe")
     if name in ("adamw", "adamw-wsd"):
         return _adamw(model, value, settings, wsd=name == "adamw-wsd")
     if name == "adafactor":
@@ -240,6 +260,13 @@ def schedule_description(name: str, settings: OptimizerSettings) -> str:
                 + "; Amos's own decay only")
     if name == "amos-wsd":
         return (f"{settings.amos_warmup} warm-up steps, " if settings.amos_warmup else "") + wsd
+    if name in ("amos-recipe", "amos-recipe-nomom"):
+        r = settings.recipe
+        if not r.cooldown_steps:
+            return f"amos suggest's {r.recipe} recipe: constant xi; Amos's own decay only"
+        return (f"amos suggest's {r.recipe} recipe: {r.warmup_steps} warm-up steps, WSD: linear "
+                f"cooldown over the last {r.cooldown_steps} steps to 0; decay ratio "
+                f"{r.decay_ratio:g}, {r.second_moment} second moment, beta {r.beta:g}")
     if name in ("adamw-wsd", "adam-mini", "muon"):
         return f"{settings.warmup_steps} warm-up steps, {wsd}"
     if name == "schedulefree":

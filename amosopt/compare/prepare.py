@@ -35,11 +35,13 @@ class SeedSetup:
 def build_task(config: CompareConfig, seed: int, budget: int) -> Task:
     if config.task == "lm":
         min_bytes = config.seq_len + 1
-        if ("text", config.text) not in _DATA:
-            _DATA[("text", config.text)] = (data_lib.load_text_file(config.text, min_bytes)
-                                            if config.text else
-                                            data_lib.load_stdlib_text(min_bytes))
-        return LMTask(_DATA[("text", config.text)], steps=budget, seed=seed,
+        key = ("text", config.text, config.train_bytes)
+        if key not in _DATA:
+            text = (data_lib.load_text_file(config.text, min_bytes) if config.text else
+                    data_lib.load_stdlib_text(min_bytes))
+            _DATA[key] = (data_lib.subsample_train(text, config.train_bytes)
+                          if config.train_bytes else text)
+        return LMTask(_DATA[key], steps=budget, seed=seed,
                       batch_size=config.batch_size, seq_len=config.seq_len, width=config.width,
                       layers=config.layers, heads=config.heads,
                       eval_batches=config.eval_batches)
@@ -98,6 +100,7 @@ def seed_setup_and_scales(config: CompareConfig, seed: int, budget: int
     settings = OptimizerSettings(
         budget=budget, xi=suggestion.xi / config.amos_eta_scale, beta=suggestion.beta,
         clip_value=suggestion.clip_value, eta=eta, slot_shape=slot_shape,
+        recipe=suggest(task.train_examples, config.batch_size, "mean", steps=budget),
         **{name: getattr(config, name) for name in _STUDY_OPTIONS})
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     return SeedSetup(task, init_state, settings, config.evals), table

@@ -26,6 +26,12 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
                       "Amos, constant xi from amos suggest (the paper's recipe; no budget)"),
         OptimizerInfo("amos-wsd", "xi multiplier",
                       "Amos with a warmup-stable-decay cooldown to 0 at the budget"),
+        OptimizerInfo("amos-recipe", "xi multiplier",
+                      "Amos with the recipe of amos suggest --steps for the budget (before "
+                      "Amos's own decay: warm-up, WSD cooldown, decay ratio, row-col, beta; "
+                      "else the paper's constant xi); the --amos-* flags do not apply"),
+        OptimizerInfo("amos-recipe-nomom", "xi multiplier",
+                      "amos-recipe without momentum (about 1% of AdamW's state)"),
         OptimizerInfo("adamw", "lr", "AdamW, linear warm-up then linear decay to 0"),
         OptimizerInfo("adamw-wsd", "lr", "AdamW with the same warmup-stable-decay schedule"),
         OptimizerInfo("adafactor", "lr",

@@ -58,6 +58,8 @@ def _one_line_error(capsys, argv, *fragments):
     (["--batch-size", "0"], ["--batch-size"]),
     (["--text", "/nonexistent/corpus.txt"], ["--text", "no such file"]),
     (["--task", "digits", "--text", "x.txt"], ["--text", "--task lm"]),
+    (["--task", "digits", "--train-bytes", "1e5"], ["--train-bytes", "--task lm"]),
+    (["--train-bytes", "0"], ["--train-bytes 0", "positive"]),
     (["--adamw-lrs", "1e-3,fast"], ["--adamw-lrs", "comma"]),
     (["--adamw-lrs", "0,1e-3"], ["--adamw-lrs", "positive"]),
     (["--adamw-warmup", "1.5"], ["--warmup-fraction"]),
@@ -311,6 +313,23 @@ def test_end_to_end_text_file(tmp_path):
     data = results["task"]["data"]
     assert data["source"] == str(path) and "by position" in data["split"]
     assert data["val_bytes"] == len(path.read_bytes()) // 10
+
+
+def test_train_bytes_shortens_the_training_text_and_the_recipe_follows(tmp_path):
+    """--train-bytes: the task's training split (and so N, xi and the recipe) shrinks, the
+    validation split stays, and it joins the fingerprint only when set."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"".join(b"line %d: the quick brown fox\n" % i for i in range(4000)))
+    out = tmp_path / "text"
+    assert main(["compare", "--text", str(path), "--train-bytes", "20000", "--out", str(out),
+                 "--optimizers", "amos-recipe"] + TINY_LM) == 0
+    results = _check_outputs(out, "lm")
+    data = results["task"]["data"]
+    assert data["train_bytes"] == 20000 and "chunks" in data["train_subsample"]
+    assert data["val_bytes"] == len(path.read_bytes()) // 10
+    assert results["config"]["train_bytes"] == 20000
+    assert CompareConfig(train_bytes=20000).fingerprint()["train_bytes"] == 20000
+    assert "train_bytes" not in CompareConfig().fingerprint()
 
 
 def test_study_error_is_a_value_error():

@@ -38,20 +38,22 @@ def _lm_task(seed, tmp_path):
                   heads=2, eval_batches=1)
 
 
-@pytest.mark.parametrize("n_bytes", [1000, 16384, 50000])
+@pytest.mark.parametrize("n_bytes", [1000, 16384, 50000, 65537])
 def test_subsample_train_takes_even_chunks(n_bytes):
     train = np.arange(200_000, dtype=np.int64) % 251  # position is readable from the value
     text = data_lib.TextData(train.astype(np.uint8), np.zeros(300, np.uint8), "t", {})
     small = data_lib.subsample_train(text, n_bytes)
-    chunk = min(data_lib.CHUNK_BYTES, n_bytes)
-    k = -(-n_bytes // chunk)
-    assert len(small.train) == k * chunk and small.val is text.val
-    pieces = small.train.reshape(k, chunk)
-    # each piece is a contiguous run of the original, the first at 0 and the last at the end
-    assert ((np.diff(pieces.astype(np.int64), axis=1) % 251) == 1).all()
-    assert pieces[0, 0] == 0
+    assert len(small.train) == n_bytes and small.val is text.val
+    # the cut points: where consecutive bytes are not consecutive in the original
+    steps = np.diff(small.train.astype(np.int64)) % 251
+    cuts = np.flatnonzero(steps != 1) + 1
+    pieces = np.split(small.train, cuts)
+    k = -(-n_bytes // data_lib.CHUNK_BYTES)
+    assert len(pieces) == k and max(map(len, pieces)) - min(map(len, pieces)) <= 1
+    assert all(len(p) <= data_lib.CHUNK_BYTES for p in pieces)
+    assert pieces[0][0] == 0  # the first piece starts the split, the last ends it
     if k > 1:
-        assert bytes(pieces[-1]) == bytes(text.train[-chunk:])
+        assert bytes(pieces[-1]) == bytes(text.train[-len(pieces[-1]):])
 
 
 @pytest.mark.parametrize("n_bytes", [0, -5, 200_000, 300_000])

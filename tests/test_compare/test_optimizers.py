@@ -9,9 +9,12 @@ torch = pytest.importorskip("torch")
 
 from amosopt.compare import optimizers  # noqa: E402
 from amosopt.compare.optimizers import OPTIMIZERS, OptimizerSettings, build  # noqa: E402
+from amosopt.suggest import suggest  # noqa: E402
 
+RECIPE = suggest(10**6, 32, steps=20)  # the short-budget recipe: a warm-up and a cooldown
 SETTINGS = OptimizerSettings(budget=20, xi=0.01, beta=0.98, clip_value=1.0, eta=0.5,
-                             slot_shape=None, warmup_fraction=0.1, cooldown_fraction=0.25)
+                             slot_shape=None, warmup_fraction=0.1, cooldown_fraction=0.25,
+                             recipe=RECIPE)
 
 
 def _rates(name: str, value: float, steps: int = 22) -> list[float]:
@@ -90,6 +93,39 @@ def test_schedulefree_switches_modes():
     assert not torch.equal(model.weight, trained)
     built.train_mode()
     assert torch.allclose(model.weight, trained)
+
+
+@pytest.mark.parametrize("name, momentum", [("amos-recipe", 0.9), ("amos-recipe-nomom", 0.0)])
+def test_amos_recipe_is_the_suggestion_for_the_budget(name, momentum):
+    assert (RECIPE.recipe, RECIPE.warmup_steps, RECIPE.cooldown_steps) == ("short-budget", 1, 4)
+    expected = [2.0 * RECIPE.xi * _wsd(s, 20, 1, 4) for s in range(22)]
+    assert _rates(name, 2.0) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    group = build(name, torch.nn.Linear(3, 2), 1.0, SETTINGS).optimizer.param_groups[0]
+    assert group["momentum"] == momentum
+    for key in ("beta", "clip_value", "decay_ratio", "second_moment"):
+        assert group[key] == getattr(RECIPE, key), key
+    assert "decay ratio 0.25, row-col second moment" in optimizers.schedule_description(
+        name, SETTINGS)
+
+
+def test_amos_recipe_builds_what_amosopt_torch_recipe_builds():
+    from amosopt.torch import auto_scales, recipe
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    x = torch.randn(2, 4)
+    scales = auto_scales(model, x)
+    settings = OptimizerSettings(budget=20, xi=1.0, beta=0.9, clip_value=1.0, eta=scales.eta,
+                                 slot_shape=scales.slot_shape, recipe=RECIPE)
+    ours = build("amos-recipe", model, 1.0, settings).optimizer
+    theirs, _ = recipe(model, RECIPE, x)
+    tables = ("params", "eta", "slot_shape")  # two tables with the same entries
+    for a, b in zip(ours.param_groups, theirs.param_groups):
+        assert {k: v for k, v in a.items() if k not in tables} == {
+            k: v for k, v in b.items() if k not in tables}
+        for name, p in zip(a["param_names"], a["params"]):
+            assert a["eta"](name, p.shape) == b["eta"](name, p.shape)
+            assert a["slot_shape"](name, p.shape) == b["slot_shape"](name, p.shape)
 
 
 def test_every_optimizer_builds_and_names_its_hyper_parameter():
