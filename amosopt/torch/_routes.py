@@ -1,50 +1,53 @@
 """Which way each tensor takes through an Amos step, and the two phases that follow it.
 
-:func:`route` is the one place that reads the size thresholds, DTensor and contiguity: it
-returns a :class:`Route` holding one choice per step of the step, and the step only looks each
-up: phase 1 (:func:`measure`) ``route.measure``, phase 2 (:func:`update`)
-``route.coefficients`` (the slot coefficients) and then ``route.update`` (the update). The math
-is :mod:`amosopt.torch._functional`'s, whatever the way. Each row is one ``route.update``:
+:func:`route` is the one place that reads the size thresholds, DTensor and contiguity. It
+returns a :class:`Route` with one choice for each step of the step, and the step only looks
+each up: phase 1 (:func:`measure`) ``route.measure``; phase 2 (:func:`update`)
+``route.coefficients`` for the slot coefficients, then ``route.update``. The math is
+:mod:`amosopt.torch._functional`'s, whatever the way. One row per ``route.update``:
 
-=====================  ===========  ============  ============================================
-update                 measure      coefficients  taken by
-=====================  ===========  ============  ============================================
-loop                   mean square  own           every tensor with ``foreach=False``: slot
-                                                  coefficients and update, one tensor at a time
-batched update         mean square  flat or own   parameters under ``_LARGE`` entries with
-                                                  factored or flat slots: one
-                                                  ``torch._foreach_*`` call per operation of
-                                                  ``apply_update``
-full step (in blocks)  peak         own           parameters of ``_LARGE`` entries or more with
-                                                  full-size slots (not sharded): ``M(g^2)``,
-                                                  slots and parameter together, block by block
-                                                  where all is contiguous, so that the some
-                                                  twenty passes stay in the cache
-compiled full step     peak         own           the same with ``fused=True``, contiguous and
-                                                  uncompensated: one kernel (see ``_fused``)
-compiled update        kernel or    flat or own   ``fused=True``, a factored parameter of
-                       mean square                ``_FUSED_MIN`` entries or more (no clipping nor
-                                                  momentum: ``_FUSED_MIN_PLAIN``), contiguous,
-                                                  uncompensated: its update (with clipping, its
-                                                  clipped mean square too) one kernel each
-one by one             mean square  flat or own   the rest (full-size slots between the two
-                                                  sizes, large or sharded tensors)
-=====================  ===========  ============  ============================================
+===================  ===========  ============  ==============================================
+update               measure      coefficients  taken by
+===================  ===========  ============  ==============================================
+loop                 mean square  own           every tensor with ``foreach=False``: slot
+                                                coefficients and update, one tensor at a time
+batched update       mean square  flat or own   parameters under ``_LARGE`` entries with
+                                                factored or flat slots: one
+                                                ``torch._foreach_*`` call per operation of
+                                                ``apply_update``
+full step in blocks  peak         own           parameters of ``_LARGE`` entries or more with
+                                                full-size slots, not sharded, all contiguous:
+                                                ``M(g^2)``, slots and parameter together, by
+                                                blocks, so that the some twenty passes stay
+                                                in the cache
+full step            peak         own           the same, not contiguous: the tensor whole
+compiled full step   peak         own           the same with ``fused=True``, contiguous and
+                                                uncompensated: one kernel (see ``_fused``)
+compiled update      kernel       flat or own   ``fused=True``: a factored, contiguous,
+                                                uncompensated matrix of ``_FUSED_MIN`` entries
+                                                or more (no clipping nor momentum:
+                                                ``_FUSED_MIN_PLAIN``): its update one kernel;
+                                                with clipping, its ``M(clip(g)^2)`` too (else
+                                                measure: mean square)
+one by one           mean square  flat or own   the rest: full-size slots between the two
+                                                sizes, large factored or sharded tensors
+===================  ===========  ============  ==============================================
 
-* measure: ``peak`` only checks the peak of ``clip(g)^2`` (the full step recomputes
-  ``M(g^2)``); ``kernel`` is ``M(clip(g)^2)`` as one compiled kernel; ``mean square`` it eagerly
-  (:func:`~amosopt.torch._functional.mean_square`), or, for a tensor with a column factor
-  (``second_moment="row-col"``, ``route.columns``), ``mean squares``: ``M_R`` and ``M_K``.
-* coefficients: ``flat`` -- slots of up to ``_FLAT_MAX`` entries (full-size: ``_FLAT_MAX_FULL``),
-  not sharded, are concatenated per (device, dtype) into one vector, so that each operation of
-  ``slot_coefficients`` is one kernel; ``own`` -- each tensor's, within its way.
+* measure: ``peak`` only checks the peak of ``clip(g)^2``, as the full step recomputes
+  ``M(g^2)``; ``kernel`` computes ``M(clip(g)^2)`` as one compiled kernel, ``mean square``
+  eagerly (:func:`~amosopt.torch._functional.mean_square`, whose choice of reduction kernel is
+  made per call, not here), and ``mean squares`` both ``M_R`` and ``M_K`` for a tensor with a
+  column factor (``second_moment="row-col"``), which takes the eager ways only.
+* coefficients: ``flat`` for slots of up to ``_FLAT_MAX`` entries (full-size:
+  ``_FLAT_MAX_FULL``), not sharded: concatenated per (device, dtype) into one vector, so that
+  each operation of ``slot_coefficients`` is one kernel; ``own``: each tensor's, in its way.
 
-The rest of a route is data that the chosen ways read, never combined into another choice:
+The rest of a route is data that the chosen ways read, never combined into a choice:
 ``axes`` and ``keepdim`` (the reduction of ``M(g^2)``), ``columns`` (that of ``M_K(g^2)``, then
-:func:`~amosopt.torch._functional.column_scaled`; a tensor with a column factor takes the eager
-ways only), ``matrix`` (the compiled kernels' view), ``sharded`` (a DTensor: its checks are
-collectives) and ``scratch`` (a gradient of ``_LARGE`` entries or more, not sharded, that a way
-clips eagerly and whole goes into the step's buffer, :func:`clipped`).
+:func:`~amosopt.torch._functional.column_scaled`), ``matrix`` (the compiled kernels' view),
+``sharded`` (a DTensor: its checks are collectives) and ``scratch`` (where :func:`clipped`
+writes: a gradient of ``_LARGE`` entries or more, not sharded, that a way clips eagerly and
+whole goes into the step's buffer).
 
 The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
 """
