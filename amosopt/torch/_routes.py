@@ -465,15 +465,15 @@ def update(records: list[Record], measured: Measured, h: Hyper, scratch: Scratch
         kept = [] if ok is None else _keep(
             [x for r, _ in flat for x in _slot_state(r)]
             + [x for r, _, _ in bucket if r.route.update == Update.BATCHED for x in _changed(r)])
-        coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
-                            ) if flat else {}
+        flat_coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
+                                 ) if flat else {}
         batched = []
         for r, g2, g2_column in bucket:
             if r.route.update == Update.BATCHED:
-                batched.append(_step_one(r, g2, g2_column, h, scratch, coefficients))
+                batched.append(_step_one(r, g2, g2_column, h, scratch, flat_coefficients))
                 continue
             alone = None if ok is None else _keep(_changed(r))
-            _step_one(r, g2, g2_column, h, scratch, coefficients)
+            _step_one(r, g2, g2_column, h, scratch, flat_coefficients)
             if alone:
                 _put_back(ok, alone)
         if batched:
@@ -520,10 +520,10 @@ def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
 
 
 def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: Hyper,
-              scratch: Scratch, coefficients: dict[Record, tuple[Tensor, Tensor]]
+              scratch: Scratch, flat_coefficients: dict[Record, tuple[Tensor, Tensor]]
               ) -> Optional[tuple]:
     """One record of :func:`update` on its way, with its slot coefficients from
-    ``coefficients`` where they are flat; the batched way only computes its own and returns
+    ``flat_coefficients`` where they are flat; the batched way only computes its own and returns
     the arguments of its share of the batched update."""
     way = r.route.update
     if way == Update.LOOP:
@@ -537,7 +537,7 @@ def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: H
         _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
         return None
     if r.route.coefficients == Coefficients.FLAT:
-        decay, step = coefficients[r]
+        decay, step = flat_coefficients[r]
     else:
         decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
     if way == Update.KERNEL:
