@@ -107,9 +107,18 @@ def mean_square(g: Tensor, axes: tuple[int, ...], dtype: torch.dtype, keepdim: b
     r""":math:`M(g^2)`: :math:`g^2` averaged over ``axes`` (none: a full-size slot), in
     ``dtype``; ``keepdim=False`` for a scalar slot ``()``.
 
-    Eager, a reduced slot takes :math:`\|g\|_2^2 / n` over the axes, which needs no full-size
-    temporary; compiled, the plain mean of squares, which Inductor fuses into one reduction
-    (its ``vector_norm`` measured twice as slow, ``benchmarks/torch_step_ab.py``).
+    How the reduction is computed is chosen here, at each call, and is not a route (see
+    :mod:`amosopt.torch._routes`): it is the kernel of one reduction, whose result is the
+    same mean up to rounding, and it depends on whether the call is being traced, which
+    ``route()`` cannot know (it runs outside any graph, and a kept route serves eager and
+    compiled steps alike; the compiled kernels and the full step call this too):
+
+    * traced (``torch.compile``): the plain mean of squares, which Inductor fuses into one
+      reduction (its ``vector_norm`` measured twice as slow, ``benchmarks/torch_step_ab.py``);
+    * eager, keeping the innermost axis: sums of squares by blocks of leading rows
+      (:func:`_sum_of_squares_by_blocks`), as ``vector_norm`` over a leading axis is slow;
+    * eager otherwise: :math:`\|g\|_2^2 / n` over the axes (``vector_norm``), which needs no
+      full-size temporary.
     """
     if not axes:
         return g.to(dtype).square()

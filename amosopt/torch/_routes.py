@@ -1,32 +1,53 @@
 """Which way each tensor takes through an Amos step, and the two phases that follow it.
 
-:func:`route` is the one place that reads the size thresholds, DTensor and contiguity: it
-returns a :class:`Route`, and the rest of the step only follows it: phase 1 (:func:`measure`)
-looks up ``route.measure``, phase 2 (:func:`update`) ``route.update`` (:class:`Update`: the
-rows below; flat coefficients are ``route.flat``, for the ways outside the full step).
-The math is :mod:`amosopt.torch._functional`'s, whatever the way:
+:func:`route` is the one place that reads the size thresholds, DTensor and contiguity. It
+returns a :class:`Route` with one choice for each step of the step, and the step only looks
+each up: phase 1 (:func:`measure`) ``route.measure``; phase 2 (:func:`update`)
+``route.coefficients`` for the slot coefficients, then ``route.update``. The math is
+:mod:`amosopt.torch._functional`'s, whatever the way. One row per ``route.update``:
 
-======================  ===========================================================================
-way                     taken by
-======================  ===========================================================================
-loop                    every tensor with ``foreach=False``: one tensor at a time
-flat coefficients       slots of up to ``_FLAT_MAX`` entries (full-size: ``_FLAT_MAX_FULL``):
-                        concatenated into one vector, so each operation of ``slot_coefficients``
-                        is one kernel
-batched update          parameters under ``_LARGE`` entries with factored or flat slots: one
-                        ``torch._foreach_*`` call per operation of ``apply_update``
-full step               parameters of ``_LARGE`` entries or more with full-size slots: slots and
-                        parameter together, block by block so that the some twenty passes stay
-                        in the cache; ``M(g^2)`` is recomputed there, phase 1 only checks its peak
-compiled (fused=True)   the full step as one kernel; large factored parameters' update (and
-                        clipped mean square) as one kernel each, see ``_fused``
-one by one              the rest (full-size slots between the two sizes, large or sharded ones)
-======================  ===========================================================================
+===================  ===========  ============  ==============================================
+update               measure      coefficients  taken by
+===================  ===========  ============  ==============================================
+loop                 mean square  own           every tensor with ``foreach=False``: slot
+                                                coefficients and update, one tensor at a time
+batched update       mean square  flat or own   parameters under ``_LARGE`` entries with
+                                                factored or flat slots: one
+                                                ``torch._foreach_*`` call per operation of
+                                                ``apply_update``
+full step in blocks  peak         own           parameters of ``_LARGE`` entries or more with
+                                                full-size slots, not sharded, all contiguous:
+                                                ``M(g^2)``, slots and parameter together, by
+                                                blocks, so that the some twenty passes stay
+                                                in the cache
+full step            peak         own           the same, not contiguous: the tensor whole
+compiled full step   peak         own           the same with ``fused=True``, contiguous and
+                                                uncompensated: one kernel (see ``_fused``)
+compiled update      kernel       flat or own   ``fused=True``: a factored, contiguous,
+                                                uncompensated matrix of ``_FUSED_MIN`` entries
+                                                or more (no clipping nor momentum:
+                                                ``_FUSED_MIN_PLAIN``): its update one kernel;
+                                                with clipping, its ``M(clip(g)^2)`` too (else
+                                                measure: mean square)
+one by one           mean square  flat or own   the rest: full-size slots between the two
+                                                sizes, large factored or sharded tensors
+===================  ===========  ============  ==============================================
 
-With ``second_moment="row-col"``, a tensor with a column factor (``route.columns``) takes the
-same ways but the compiled ones: phase 1 reduces its clipped gradient twice
-(``Measure.MEAN_SQUARES``), and phase 2 updates eagerly, after
-:func:`~amosopt.torch._functional.column_scaled` has rescaled its clipped gradient.
+* measure: ``peak`` only checks the peak of ``clip(g)^2``, as the full step recomputes
+  ``M(g^2)``; ``kernel`` computes ``M(clip(g)^2)`` as one compiled kernel, ``mean square``
+  eagerly (:func:`~amosopt.torch._functional.mean_square`, whose choice of reduction kernel is
+  made per call, not here), and ``mean squares`` both ``M_R`` and ``M_K`` for a tensor with a
+  column factor (``second_moment="row-col"``), which takes the eager ways only.
+* coefficients: ``flat`` for slots of up to ``_FLAT_MAX`` entries (full-size:
+  ``_FLAT_MAX_FULL``), not sharded: concatenated per (device, dtype) into one vector, so that
+  each operation of ``slot_coefficients`` is one kernel; ``own``: each tensor's, in its way.
+
+The rest of a route is data that the chosen ways read, never combined into a choice:
+``axes`` and ``keepdim`` (the reduction of ``M(g^2)``), ``columns`` (that of ``M_K(g^2)``, then
+:func:`~amosopt.torch._functional.column_scaled`), ``matrix`` (the compiled kernels' view),
+``sharded`` (a DTensor: its checks are collectives) and ``scratch`` (where :func:`clipped`
+writes: a gradient of ``_LARGE`` entries or more, not sharded, that a way clips eagerly and
+whole goes into the step's buffer).
 
 The numbers behind the thresholds are in ``benchmarks/README.md`` (``benchmarks/torch_step.py``).
 """
@@ -82,6 +103,14 @@ class Measure:
     MEAN_SQUARES = "mean squares"
 
 
+class Coefficients:
+    """Phase 2's ways to the slot coefficients of a tensor (:func:`update`; strings, as
+    :class:`Measure`)."""
+
+    FLAT = "flat"  # concatenated with the other small slots' of its (device, dtype)
+    OWN = "own"  # its own, within its update way
+
+
 class Update:
     """Phase 2's ways of a tensor (:func:`update`), the rows of the module's table (strings,
     as :class:`Measure`)."""
@@ -96,48 +125,65 @@ class Update:
 
 
 _FULL_STEPS = (Update.FULL_STEP, Update.FULL_STEP_BLOCKS, Update.FULL_STEP_KERNEL)
+#: the update way of the table's flags ``(full_step, blocks, compiled, batched)``, which
+#: :class:`Route`'s constructor accepts in its place
+_UPDATE_OF_FLAGS = {
+    (False, False, False, False): Update.ALONE,
+    (False, False, False, True): Update.BATCHED,
+    (False, False, True, False): Update.KERNEL,
+    (True, False, False, False): Update.FULL_STEP,
+    (True, True, False, False): Update.FULL_STEP_BLOCKS,
+    (True, True, True, False): Update.FULL_STEP_KERNEL,
+    (True, False, True, False): Update.FULL_STEP_KERNEL,
+}
 
 
 @dataclass(frozen=True, init=False)
 class Route:
-    """The way of one tensor through the step (see the module's table): one choice per phase,
-    ``measure`` and ``update``, and what they need.
+    """The way of one tensor through the step (see the module's table): one choice for each
+    step of the step, and the data that the chosen ways read.
 
-    The table's flags (``full_step``, ``blocks``, ``compiled``, ``batched``) are read as
-    properties of ``update`` and accepted by the constructor in its place; without any, the
-    route is the multi-tensor step's "one by one" (:func:`route` names the loop's itself)."""
+    The constructor also takes the table's flags (``full_step``, ``blocks``, ``compiled``,
+    ``batched``) for ``update``, and ``flat`` for ``coefficients``; they are read back as
+    properties. Without them the route is the multi-tensor step's "one by one" with its own
+    coefficients, and ``measure`` the eager one of its update (:func:`route` names the
+    compiled kernel's)."""
 
+    measure: str  # phase 1: a Measure
+    coefficients: str  # phase 2, the slot coefficients: a Coefficients
+    update: str  # phase 2, the update: an Update
     axes: tuple[int, ...]  # the axes M(g^2) averages over (none: full-size slots)
     keepdim: bool  # False for a scalar slot ``()``
-    sharded: bool  # a DTensor: its M(g^2) and checks involve every rank
-    measure: str  # a Measure
-    update: str  # an Update
-    matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
-    flat: bool  # slot coefficients concatenated with the other small slots'
-    scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
     #: the axes M_K(g^2) averages over for the column factor u (the slot's kept axes), or None:
     #: no column factor (second_moment="slot", or a full-size or one-entry slot)
     columns: Optional[tuple[int, ...]]
+    matrix: Optional[_fused.Matrix]  # the compiled kernels' view of a factored tensor
+    sharded: bool  # a DTensor: its M(g^2) and checks involve every rank
+    scratch: bool  # clipped eagerly and whole, into the step's Scratch buffer
 
     def __init__(self, axes: tuple[int, ...], keepdim: bool = True, sharded: bool = False, *,
-                 measure: Optional[str] = None, update: Optional[str] = None,
-                 matrix: Optional[_fused.Matrix] = None, flat: bool = False,
-                 scratch: bool = False, full_step: bool = False, blocks: bool = False,
-                 compiled: bool = False, batched: bool = False,
+                 measure: Optional[str] = None, coefficients: Optional[str] = None,
+                 update: Optional[str] = None, matrix: Optional[_fused.Matrix] = None,
+                 flat: bool = False, scratch: bool = False, full_step: bool = False,
+                 blocks: bool = False, compiled: bool = False, batched: bool = False,
                  columns: Optional[tuple[int, ...]] = None) -> None:
         if update is None:
-            update = (Update.ALONE if not (full_step or compiled or batched)
-                      else Update.BATCHED if batched
-                      else Update.KERNEL if not full_step
-                      else Update.FULL_STEP_KERNEL if compiled
-                      else Update.FULL_STEP_BLOCKS if blocks else Update.FULL_STEP)
+            update = _UPDATE_OF_FLAGS[full_step, blocks, compiled, batched]
         if measure is None:
             measure = (Measure.PEAK if update in _FULL_STEPS
                        else Measure.MEAN_SQUARE if columns is None else Measure.MEAN_SQUARES)
-        for name, value in (("axes", axes), ("keepdim", keepdim), ("sharded", sharded),
-                            ("measure", measure), ("update", update), ("matrix", matrix),
-                            ("flat", flat), ("scratch", scratch), ("columns", columns)):
+        if coefficients is None:
+            coefficients = Coefficients.FLAT if flat else Coefficients.OWN
+        for name, value in (("measure", measure), ("coefficients", coefficients),
+                            ("update", update), ("axes", axes), ("keepdim", keepdim),
+                            ("columns", columns), ("matrix", matrix), ("sharded", sharded),
+                            ("scratch", scratch)):
             object.__setattr__(self, name, value)
+
+    @property
+    def flat(self) -> bool:
+        """Slot coefficients concatenated with the other small slots'."""
+        return self.coefficients == Coefficients.FLAT
 
     @property
     def full_step(self) -> bool:
@@ -161,7 +207,8 @@ class Route:
 
 
 def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, Any]) -> Route:
-    """How ``p`` (with gradient, slot shape, ``state`` if it has one yet) is stepped."""
+    """How ``p`` (with gradient, slot shape, ``state`` if it has one yet) is stepped: each
+    choice of the module's table, made here and nowhere else."""
     shape = tuple(p.shape)
     axes = reduced_axes(shape, slot_shape)
     keepdim = slot_shape != ()
@@ -172,11 +219,12 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     columns = None
     if group["second_moment"] == "row-col" and column_shape(shape, slot_shape) is not None:
         columns = tuple(i for i in range(len(shape)) if i not in axes)
+    eager = Measure.MEAN_SQUARE if columns is None else Measure.MEAN_SQUARES
     # foreach=None takes the multi-tensor ways: fewer launches on CUDA, and on CPU measured as
     # fast as the loop for a few large tensors, faster for many small ones
     if group["foreach"] is False:
-        return Route(axes, keepdim, sharded, update=Update.LOOP, scratch=scratch,
-                     columns=columns)
+        return Route(axes, keepdim, sharded, measure=eager, update=Update.LOOP,
+                     scratch=scratch, columns=columns)
     m = state.get("momentum_buffer") if group["momentum"] > 0 else None
     tensors = (p, p.grad, m, state.get("v"), state.get("b"), state.get("compensation"))
     contiguous = not sharded and all(x is None or x.is_contiguous() for x in tensors)
@@ -184,7 +232,7 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
     # the compiled kernels have no compensation buffer: compensated tensors stay eager
     fused = group["fused"] and contiguous and not compensated(p, group)
     if full and n >= _LARGE and not sharded:
-        return Route(axes, keepdim, update=(
+        return Route(axes, keepdim, measure=Measure.PEAK, update=(
             Update.FULL_STEP_KERNEL if fused
             else Update.FULL_STEP_BLOCKS if contiguous else Update.FULL_STEP))
     matrix = None
@@ -193,10 +241,12 @@ def route(p: Tensor, slot_shape: Shape, group: dict[str, Any], state: dict[str, 
         if n >= (_FUSED_MIN_PLAIN if plain else _FUSED_MIN):
             matrix = _fused.matrix_shape(shape, slot_shape)
     flat = not sharded and math.prod(slot_shape) <= (_FLAT_MAX_FULL if full else _FLAT_MAX)
+    coefficients = Coefficients.FLAT if flat else Coefficients.OWN
     if matrix is not None:  # without clipping the eager M(g^2) reads g once already
-        return Route(axes, keepdim, sharded, matrix=matrix, flat=flat, update=Update.KERNEL,
-                     measure=Measure.KERNEL if clip else Measure.MEAN_SQUARE)
-    return Route(axes, keepdim, sharded, flat=flat, scratch=scratch, columns=columns,
+        return Route(axes, keepdim, sharded, matrix=matrix, coefficients=coefficients,
+                     update=Update.KERNEL, measure=Measure.KERNEL if clip else eager)
+    return Route(axes, keepdim, sharded, measure=eager, coefficients=coefficients,
+                 scratch=scratch, columns=columns,
                  update=Update.BATCHED if n < _LARGE and (flat or not full) else Update.ALONE)
 
 
@@ -411,19 +461,19 @@ def update(records: list[Record], measured: Measured, h: Hyper, scratch: Scratch
     for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
         buckets.setdefault((r.p.device, r.p.dtype), []).append((r, g2, g2_column))
     for bucket in buckets.values():
-        flat = [(r, g2) for r, g2, _ in bucket if r.route.flat]
+        flat = [(r, g2) for r, g2, _ in bucket if r.route.coefficients == Coefficients.FLAT]
         kept = [] if ok is None else _keep(
             [x for r, _ in flat for x in _slot_state(r)]
-            + [x for r, _, _ in bucket if r.route.batched for x in _changed(r)])
-        coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
-                            ) if flat else {}
+            + [x for r, _, _ in bucket if r.route.update == Update.BATCHED for x in _changed(r)])
+        flat_coefficients = dict(zip([r for r, _ in flat], _flat_slot_coefficients(flat, h))
+                                 ) if flat else {}
         batched = []
         for r, g2, g2_column in bucket:
-            if r.route.batched:
-                batched.append(_step_one(r, g2, g2_column, h, scratch, coefficients))
+            if r.route.update == Update.BATCHED:
+                batched.append(_step_one(r, g2, g2_column, h, scratch, flat_coefficients))
                 continue
             alone = None if ok is None else _keep(_changed(r))
-            _step_one(r, g2, g2_column, h, scratch, coefficients)
+            _step_one(r, g2, g2_column, h, scratch, flat_coefficients)
             if alone:
                 _put_back(ok, alone)
         if batched:
@@ -450,7 +500,7 @@ def _changed(r: Record) -> list[Tensor]:
     """What phase 2 changes of ``r`` besides what :func:`_flat_slot_coefficients` does: the
     parameter, its momentum and compensation buffers, and the slots unless they are flat."""
     return ([r.p, *(r.state[k] for k in _PARAMETER_SIZED if k in r.state)]
-            + ([] if r.route.flat else _slot_state(r)))
+            + ([] if r.route.coefficients == Coefficients.FLAT else _slot_state(r)))
 
 
 def _keep(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -470,10 +520,11 @@ def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
 
 
 def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: Hyper,
-              scratch: Scratch, coefficients: dict[Record, tuple[Tensor, Tensor]]
+              scratch: Scratch, flat_coefficients: dict[Record, tuple[Tensor, Tensor]]
               ) -> Optional[tuple]:
-    """One record of :func:`update` on its way; the batched way only computes its slot
-    coefficients and returns the arguments of its share of the batched update."""
+    """One record of :func:`update` on its way, with its slot coefficients from
+    ``flat_coefficients`` where they are flat; the batched way only computes its own and returns
+    the arguments of its share of the batched update."""
     way = r.route.update
     if way == Update.LOOP:
         _loop_step(r, g2, g2_column, h, scratch)
@@ -485,8 +536,10 @@ def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: H
     if way == Update.FULL_STEP or way == Update.FULL_STEP_BLOCKS:
         _full_step(r.p, v, b, m, c, h, r.scalars(h), way == Update.FULL_STEP_BLOCKS)
         return None
-    decay, step = coefficients.get(r) or functional.slot_coefficients(
-        g2, v, b, h, *r.scalars(h))
+    if r.route.coefficients == Coefficients.FLAT:
+        decay, step = flat_coefficients[r]
+    else:
+        decay, step = functional.slot_coefficients(g2, v, b, h, *r.scalars(h))
     if way == Update.KERNEL:
         _fused.update(r.p, decay, step, m, r.route.matrix, h)
     elif way == Update.BATCHED:
