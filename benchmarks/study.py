@@ -38,13 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from amosopt.cli import main as amos_main  # noqa: E402
 from amosopt.compare.summary import summarize  # noqa: E402
 
-ALL = "amos,amos-wsd,adamw,adamw-wsd,adafactor,schedulefree"
+ALL = ("amos,amos-wsd,amos-recipe,amos-recipe-nomom,adamw,adamw-wsd,adafactor,schedulefree,"
+       "adam-mini,muon")
 LM_BUDGETS = [500, 1000, 2000]
 ABLATION_BUDGET = 1000
 ABLATION_SEEDS = "0,1"
 COMBINED = "combined"
 COMBINED_FLAGS = ["--amos-beta", "0.999", "--cooldown-fraction", "0.3", "--cooldown", "1-sqrt"]
 LOW_XI = "lm-2000-low-xi"
+#: the paper's regime: a training split of 512 KiB (128 batches of 32 x 128 bytes per epoch), so
+#: that 1000 and 2000 steps are 8 and 16 epochs
+EPOCHS = "lm-epochs"
+EPOCHS_TRAIN_BYTES = 512 * 1024
 
 #: (stage, output folder, arguments of amos compare), in the order they run. The lm study is
 #: split so that its short budgets, the ablations and digits finish before its longest budget.
@@ -85,6 +90,11 @@ STAGES: list[tuple[str, str, list[str]]] = [
                           "--xi-multipliers", "0.5,1,2,4"]),
     ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
                   "--optimizers", ALL]),
+    # several epochs: Amos's own decay (the paper's recipe: constant xi) against AdamW's
+    # schedules
+    (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
+                      "1000,2000", "--seeds", "0,1,2", "--optimizers",
+                      "amos,amos-wsd,adamw,adamw-wsd"]),
     # at 2000 steps Amos's best xi sat at the low edge of {0.5, 1, 2} x (with and without the
     # cooldown): one more grid point below it, on the first two seeds
     (LOW_XI, LOW_XI, ["--task", "lm", "--budgets", "2000", "--seeds", ABLATION_SEEDS,
@@ -148,44 +158,66 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['mean']:.4f} ± {entry['sd']:.4f} (n={entry['n']})"
 
 
-def targets(lm: dict, momentum_0: dict | None) -> list[dict]:
-    """The study's targets, each met or not, with its numbers."""
-    summary = lm["summary"]
-    rows = []
-    reach_percent = []
-    for budget in lm["config"]["budgets"]:
+def _against_reference(results: dict, name: str, what: str) -> list[dict]:
+    """``name`` (tuned) against the best AdamW at each budget, then its best reach (the share
+    of the budget it needs for the reference's final loss) as one more row."""
+    summary = results["summary"]
+    rows, reach_percent = [], []
+    for budget in results["config"]["budgets"]:
         s = summary["budgets"][str(budget)]
-        amos = _tuned(summary, budget, "amos-wsd")
+        entry = _tuned(summary, budget, name)
         reference = next((e for e in s["entries"] if e["label"] == s["reference"]), None)
-        if not amos or not reference or amos.get("n", 0) < reference.get("n", 0):
+        if not entry or not reference or entry.get("n", 0) < reference.get("n", 0):
             continue
-        met = amos["mean"] <= reference["mean"]
-        test = amos.get("paired_test") or {}
-        rows.append({"target": f"amos-wsd (tuned) <= best AdamW at {budget} steps",
-                     "met": met, "amos": amos["mean"], "reference": reference["mean"],
-                     "reference_label": reference["label"], "n": amos["n"],
-                     "p": test.get("p"), "difference": amos["mean"] - reference["mean"]})
-        reach = amos.get("reach") or {}
+        test = entry.get("paired_test") or {}
+        rows.append({"target": f"{what} <= best AdamW at {budget} steps",
+                     "met": entry["mean"] <= reference["mean"], "amos": entry["mean"],
+                     "reference": reference["mean"], "reference_label": reference["label"],
+                     "n": entry["n"], "p": test.get("p"),
+                     "difference": entry["mean"] - reference["mean"]})
+        reach = entry.get("reach") or {}
         if reach.get("reached") == reach.get("seeds") and reach.get("percent_mean") is not None:
             reach_percent.append((budget, reach["percent_mean"]))
     if rows:
         best = min(reach_percent, key=lambda x: x[1]) if reach_percent else None
-        rows.append({"target": "amos-wsd (tuned) reaches the best AdamW's loss in <= 70% of the "
-                               "steps at one budget at least",
+        rows.append({"target": f"{what} reaches the best AdamW's loss in <= 70% of the steps at "
+                               "one budget at least",
                      "met": bool(best and best[1] <= 70),
                      "best_budget": best and best[0], "percent": best and best[1]})
+    return rows
+
+
+def _against_adafactor(results: dict, lm: dict, name: str, what: str) -> list[dict]:
+    rows = []
+    for budget in results["config"]["budgets"]:
+        amos = _tuned(results["summary"], budget, name)
+        adafactor = _tuned(_restricted(lm, seeds=results["config"]["seeds"], budgets=[budget]),
+                           budget, "adafactor")
+        if not amos or not adafactor or amos.get("mean") is None:
+            continue
+        rows.append({"target": f"{what} <= Adafactor at {budget} steps",
+                     "met": amos["mean"] <= adafactor["mean"], "amos": amos["mean"],
+                     "reference": adafactor["mean"], "reference_label": "adafactor (tuned)",
+                     "n": amos["n"], "difference": amos["mean"] - adafactor["mean"]})
+    return rows
+
+
+def targets(lm: dict, momentum_0: dict | None, epochs: dict | None = None) -> list[dict]:
+    """The study's targets, each met or not, with its numbers: the recipe (and, as before it,
+    amos-wsd) against the best AdamW; without momentum against Adafactor; and the paper's
+    recipe over several epochs."""
+    optimizers = lm["config"]["optimizers"]
+    rows = []
+    if "amos-recipe" in optimizers:
+        rows += _against_reference(lm, "amos-recipe", "amos-recipe (tuned)")
+    rows += _against_reference(lm, "amos-wsd", "amos-wsd (tuned)")
+    if "amos-recipe-nomom" in optimizers:
+        rows += _against_adafactor(lm, lm, "amos-recipe-nomom",
+                                   "amos-recipe without momentum (tuned)")
     if momentum_0 is not None:
-        for budget in momentum_0["config"]["budgets"]:
-            amos = _tuned(momentum_0["summary"], budget, "amos-wsd")
-            seeds = momentum_0["config"]["seeds"]
-            adafactor = _tuned(_restricted(lm, seeds=seeds, budgets=[budget]), budget,
-                               "adafactor")
-            if not amos or not adafactor or amos.get("mean") is None:
-                continue
-            rows.append({"target": f"Amos without momentum <= Adafactor at {budget} steps",
-                         "met": amos["mean"] <= adafactor["mean"], "amos": amos["mean"],
-                         "reference": adafactor["mean"], "reference_label": "adafactor (tuned)",
-                         "n": amos["n"], "difference": amos["mean"] - adafactor["mean"]})
+        rows += _against_adafactor(momentum_0, lm, "amos-wsd", "Amos without momentum")
+    if epochs is not None:
+        rows += _against_reference(epochs, "amos", "several epochs: the paper's recipe (amos)")
     return rows
 
 
@@ -307,7 +339,7 @@ def write_summary(root: Path) -> dict:
              "(and Amos at the suggested xi), per budget; 'reaches ref.' is the mean share of "
              "the budget after which a run is at or below the reference's final loss of the "
              "same seed. Written by `benchmarks/study.py --summary`.", ""]
-    for task in ("lm", "digits"):
+    for task in ("lm", "digits", EPOCHS):
         results = _load(root, task)
         if results is None:
             continue
@@ -316,7 +348,7 @@ def write_summary(root: Path) -> dict:
         out["tasks"][task] = {"runs_done": done, "runs_planned": planned,
                               "summary": results["summary"]}
     if lm is not None:
-        out["targets"] = targets(lm, _load(root, "lm-momentum-0"))
+        out["targets"] = targets(lm, _load(root, "lm-momentum-0"), _load(root, EPOCHS))
         lines += ["## Targets", "", "| target | met | numbers |", "|---|---|---|"]
         for row in out["targets"]:
             if "percent" in row:
