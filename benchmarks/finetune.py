@@ -35,6 +35,8 @@ machine), plus the pretraining, 2,000 steps, about 10 minutes.
     python benchmarks/finetune.py --jobs 2          # pretrain once, then every run (resumable)
     python benchmarks/finetune.py --summary         # OUT/summary.md and OUT/summary.json
     python benchmarks/finetune.py --smoke --out D   # a tiny configuration, seconds (the tests)
+    python benchmarks/finetune.py --b0 30 --jobs 2  # the warm start at another b0 (only its
+                                                    # runs are new; --summary --b0 30 too)
 
 Each run writes ``OUT/runs/MODE-BUDGET-SEED-METHOD-VALUE.json`` when it finishes; runs already
 there are skipped, so an interrupted study resumes. ``OUT`` defaults to
@@ -62,6 +64,7 @@ from amosopt.compare import data as data_lib  # noqa: E402
 from amosopt.compare import optimizers as optimizers_lib  # noqa: E402
 from amosopt.compare.tasks import LMTask  # noqa: E402
 from amosopt.compare.train import RunRecord, train  # noqa: E402
+from amosopt.hyperparameters import WARM_START_B0  # noqa: E402
 from amosopt.suggest import suggest  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "finetune"
@@ -98,9 +101,18 @@ class Setup:
     batch_size: int = 32
     eval_batches: int = 8
     evals: int = 4
+    b0: float = WARM_START_B0  # the warm start's b0 (--b0: runs named amos-warm-b0=VALUE)
 
     def grid(self) -> dict[str, dict[str, tuple[float, ...]]]:
-        return GRIDS if self.grids is None else self.grids
+        grids = GRIDS if self.grids is None else self.grids
+        return {mode: {self.warm_name(m): g for m, g in methods.items()}
+                for mode, methods in grids.items()}
+
+    def warm_name(self, method: str) -> str:
+        """``amos-warm`` at the default ``b0``, else ``amos-warm-b0=VALUE``."""
+        if method != "amos-warm" or self.b0 == WARM_START_B0:
+            return method
+        return f"amos-warm-b0={self.b0:g}"
 
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
@@ -200,10 +212,11 @@ def build(setup: Setup, model: torch.nn.Module, method: str, value: float, ft: L
 
     if method == "adamw":
         return optimizers_lib.build("adamw", model, value, settings(setup, ft, budget))
-    table = auto_scales(model, ft.batch(0)[0][:1], pretrained=method == "amos-warm")
+    warm = method.startswith("amos-warm")
+    table = auto_scales(model, ft.batch(0)[0][:1], pretrained=warm, b0=setup.b0)
     return optimizers_lib.build("amos-wsd", model, value, settings(
         setup, ft, budget, eta=table.eta, slot_shape=table.slot_shape,
-        amos_b0=table.b0 if method == "amos-warm" else 0.0))
+        amos_b0=table.b0 if warm else 0.0))
 
 
 def fine_tune(setup: Setup, checkpoint: Path, out: Path, mode: str, budget: int, seed: int,
@@ -321,7 +334,7 @@ def summarize(setup: Setup, out: Path) -> dict:
                     "forgetting": [r["old_val_after"] - r["old_val_before"] for r in rs]}
             if "adamw" in best:
                 reference = {r["seed"]: r for r in best["adamw"]["runs"]}
-                for method in CANDIDATES[mode]:
+                for method in map(setup.warm_name, CANDIDATES[mode]):
                     if method not in best:
                         continue
                     mine = {r["seed"]: r for r in best[method]["runs"]}
@@ -369,8 +382,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     parser.add_argument("--summary", action="store_true", help="only write the summary")
     parser.add_argument("--smoke", action="store_true", help="a tiny configuration (seconds)")
+    parser.add_argument("--b0", type=float, default=WARM_START_B0,
+                        help=f"the warm start's b0 (default {WARM_START_B0:g}); another value "
+                             "runs and summarises amos-warm-b0=VALUE in place of amos-warm (whose runs "
+                             "stay in OUT/runs)")
     args = parser.parse_args(argv)
-    setup = SMOKE if args.smoke else Setup()
+    setup = replace(SMOKE if args.smoke else Setup(), b0=args.b0)
     if not args.summary:
         run_all(setup, args.out, args.jobs)
     print(write_summary(setup, args.out))
