@@ -57,7 +57,8 @@ adapters are trained from scratch even on a pretrained model.
 This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
 flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table
 (:class:`ScaleTable`) usable directly as ``eta`` / ``slot_shape`` of the optimizers, and the
-optimizer-state memory arithmetic used by ``amos inspect``.
+optimizer-state memory arithmetic used by ``amos inspect`` (which formats the tables itself,
+:mod:`amosopt.commands.inspect`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ __all__ = [
     "canonical_op",
     "embedding_scale",
     "fallback_scale",
-    "format_rows",
     "LORA_RELATIVE_UPDATE",
     "gain_scale",
     "is_activation",
@@ -496,22 +496,6 @@ class ScaleTable(Mapping):
         """Optimizer-state memory of Amos (with / without momentum) and AdamW for this table."""
         return state_memory(((shape, scale.slot_shape) for _, shape, scale in
                              self.items_with_shapes()), itemsize)
-
-    def format(self) -> str:
-        """A plain-text table: name, shape, eta, slot shape, reason."""
-        rows = [("name", "shape", "eta", "slot shape", "reason")]
-        for name, shape, scale in self.items_with_shapes():
-            rows.append((_join(name), str(shape), _fmt(scale.eta), str(scale.slot_shape),
-                         scale.reason))
-        return format_rows(rows)
-
-
-def format_rows(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces, with a rule under the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _as_rules(spec: Any, what: str) -> Rules | None:
