@@ -70,6 +70,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from amosopt.hyperparameters import check_interval
 from amosopt.rules import (
     Rules,
     Shape,
@@ -284,8 +285,6 @@ def warm_start(entries: Iterable[tuple[Hashable, Shape, Scale]], rms: Mapping[Ha
         ValueError: ``b0`` or ``eta_floor`` negative or not finite; a tensor whose values are
             not finite (NaN or inf in the pretrained weights).
     """
-    from amosopt.hyperparameters import check_interval
-
     check_interval("b0", b0)
     if not (math.isfinite(eta_floor) and eta_floor >= 0):
         raise ValueError(f"Invalid eta_floor: {eta_floor!r}; it must be a finite number >= 0, "

@@ -117,6 +117,10 @@ def test_fine_tuning(tmp_path, monkeypatch, capsys) -> None:
     from amosopt.hyperparameters import WARM_START_B0
     from amosopt.torch import Amos, unwrap_optimizer
 
+    # the defaults the guide and the README state are the code's
+    for text in ((GUIDES / "finetuning.md").read_text(), README.read_text()):
+        assert f"`b0` (default {WARM_START_B0:g})" in text
+    assert f"(default {WARM_START_ETA_FLOOR:g})" in (GUIDES / "finetuning.md").read_text()
     monkeypatch.chdir(tmp_path)  # the Trainer writes to "out" and "lora-out"
     page = Page(GUIDES / "finetuning.md")
     page.run(0)  # the stand-in pretrained GPT-2 and its dataset
@@ -140,7 +144,7 @@ def test_fine_tuning(tmp_path, monkeypatch, capsys) -> None:
         if rms == 0:  # the zero biases: automatic, a fresh start
             assert entry.b0 == 0.0
         else:
-            assert entry.eta == pytest.approx(max(rms, 0.1 * float(
+            assert entry.eta == pytest.approx(max(rms, WARM_START_ETA_FLOOR * float(
                 entry.reason.split("automatic ")[1].split(":")[0])), rel=1e-5)
             assert entry.b0 == WARM_START_B0
         assert optimizer.state[p]["eta"] == entry.eta

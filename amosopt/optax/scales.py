@@ -400,7 +400,7 @@ def auto_scales(
 
 def _rms(name: PathName, leaf: Any) -> float:
     """The RMS of a leaf's values, in float32 or wider."""
-    if not hasattr(leaf, "dtype") or isinstance(leaf, jax.ShapeDtypeStruct):
+    if isinstance(leaf, (jax.ShapeDtypeStruct, jax.core.Tracer)):
         raise ValueError(f"auto_scales(pretrained=True): {'/'.join(name)!r} is {leaf!r}, not "
                          "an array of values; pass the pretrained parameters themselves")
     x = jax.numpy.asarray(leaf)
