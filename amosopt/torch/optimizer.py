@@ -391,7 +391,7 @@ class Amos(Optimizer):
         ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
         itself."""
         plan = self._plan()
-        for group, _, records in plan:
+        for group, gi, records in plan:
             mu = group["momentum"]
             for r in records:
                 compensated = _routes.compensated(r.p, group)

@@ -303,3 +303,23 @@ def test_lora_training_changes_only_the_adapters() -> None:
     for n, p in model.named_parameters():
         if n in base:
             assert torch.equal(p, base[n]), n
+
+
+def test_b0_under_torch_compile_equals_eager() -> None:
+    """``nonfinite="skip"`` under torch.compile makes new state before tracing (``_init_group``):
+    ``b`` starts at each parameter's ``b0`` there too."""
+    b0 = {r"0\.weight": 40.0, r".*": 2.0}
+    models = [mlp(0), mlp(0)]
+    opts = [Amos(m.named_parameters(), lr=0.03, eta=0.2, b0=b0, nonfinite="skip")
+            for m in models]
+    compiled = torch.compile(opts[1].step, backend="eager")
+    for t in range(3):
+        for model, step in zip(models, (opts[0].step, compiled)):
+            x, y = batch(t)
+            model.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14, msg=name)
+        torch.testing.assert_close(opts[1].state[b]["b"], opts[0].state[a]["b"])
+    assert float(opts[0].state[models[0][0].weight]["b"].min()) >= 40.0
