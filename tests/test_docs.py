@@ -114,7 +114,7 @@ def test_fine_tuning(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     jax = pytest.importorskip("jax")
-    from amosopt.hyperparameters import WARM_START_B0
+    from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR
     from amosopt.torch import Amos, unwrap_optimizer
 
     # the defaults the guide and the README state are the code's
