@@ -28,7 +28,24 @@ DEFAULTS: dict[str, float] = {
     "d_coef": 0.25,  # d, in d_t = (1 + d sqrt(ξη) b)^(-1)
     "epsilon": 2.0**-125,  # ε, the floor on v
     "decay_ratio": 1.0,  # ρ, the decay's global rate ρξ as a fraction of ξ (1: the paper's)
+    "b0": 0.0,  # b_0, the value the decay accumulator b starts at (0: the paper's fresh start)
 }
+
+#: The warm start from pretrained weights (``auto_scales(..., pretrained=True)``): the ``b0``
+#: that every pretrained tensor's ``b`` starts at. It sets how far along its own decay the
+#: tensor already is: :math:`d_0 = 1 / (1 + d\sqrt{\xi\eta}\, b_0)` and
+#: :math:`c_0 = (1 + c\sqrt{\rho\xi}\, b_0)^{-1/2}` (so the weight decay :math:`\gamma` is
+#: shrunk too). Provisional reasoning: a pretrained tensor is past its decay onset (from scratch
+#: :math:`d_t` falls below 1/2 there), so start it at about half of its step: for the usual
+#: :math:`\xi\eta` between 5e-4 and 1e-2 (d = 1/4), 100 gives :math:`d_0` from 0.64 down to
+#: 0.29, and with :math:`\xi = 0.02`, :math:`c_0 = 0.47`. ``benchmarks/finetune.py`` measures
+#: the choice.
+WARM_START_B0 = 100.0
+#: The warm start's floor on ``eta``, as a fraction of the automatic ``eta``: a tensor whose RMS
+#: is below it (but not zero) gets the floor, so that a nearly-zero pretrained tensor is not
+#: frozen (its step is xi * eta). A tensor that is exactly zero has learned nothing (a
+#: zero-initialised bias or layer): it takes the automatic ``eta`` and ``b0 = 0``, a fresh start.
+WARM_START_ETA_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,7 @@ INTERVALS: dict[str, tuple[Interval, str]] = {
     "epsilon": (Interval(0.0, low_open=True), "the floor on v, e.g. 2**-125"),
     "decay_ratio": (Interval(0.0, low_open=True),
                     "1 is the paper's; 1/k makes the weight decay k^2 times weaker"),
+    "b0": (Interval(0.0), "0 is the paper's fresh start; > 0 a warm start (pretrained weights)"),
 }
 
 

@@ -44,8 +44,10 @@ __all__ = [
     "FUNCTIONS",
     "Rules",
     "UnmatchedRuleWarning",
+    "as_b0_fn",
     "as_eta_fn",
     "as_shape_fn",
+    "check_b0",
     "check_eta",
     "column_shape",
     "eta_fn_from_rules",
@@ -362,6 +364,18 @@ def check_eta(value: Any, name: ParamName, shape: Sequence[int] = ()) -> float:
     return eta
 
 
+def check_b0(value: Any, name: ParamName, shape: Sequence[int] = ()) -> float:
+    """Returns ``value`` as a float if it is a finite number >= 0, else raises ValueError."""
+    b0 = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+    if b0 is None or not (math.isfinite(b0) and b0 >= 0):
+        raise ValueError(
+            f"Invalid b0 for parameter {_join(name, '/')!r} with shape {tuple(shape)}: "
+            f"{value!r}; b0, the value the decay accumulator b starts at, must be a finite "
+            "number >= 0 (0 is the paper's fresh start)"
+        )
+    return b0
+
+
 def validate_slot_shape(name: ParamName, shape: Sequence[int], slot_shape: Any) -> Shape:
     """Checks that ``slot_shape`` broadcasts to ``shape``: ``()`` or the same rank, each axis
     either the parameter's size or 1. Returns it as a tuple of ints."""
@@ -448,6 +462,22 @@ def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], fl
             "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
         )
     return lambda name, shape: check_eta(fn(name, tuple(shape)), name, shape)
+
+
+def as_b0_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], float]:
+    """Turns a ``b0`` spec (number, rule table, ``(name, shape) -> number``, or a table with a
+    ``b0(name, shape)`` method, as :class:`amosopt.scales.ScaleTable`) into a checked
+    ``(name, shape) -> float`` function: the value each parameter's slot ``b`` starts at."""
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        check_b0(spec, "<all parameters>")
+        return lambda name, shape: float(spec)
+    fn = _own_lookup(spec, "b0") or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
+    if not callable(fn):
+        raise ValueError(
+            f"Invalid b0: {spec!r}; pass a number >= 0, a rule table "
+            "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
+        )
+    return lambda name, shape: check_b0(fn(name, tuple(shape)), name, shape)
 
 
 def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], Shape] | None:

@@ -30,10 +30,35 @@ initialisation gives :math:`\\sigma^2 = k/n`, so the expected scale is :math:`\\
 gains initialised to 1 move by a prior :math:`\\sigma = 0.5` (gains keep their scale, 1.0).
 Convolutions count fan-in as ``in_channels / groups * prod(kernel_size)``.
 
+**Warm start from pretrained weights** (``auto_scales(..., pretrained=True)``,
+:func:`pretrained_scale`). A pretrained tensor has learned its scale: Amos's weight decay pulls
+it toward an RMS of ``eta`` (the equilibrium of the step :math:`\\xi\\eta` against the decay
+:math:`\\tfrac12\\xi^2`), so the automatic ``eta`` of a fresh initialisation would pull it away
+from what it learned. Its ``eta`` is its RMS instead (over the whole tensor: the automatic
+``eta`` is one number per tensor), floored at :data:`~amosopt.hyperparameters.WARM_START_ETA_FLOOR`
+times the automatic one so that a nearly-zero tensor is not frozen (its step is
+:math:`\\xi\\eta`); and its ``b`` starts at ``b0`` (default
+:data:`~amosopt.hyperparameters.WARM_START_B0`): :math:`d_0 = 1/(1 + d\\sqrt{\\xi\\eta}\\, b_0)`
+is how far along its own decay it already is, and the weight decay :math:`\\gamma` starts
+shrunk by :math:`c_0 = (1 + c\\sqrt{\\xi}\\, b_0)^{-1/2}`. A tensor that is exactly zero (a
+zero-initialised bias or layer) has learned nothing: it keeps the automatic ``eta`` and
+``b0 = 0``, a fresh start.
+
+**LoRA adapters** (Hu et al. 2021, arXiv:2106.09685; :func:`lora_scale`). The adapter adds
+:math:`s\\, B A x` to the frozen layer's :math:`W x`, with :math:`s` = alpha / r (or
+alpha / sqrt(r) with rsLoRA). ``A`` (r, n) is randomly initialised: its ``eta`` is the RMS of its
+initialisation. ``B`` (m, r) starts at zero, so it has no RMS to read: its ``eta`` is the scale at
+which the adapter's change :math:`s B A` has entries of RMS :data:`LORA_RELATIVE_UPDATE` times
+the RMS of :math:`W` (entries of :math:`BA` sum r products, so their RMS is
+:math:`\\eta_B\\,\\mathrm{rms}(A)\\sqrt r`): :math:`\\eta_B = \\kappa\\,\\mathrm{rms}(W) /
+(s\\,\\mathrm{rms}(A)\\sqrt r)`. Both keep one slot per output row and start at ``b0 = 0``:
+adapters are trained from scratch even on a pretrained model.
+
 This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
 flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table
 (:class:`ScaleTable`) usable directly as ``eta`` / ``slot_shape`` of the optimizers, and the
-optimizer-state memory arithmetic used by ``amos inspect``.
+optimizer-state memory arithmetic used by ``amos inspect`` (which formats the tables itself,
+:mod:`amosopt.commands.inspect`).
 """
 
 from __future__ import annotations
@@ -45,6 +70,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from amosopt.hyperparameters import check_interval
 from amosopt.rules import (
     Rules,
     Shape,
@@ -69,10 +95,13 @@ __all__ = [
     "canonical_op",
     "embedding_scale",
     "fallback_scale",
-    "format_rows",
+    "LORA_RELATIVE_UPDATE",
     "gain_scale",
     "is_activation",
     "kernel_scale",
+    "lora_scale",
+    "pretrained_scale",
+    "warm_start",
     "relative_position_scale",
     "state_memory",
     "warn_guessed",
@@ -125,11 +154,14 @@ class Scale:
         slot_shape: the shape of the ``v`` / ``b`` slots; ``()`` is one scalar per tensor.
         reason: a short human-readable justification, e.g.
             ``"Linear weight, fan-in 3072, input after GELU: sqrt(2/3072)"``.
+        b0: the value the variable's slot ``b`` starts at: 0 (the paper's fresh start), or a
+            warm start's (:func:`pretrained_scale`).
     """
 
     eta: float
     slot_shape: Shape
     reason: str
+    b0: float = 0.0
 
 
 def _fmt(x: float) -> str:
@@ -210,6 +242,90 @@ def fallback_scale(shape: Sequence[int], *, out_first: bool = True) -> Scale:
             f"fan-in {fan_in}: sqrt(1/{fan_in})",
         )
     return Scale(0.5, (), f"guessed: unknown {len(shape)}-d variable as additive: 0.5")
+
+
+#: kappa of the LoRA ``B`` scale: the adapter's change of the frozen weight, entry RMS over the
+#: weight's own. Hu et al. (arXiv:2106.09685, section 7.3) measure the trained update
+#: :math:`\\|\Delta W\\|_F` of GPT-3's attention at about a tenth of :math:`\\|W\\|_F` or less.
+LORA_RELATIVE_UPDATE = 0.1
+
+
+def pretrained_scale(automatic: Scale, rms: float, *, b0: float, eta_floor: float) -> Scale:
+    """A pretrained tensor's scale: ``eta`` = its RMS, floored at ``eta_floor`` times the
+    automatic ``eta``, and ``b`` starting at ``b0``; a tensor that is exactly zero keeps the
+    automatic scale and ``b0 = 0`` (see the module docstring). ``rms`` must be finite.
+
+    >>> auto = Scale(0.125, (8, 1), "Linear weight, fan-in 64: sqrt(1/64)")
+    >>> pretrained_scale(auto, 0.04, b0=100.0, eta_floor=0.1).eta
+    0.04
+    >>> pretrained_scale(auto, 0.001, b0=100.0, eta_floor=0.1).eta
+    0.0125
+    >>> pretrained_scale(auto, 0.0, b0=100.0, eta_floor=0.1).b0
+    0.0
+    """
+    if rms == 0.0:
+        return replace(automatic, b0=0.0, reason=f"all zero, trained from scratch: "
+                                                 f"{automatic.reason}")
+    floor = eta_floor * automatic.eta
+    eta = max(rms, floor)
+    found = (f"RMS {_fmt(rms)}" if rms >= floor else
+             f"RMS {_fmt(rms)} below the floor {eta_floor:g} x automatic, {_fmt(floor)}")
+    return Scale(eta, automatic.slot_shape,
+                 f"pretrained, {found}, b0 {b0:g} (automatic {_fmt(automatic.eta)}: "
+                 f"{automatic.reason})", b0)
+
+
+def warm_start(entries: Iterable[tuple[Hashable, Shape, Scale]], rms: Mapping[Hashable, float],
+               *, b0: float, eta_floor: float, skip: Iterable[Hashable] = ()
+               ) -> list[tuple[Hashable, Shape, Scale]]:
+    """``entries`` with :func:`pretrained_scale` applied to each name in ``rms`` (the RMS of
+    each tensor's values), except those in ``skip`` (adapters, trained from scratch).
+
+    Raises:
+        ValueError: ``b0`` or ``eta_floor`` negative or not finite; a tensor whose values are
+            not finite (NaN or inf in the pretrained weights).
+    """
+    check_interval("b0", b0)
+    if not (math.isfinite(eta_floor) and eta_floor >= 0):
+        raise ValueError(f"Invalid eta_floor: {eta_floor!r}; it must be a finite number >= 0, "
+                         "the warm start's floor on eta as a fraction of the automatic eta")
+    skip = set(skip)
+    out = []
+    for name, shape, scale in entries:
+        if name in rms and name not in skip:
+            if not math.isfinite(rms[name]):
+                raise ValueError(
+                    f"auto_scales(pretrained=True): parameter {_join(name)!r} with shape "
+                    f"{tuple(shape)} has non-finite values (RMS {rms[name]}); load weights "
+                    "without NaN or inf before fine-tuning")
+            scale = pretrained_scale(scale, rms[name], b0=b0, eta_floor=eta_floor)
+        out.append((name, shape, scale))
+    return out
+
+
+def lora_scale(kind: str, shape: Shape, slot_shape: Shape, *, matrix: str, rank: int,
+               scaling: float, a_rms: float, w_rms: float, fan_in: int) -> Scale:
+    """The scale of a LoRA matrix (see the module docstring): ``matrix="A"``, the RMS of its
+    initialisation (``a_rms``); ``matrix="B"``, :math:`\\kappa\\,\\mathrm{rms}(W) /
+    (s\\,\\mathrm{rms}(A)\\sqrt r)` with ``scaling`` :math:`s`. A zero ``a_rms`` / ``w_rms``
+    (nothing to read) is replaced by ``sqrt(1/fan_in)``, the automatic kernel scale of the
+    adapted layer's fan-in. ``b0`` is 0: adapters start fresh.
+
+    >>> lora_scale("lora_B", (96, 4), (96, 1), matrix="B", rank=4, scaling=2.0,
+    ...            a_rms=0.1, w_rms=0.2, fan_in=32).eta  # 0.1 * 0.2 / (2 * 0.1 * sqrt(4))
+    0.05000000000000001
+    """
+    fresh = math.sqrt(1 / fan_in)
+    a_rms = a_rms if a_rms > 0 else fresh
+    if matrix == "A":
+        return Scale(a_rms, slot_shape, f"{kind}, LoRA A of rank {rank}: RMS of its "
+                                        f"initialisation {_fmt(a_rms)}")
+    w_rms = w_rms if w_rms > 0 else fresh
+    eta = LORA_RELATIVE_UPDATE * w_rms / (scaling * a_rms * math.sqrt(rank))
+    return Scale(eta, slot_shape,
+                 f"{kind}, LoRA B of rank {rank}, scaling {scaling:g}: the update s*B*A at "
+                 f"{LORA_RELATIVE_UPDATE:g} x the adapted weight's RMS {_fmt(w_rms)}: "
+                 f"{LORA_RELATIVE_UPDATE:g}*{_fmt(w_rms)}/({scaling:g}*{_fmt(a_rms)}*sqrt({rank}))")
 
 
 def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> None:
@@ -324,6 +440,11 @@ class ScaleTable(Mapping):
         ``amos(shape_fn=...)``."""
         return self._lookup(name, shape).slot_shape
 
+    def b0(self, name: Hashable, shape: Sequence[int]) -> float:
+        """``(name, shape) -> b0``, for ``Amos(b0=...)`` / ``amos(b0=...)``: where ``b``
+        starts (0 but for the pretrained tensors of a warm start)."""
+        return self._lookup(name, shape).b0
+
     def with_overrides(self, eta: Any = None, slot_shape: Any = None) -> ScaleTable:
         """A copy where some entries come from rule tables instead.
 
@@ -351,26 +472,29 @@ class ScaleTable(Mapping):
             entries.append((name, shape, _override(name, shape, scale, eta_rules, shape_rules)))
         return ScaleTable(entries)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The table as plain data (JSON- and ``weights_only``-loadable), for a checkpoint:
+        :meth:`from_dict` rebuilds it. A warm start's ``eta`` is read from the weights it
+        started from, so a run resumed later must not rebuild the table from the weights it
+        has now: the PyTorch ``Amos`` keeps each parameter's ``eta`` and ``b`` in its
+        ``state_dict``; an optax state keeps ``b`` but not ``eta``, so save this beside it."""
+        return {"entries": [
+            {"name": list(name) if isinstance(name, tuple) else name, "shape": list(shape),
+             "eta": scale.eta, "slot_shape": list(scale.slot_shape), "reason": scale.reason,
+             "b0": scale.b0} for name, shape, scale in self.items_with_shapes()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScaleTable:
+        """The table that :meth:`as_dict` wrote (a list name is an optax key-path tuple)."""
+        return cls(
+            (tuple(e["name"]) if isinstance(e["name"], list) else e["name"], tuple(e["shape"]),
+             Scale(float(e["eta"]), tuple(e["slot_shape"]), e["reason"], float(e["b0"])))
+            for e in data["entries"])
+
     def memory(self, itemsize: int = 4) -> StateMemory:
         """Optimizer-state memory of Amos (with / without momentum) and AdamW for this table."""
         return state_memory(((shape, scale.slot_shape) for _, shape, scale in
                              self.items_with_shapes()), itemsize)
-
-    def format(self) -> str:
-        """A plain-text table: name, shape, eta, slot shape, reason."""
-        rows = [("name", "shape", "eta", "slot shape", "reason")]
-        for name, shape, scale in self.items_with_shapes():
-            rows.append((_join(name), str(shape), _fmt(scale.eta), str(scale.slot_shape),
-                         scale.reason))
-        return format_rows(rows)
-
-
-def format_rows(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces, with a rule under the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _as_rules(spec: Any, what: str) -> Rules | None:

@@ -79,6 +79,7 @@ class NumpyAmos:
     epsilon: float = 2.0**-125
     decay_ratio: float = 1.0
     second_moment: str = "slot"  # or "row-col"
+    b0: float = 0.0  # where b starts: 0 in the paper; a warm start's value otherwise
     t: int = 0
     v: np.ndarray = field(default=None)
     b: np.ndarray = field(default=None)
@@ -98,7 +99,7 @@ class NumpyAmos:
                   and int(np.prod(slot)) > 1)
         if self.v is None:
             self.v = np.zeros(slot)
-            self.b = np.zeros(slot)
+            self.b = np.full(slot, float(self.b0))
             self.m = np.zeros(theta.shape)
             if column:
                 self.u = np.zeros([1 if i in kept else n for i, n in enumerate(theta.shape)])

@@ -22,6 +22,7 @@ GUIDES = DOCS / "guides"
 #: the pages with Python blocks, each run by the test named here
 TESTED = {
     GUIDES / "trainers.md": "test_trainers_and_sharding",
+    GUIDES / "finetuning.md": "test_fine_tuning",
     GUIDES / "scales.md": "test_scales_and_rules",
     GUIDES / "schedules.md": "test_schedules_and_diagnostics",
     GUIDES / "precision.md": "test_16_bit_parameters_and_compile",
@@ -107,6 +108,75 @@ def test_trainers_and_sharding(tmp_path, monkeypatch, capsys) -> None:
         "hidden": {"kernel": P(None, "model"), "bias": P()},
         "out": {"kernel": P(None, None), "bias": P()},
     }
+
+
+def test_fine_tuning(tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    jax = pytest.importorskip("jax")
+    from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR
+    from amosopt.torch import Amos, unwrap_optimizer
+
+    # the defaults the guide and the README state are the code's
+    for text in ((GUIDES / "finetuning.md").read_text(), README.read_text()):
+        assert f"`b0` (default {WARM_START_B0:g})" in text
+    assert f"(default {WARM_START_ETA_FLOOR:g})" in (GUIDES / "finetuning.md").read_text()
+    monkeypatch.chdir(tmp_path)  # the Trainer writes to "out" and "lora-out"
+    page = Page(GUIDES / "finetuning.md")
+    page.run(0)  # the stand-in pretrained GPT-2 and its dataset
+    model = page["model"]
+    batch = torch.utils.data.default_collate(page["train_dataset"][:32])
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def lm_loss(m) -> float:
+        with torch.no_grad():
+            return m(**batch).loss.item()
+
+    before = lm_loss(model)
+    page.run(1)  # full fine-tuning, 20 steps, checkpoints at 10 and 20
+    assert lm_loss(model) < before - 0.3
+    optimizer = unwrap_optimizer(page["trainer"].optimizer)
+    assert isinstance(optimizer, Amos)
+    table = optimizer.scales
+    for name, p in model.named_parameters():
+        entry = table[name]
+        rms = pretrained[name].double().square().mean().sqrt().item()
+        if rms == 0:  # the zero biases: automatic, a fresh start
+            assert entry.b0 == 0.0
+        else:
+            assert entry.eta == pytest.approx(max(rms, WARM_START_ETA_FLOOR * float(
+                entry.reason.split("automatic ")[1].split(":")[0])), rel=1e-5)
+            assert entry.b0 == WARM_START_B0
+        assert optimizer.state[p]["eta"] == entry.eta
+        assert float(optimizer.state[p]["b"].min()) >= entry.b0  # b grows from b0
+
+    page.run(2)  # a fresh model, resumed from step 10: equal to the run that went on
+    resumed = page["resumed"]
+    assert page["trainer"].state.global_step == 20
+    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+    page.run(3)  # LoRA
+    lora_model = page["lora_model"]
+    lora_optimizer = unwrap_optimizer(page["trainer"].optimizer)
+    named = [n for g in lora_optimizer.param_groups for n in g["param_names"]]
+    assert named and all(".lora_" in n for n in named)  # base weights frozen, left out
+    assert all(lora_optimizer.scales[n].b0 == 0.0 for n in named)
+    b_name = "base_model.model.transformer.h.0.attn.c_attn.lora_B.default.weight"
+    assert lora_model.get_parameter(b_name).abs().max() > 0  # B has learned
+    page.run(4)
+    assert "LoRA B of rank 4, scaling 2" in capsys.readouterr().out
+
+    with jax.enable_x64(False):
+        page.run()
+    page.check_all_ran()
+    b = page["state"][1].b
+    assert float(b["hidden"]["kernel"].min()) == WARM_START_B0  # pretrained
+    assert float(b["hidden"]["bias"]) == 0.0  # zero: a fresh start
+    restored = page["scales"]
+    first = page["auto_scales"](page["pretrained_params"], pretrained=True)
+    assert [(n, s) for n, _, s in restored.items_with_shapes()] == \
+        [(n, s) for n, _, s in first.items_with_shapes()]
 
 
 def check_lightning_run(module, trainer, x, y) -> None:

@@ -136,3 +136,73 @@ def test_inspect_checkpoint_errors(capsys, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "weights.pt")
     assert main(argv + [str(tmp_path / "weights.pt")]) == 2
     assert "no optimizer state_dict" in capsys.readouterr().err
+
+
+def test_format_rows_aligns_columns():
+    from amosopt.commands.inspect import format_rows
+
+    text = format_rows([("a", "bb"), ("ccc", "d")])
+    assert text.splitlines() == ["a    bb", "---  --", "ccc  d"]
+
+
+def _pretrained_mlp_weights(path):
+    """A "pretrained" make_mlp(6, 10): the first weight 4 x its init, the LayerNorm bias 0."""
+    torch.manual_seed(0)
+    model = make_mlp(6, 10)
+    with torch.no_grad():
+        model[0].weight.mul_(4.0)
+        model[0].bias.fill_(0.3)
+    torch.save({"model": model.state_dict()}, path)
+    return model
+
+
+def _rms(tensor):
+    return tensor.detach().double().square().mean().sqrt().item()
+
+
+def test_inspect_pretrained_shows_both_etas(capsys, tmp_path):
+    from amosopt.hyperparameters import WARM_START_B0
+
+    model = _pretrained_mlp_weights(tmp_path / "weights.pt")
+    code = main(["inspect", "tests.test_inspect:make_mlp", "--kwargs",
+                 '{"width": 6, "hidden": 10}', "--example-input-shape", "2,6", "--pretrained",
+                 "--weights", str(tmp_path / "weights.pt")])
+    assert code == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["name"][:6] == ["name", "shape", "eta", "(weights)", "eta", "(automatic)"]
+    weight = rows["0.weight"]  # name, "(10,", "6)", weights, automatic, ratio, b0, ...
+    assert float(weight[3]) == pytest.approx(_rms(model[0].weight), rel=1e-5)
+    assert float(weight[4]) == pytest.approx(math.sqrt(1 / 6), rel=1e-5)
+    assert float(weight[5]) == pytest.approx(float(weight[3]) / float(weight[4]), rel=1e-2)
+    assert float(weight[6]) == WARM_START_B0
+    bias = rows["0.bias"]
+    assert float(bias[2]) == pytest.approx(0.3, rel=1e-5) and float(bias[3]) == 0.5
+    ln_bias = rows["2.bias"]  # zero: the automatic eta and a fresh start
+    assert float(ln_bias[2]) == 0.5 and float(ln_bias[5]) == 0.0
+    assert "all zero" in " ".join(ln_bias)
+
+
+def test_inspect_weights_errors(capsys, tmp_path):
+    torch.save({"x": torch.zeros(2)}, tmp_path / "other.pt")
+    for path, message in ((tmp_path / "missing.pt", "no such file"),
+                          (tmp_path / "other.pt", "not this model's weights")):
+        assert main(["inspect", "tests.test_inspect:make_mlp", "--weights", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_pretrained_hf_folder_loads_its_weights(capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(5.0)
+    model.save_pretrained(tmp_path / "gpt2")
+    assert main(["inspect", "--hf-config", str(tmp_path / "gpt2"), "--hf-class",
+                 "GPT2LMHeadModel", "--pretrained"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    row = rows["transformer.h.0.mlp.c_fc.weight"]
+    assert float(row[3]) == pytest.approx(_rms(model.transformer.h[0].mlp.c_fc.weight), rel=1e-5)
+    assert float(row[4]) == pytest.approx(math.sqrt(1 / 16), rel=1e-5)

@@ -11,7 +11,6 @@ from amosopt.scales import (
     additive_scale,
     embedding_scale,
     fallback_scale,
-    format_rows,
     gain_scale,
     is_activation,
     kernel_scale,
@@ -142,8 +141,3 @@ def test_state_memory_closed_form():
     # second_moment="row-col": u of (1, 3) and (1, 4) beside the (4, 1) and (10, 1) slots
     assert memory.columns == 4 * (3 + 4)
     assert memory.row_col_momentum == memory.amos_momentum + memory.columns
-
-
-def test_format_rows_aligns_columns():
-    text = format_rows([("a", "bb"), ("ccc", "d")])
-    assert text.splitlines() == ["a    bb", "---  --", "ccc  d"]

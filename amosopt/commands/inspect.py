@@ -11,12 +11,21 @@ it (default ``AutoModel``); the weights are random, nothing is downloaded. With
 fed by an activation are found from the data flow; without it a heuristic decides (see
 ``amosopt.torch.scales``).
 
+With ``--pretrained`` (fine-tuning) each tensor's ``eta`` is read from its weights, as
+``auto_amos(model, lr, pretrained=True)`` reads it, and shown beside the automatic ``eta`` with
+their ratio and the ``b0`` its ``b`` starts at, so that the tensors where they differ stand out.
+The weights are the model's as built: a TARGET factory that loads them, ``--weights PATH`` (a
+saved ``model.state_dict()``, a ``.safetensors`` file, or a dict with it under ``'model'`` or
+``'state_dict'``), or, with ``--hf-config`` a folder that holds them, ``from_pretrained``.
+
 Examples::
 
     amos inspect torch.nn:TransformerEncoderLayer --kwargs '{"d_model": 64, "nhead": 4}' \
         --example-input-shape 8,2,64
     amos inspect --hf-config '{"model_type": "gpt2", "n_layer": 2}' \
         --hf-class AutoModelForCausalLM --example-input-shape 1,16 --example-input-dtype int64
+    amos inspect amosopt.compare.models:ByteLM --pretrained \
+        --weights benchmarks/results/finetune/pretrained.pt
 
 ``python -m amosopt inspect ...`` is the same command.
 """
@@ -28,6 +37,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'optimizer', or a Lightning checkpoint): print what Amos is doing "
                              "for each parameter (effective rate, weight decay, decay so far, "
                              "steps until it drops another 10%%)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="fine-tuning: each tensor's eta from its weights (the warm start "
+                             "of auto_amos(..., pretrained=True)) beside the automatic eta")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="load these weights into the model first: a saved "
+                             "model.state_dict() (torch.save; also under 'model' or "
+                             "'state_dict') or a .safetensors file")
     parser.add_argument("--xi", type=float, metavar="XI",
                         help="with --checkpoint: the global rate to show the rows at (default: "
                              "the checkpoint's, or its schedule's peak when it has cooled "
@@ -119,10 +136,42 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:,.2f} MiB"
 
 
+def format_rows(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, with a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _name(name: Any) -> str:
+    return "/".join(map(str, name)) if isinstance(name, tuple) else str(name)
+
+
+def format_table(table: Any) -> str:
+    """A :class:`~amosopt.scales.ScaleTable` as text: name, shape, eta, slot shape, reason."""
+    rows = [("name", "shape", "eta", "slot shape", "reason")]
+    for name, shape, scale in table.items_with_shapes():
+        rows.append((_name(name), str(shape), f"{scale.eta:.6g}", str(scale.slot_shape),
+                     scale.reason))
+    return format_rows(rows)
+
+
+def format_pretrained(table: Any, automatic: Any) -> str:
+    """The warm start's table beside the automatic one: name, shape, eta from the weights,
+    automatic eta, their ratio, b0, slot shape, and how the weights' eta was found."""
+    rows = [("name", "shape", "eta (weights)", "eta (automatic)", "ratio", "b0", "slot shape",
+             "how")]
+    for name, shape, scale in table.items_with_shapes():
+        auto = automatic[name].eta
+        how = scale.reason.split(" (automatic ")[0]  # the automatic reason is its own column
+        rows.append((_name(name), str(shape), f"{scale.eta:.6g}", f"{auto:.6g}",
+                     f"{scale.eta / auto:.3g}", f"{scale.b0:g}", str(scale.slot_shape), how))
+    return format_rows(rows)
+
+
 def format_memory(memory: Any) -> str:
     """The optimizer-state comparison, bytes and percentages of AdamW's."""
-    from amosopt.scales import format_rows
-
     rows = [("optimizer state", "bytes", "size", "vs AdamW")]
     for label, value in (("AdamW (m, v)", memory.adamw),
                          ("Amos (v, b)", memory.amos),
@@ -159,9 +208,22 @@ def hf_config(text: str) -> dict[str, Any]:
     return config
 
 
-def hf_factory(config: dict[str, Any], class_name: str) -> Any:
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+               "pytorch_model.bin.index.json")
+
+
+def hf_weights_folder(text: str) -> str | None:
+    """``--hf-config``'s folder if it holds a model's weights, else None."""
+    path = Path(text)
+    if text.lstrip().startswith("{") or not path.is_dir():
+        return None
+    return str(path) if any((path / name).exists() for name in _HF_WEIGHTS) else None
+
+
+def hf_factory(config: dict[str, Any], class_name: str, weights: str | None = None) -> Any:
     """``(**overrides) -> model``: the transformers class ``class_name`` built from ``config``
-    (random weights; ``Auto*`` classes through ``from_config``)."""
+    (random weights; ``Auto*`` classes through ``from_config``), or, with ``weights`` (a folder),
+    loaded from it with ``from_pretrained``."""
     from amosopt.commands import CommandError
 
     try:
@@ -175,6 +237,8 @@ def hf_factory(config: dict[str, Any], class_name: str) -> Any:
                            "AutoModel, AutoModelForCausalLM, GPT2LMHeadModel)")
 
     def build(**overrides: Any) -> Any:
+        if weights is not None:
+            return cls.from_pretrained(weights, **overrides)
         fields = {k: v for k, v in {**config, **overrides}.items() if k != "model_type"}
         model_config = transformers.AutoConfig.for_model(config["model_type"], **fields)
         return cls.from_config(model_config) if class_name.startswith("Auto") else cls(
@@ -192,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
                            "--hf-config PATH_OR_JSON")
     if args.hf_config is not None:
         args.target = f"transformers:{args.hf_class}"
-        factory = hf_factory(hf_config(args.hf_config), args.hf_class)
+        folder = hf_weights_folder(args.hf_config) if args.pretrained else None
+        factory = hf_factory(hf_config(args.hf_config), args.hf_class, folder)
     else:
         factory = load_factory(args.target)
     kwargs = parse_kwargs(args.kwargs)
@@ -211,23 +276,56 @@ def run(args: argparse.Namespace) -> int:
             from None
     if not isinstance(model, torch.nn.Module):
         raise CommandError(f"{args.target} returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights is not None:
+        load_weights(model, args.weights)
     inputs = None
     if shapes:
         dtype = torch.float32 if args.example_input_dtype == "float32" else torch.int64
         inputs = tuple(torch.zeros(shape, dtype=dtype) for shape in shapes)
     try:
         table = auto_scales(model, inputs)
+        warm = auto_scales(model, inputs, pretrained=True) if args.pretrained else None
     except ValueError as error:
         raise CommandError(str(error).splitlines()[0]) from None
     if not len(table):
         raise CommandError(f"{args.target} has no trainable parameters")
-    print(table.format())
+    print(format_table(table) if warm is None else format_pretrained(warm, table))
     print()
     print(format_memory(table.memory()))
     if args.checkpoint is not None:
         print()
         print(format_checkpoint(load_checkpoint(args.checkpoint), list(table), args.xi))
     return 0
+
+
+def load_weights(model: Any, path: str) -> None:
+    """Loads ``--weights`` into ``model`` (strictly: every tensor must match)."""
+    import pickle
+
+    import torch
+
+    from amosopt.commands import CommandError
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            saved: Any = load_file(path)
+        else:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CommandError(f"--weights {path}: no such file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise CommandError(f"--weights {path}: cannot be loaded: "
+                           f"{str(error).splitlines()[0]}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(saved, dict) and isinstance(saved.get(key), dict):
+            saved = saved[key]
+    try:
+        model.load_state_dict(saved)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CommandError(f"--weights {path}: not this model's weights: "
+                           f"{str(error).splitlines()[0]}") from None
 
 
 def load_checkpoint(path: str) -> dict:
@@ -280,7 +378,6 @@ def shown_xi(group: dict, xi: float | None) -> tuple[float | None, str]:
 def format_checkpoint(state_dict: dict, names: list[str], xi: float | None = None) -> str:
     """The diagnostics table of a saved state_dict, one row per stepped parameter, at the
     ``xi`` of :func:`shown_xi`."""
-    from amosopt.scales import format_rows
     from amosopt.torch.diagnostics import from_state_dict
 
     step = max((int(float(s["step"])) for s in state_dict["state"].values() if "step" in s),

@@ -62,12 +62,16 @@ def stdlib_files(root: str | os.PathLike | None = None) -> list[tuple[str, Path]
     return sorted(files)
 
 
-def load_stdlib_text(min_bytes: int, root: str | os.PathLike | None = None) -> TextData:
-    """The standard library's sources as bytes, split by file (see module docstring)."""
+def load_stdlib_text(min_bytes: int, root: str | os.PathLike | None = None,
+                     exclude: tuple[str, ...] = ()) -> TextData:
+    """The standard library's sources as bytes, split by file (see module docstring); the
+    files at the relative paths ``exclude`` are left out (``benchmarks/finetune.py`` keeps
+    ``pydoc_data/topics.py`` for fine-tuning)."""
     train_parts: list[bytes] = []
     val_parts: list[bytes] = []
     val_files = 0
-    files = stdlib_files(root)
+    files = [(relative, path) for relative, path in stdlib_files(root)
+             if relative not in exclude]
     for relative, path in files:
         data = path.read_bytes() + b"\n\n"
         if _is_validation_file(relative):
@@ -87,6 +91,7 @@ def load_stdlib_text(min_bytes: int, root: str | os.PathLike | None = None) -> T
         "root": str(root or sysconfig.get_paths()["stdlib"]),
         "split": f"by file: crc32(relative path) % {round(1 / VAL_FRACTION)} == 0 -> validation",
         "files": len(files),
+        **({"excluded": list(exclude)} if exclude else {}),
         "val_files": val_files,
         "train_bytes": int(len(train)),
         "val_bytes": int(len(val)),

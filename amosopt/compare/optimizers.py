@@ -86,6 +86,9 @@ class OptimizerSettings:
     adamw_beta1: float = field_default("adamw_beta1")  # adamw and adamw-wsd
     #: amos suggest's setting for the budget (amos-recipe): an amosopt.suggest.Suggestion
     recipe: Any = None
+    #: Amos(b0=...): where b starts, 0 (the paper's) or a warm start's table (fine-tuning,
+    #: benchmarks/finetune.py); not a study option
+    amos_b0: Any = 0.0
 
     @property
     def warmup_steps(self) -> int:
@@ -109,8 +112,10 @@ def _amos(model: nn.Module, multiplier: float, settings: OptimizerSettings, wsd:
     from amosopt.torch import Amos, wsd_schedule
     from amosopt.torch.schedules import warmup_schedule
 
-    optimizer = Amos(model.named_parameters(), lr=multiplier * settings.xi, eta=settings.eta,
-                     slot_shape=settings.slot_shape,
+    # trainable parameters only: a LoRA model's frozen base weights have no scales
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = Amos(params, lr=multiplier * settings.xi, eta=settings.eta,
+                     slot_shape=settings.slot_shape, b0=settings.amos_b0,
                      beta=settings.beta if settings.amos_beta is None else settings.amos_beta,
                      momentum=settings.amos_momentum, clip_value=settings.clip_value,
                      decay_ratio=settings.amos_decay_ratio,

@@ -47,6 +47,7 @@ from typing import Any
 
 import jax
 
+from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR
 from amosopt.optax.transform import path_to_name
 from amosopt.rules import PathName, Shape
 from amosopt.scales import (
@@ -63,6 +64,7 @@ from amosopt.scales import (
     is_activation,
     kernel_scale,
     relative_position_scale,
+    warm_start,
 )
 
 __all__ = ["auto_scales"]
@@ -324,8 +326,16 @@ def auto_scales(
     apply_fn: Callable | None = None,
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
+    pretrained: bool = False,
+    b0: float = WARM_START_B0,
+    eta_floor: float = WARM_START_ETA_FLOOR,
 ) -> ScaleTable:
     """The automatic ``eta`` and slot shape of every leaf of a JAX parameter tree.
+
+    With ``pretrained=True`` (fine-tuning), each leaf's ``eta`` is the RMS of its values,
+    floored at ``eta_floor`` times the automatic ``eta``, and its ``b`` starts at ``b0``:
+    ``amos(..., b0=table.b0)`` (a leaf that is exactly zero keeps the automatic scale and
+    ``b0 = 0``); see :mod:`amosopt.scales` and ``b0`` of :func:`amosopt.optax.amos`.
 
     Args:
         params: the parameters: a flax linen ``variables['params']`` dict, an nnx
@@ -337,6 +347,12 @@ def auto_scales(
         eta_overrides: a rule table ``{regex: eta}`` matched (``re.match``) against the names
             joined with ``'/'``; unmatched names keep the automatic value.
         slot_shape_overrides: the same for slot shapes.
+        pretrained: take ``eta`` from the values of ``params`` and start ``b`` at ``b0`` (the
+            warm start; default False, the paper's fresh start).
+        b0: with ``pretrained=True``, where a pretrained leaf's ``b`` starts (default
+            :data:`amosopt.hyperparameters.WARM_START_B0`).
+        eta_floor: with ``pretrained=True``, the floor on ``eta`` as a fraction of the
+            automatic ``eta`` (default :data:`amosopt.hyperparameters.WARM_START_ETA_FLOOR`).
 
     Returns:
         A :class:`~amosopt.scales.ScaleTable` keyed by name tuples, in ``tree_flatten`` order.
@@ -376,4 +392,19 @@ def auto_scales(
         if was_guessed:
             guessed.append(("/".join(name), shape))
         entries.append((name, shape, scale))
+    if pretrained:
+        entries = warm_start(entries, {name: _rms(name, leaf) for (name, _, _), (_, leaf)
+                                       in zip(entries, leaves)}, b0=b0, eta_floor=eta_floor)
     return build_table(entries, guessed, eta_overrides, slot_shape_overrides)
+
+
+def _rms(name: PathName, leaf: Any) -> float:
+    """The RMS of a leaf's values, in float32 or wider."""
+    if isinstance(leaf, (jax.ShapeDtypeStruct, jax.core.Tracer)):
+        raise ValueError(f"auto_scales(pretrained=True): {'/'.join(name)!r} is {leaf!r}, not "
+                         "an array of values; pass the pretrained parameters themselves")
+    x = jax.numpy.asarray(leaf)
+    if x.size == 0:
+        return 0.0
+    x = x.astype(jax.numpy.promote_types(x.dtype, jax.numpy.float32))
+    return float(jax.numpy.sqrt(jax.numpy.mean(jax.numpy.square(x))))

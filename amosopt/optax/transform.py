@@ -29,6 +29,7 @@ from amosopt.rules import (
     PathName,
     Rules,
     Shape,
+    as_b0_fn,
     as_eta_fn,
     as_shape_fn,
     column_shape,
@@ -176,6 +177,17 @@ def _eta_function(spec: EtaSpec) -> Callable[[PathName, Shape], Any]:
     return as_eta_fn(spec, "/")
 
 
+def _b0_function(spec: Any) -> Callable[[PathName, Shape], Any]:
+    """A checked ``(name, shape) -> b0``; a scalar array (``inject_hyperparams`` passes every
+    number as one) is a number, a traced one passes as is."""
+    if _is_scalar(spec):
+        number = _concrete(spec)
+        if number is None:
+            return lambda name, shape: spec
+        spec = number
+    return as_b0_fn(spec, "/")
+
+
 def _slot_dtype(name: PathName, dtype: Any) -> Any:
     """float32 slots for 16-bit parameters, the parameter's own dtype otherwise."""
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -259,6 +271,8 @@ def scale_by_amos(
     epsilon: float = DEFAULTS["epsilon"],
     decay_ratio: float = DEFAULTS["decay_ratio"],
     second_moment: str = SECOND_MOMENT,
+    *,
+    b0: Any = DEFAULTS["b0"],
 ) -> optax.GradientTransformationExtraArgs:
     """Rescales updates by the Amos rule; see :func:`amos` for the math and the arguments.
 
@@ -279,6 +293,7 @@ def scale_by_amos(
     factored = check_second_moment(second_moment) == "row-col"
     eta_of = _eta_function(eta_fn)
     slot_shape_of = as_shape_fn(shape_fn, "/")
+    b0_of = _b0_function(b0)
 
     def slot_zeros(name: PathName, theta: Any) -> jax.Array:
         shape = tuple(theta.shape)
@@ -291,14 +306,19 @@ def scale_by_amos(
         return None if shape is None else jnp.zeros(shape, v.dtype)
 
     tables = [(Rules(spec, "/"), what)
-              for spec, what in ((eta_fn, "eta_fn"), (shape_fn, "shape_fn")) if is_rule_table(spec)]
+              for spec, what in ((eta_fn, "eta_fn"), (shape_fn, "shape_fn"), (b0, "b0"))
+              if is_rule_table(spec)]
+
+    def b_start(path: Any, theta: Any, v: jax.Array) -> jax.Array:
+        """b_0: 0 (the paper's), or a warm start's (see ``b0`` of :func:`amos`)."""
+        return jnp.full_like(v, b0_of(path_to_name(path), tuple(theta.shape)))
 
     def init_fn(params: optax.Params) -> ScaleByAmosState:
         v = jax.tree_util.tree_map_with_path(lambda p, x: slot_zeros(path_to_name(p), x), params)
         names = [path_to_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         for rules, what in tables:  # a rule no variable takes: a typo in its regex, likely
             warn_unused_rules(rules, names, what, stacklevel=2)
-        b = jax.tree.map(jnp.zeros_like, v)
+        b = jax.tree_util.tree_map_with_path(b_start, params, v)
         u = jax.tree.map(column_zeros, params, v) if factored else None
         return ScaleByAmosState(count=jnp.zeros([], jnp.int32), v=v, b=b, u=u)
 
@@ -365,6 +385,7 @@ def amos(
     second_moment: str = SECOND_MOMENT,
     *,
     nonfinite: str | None = None,
+    b0: Any = DEFAULTS["b0"],
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Amos optimizer: element-wise clipping, then Amos, then momentum.
 
@@ -379,8 +400,9 @@ def amos(
     :math:`\lambda` ``extra_l2``, :math:`c, d` ``c_coef``, ``d_coef``, :math:`\epsilon`
     ``epsilon``, and :math:`\mu` ``momentum``. The slots :math:`v` and :math:`b` have the shape
     given by ``shape_fn`` (by default the variable's); :math:`M(\cdot)` averages over the axes
-    where the slot is 1 (all axes for a scalar slot ``()``). With :math:`v_0 = b_0 = m_0 = 0` and
-    :math:`g_t` the gradient clipped to :math:`[-\text{clip}, \text{clip}]`:
+    where the slot is 1 (all axes for a scalar slot ``()``). With :math:`v_0 = m_0 = 0`,
+    :math:`b_0` = ``b0`` (0, the paper's, by default) and :math:`g_t` the gradient clipped to
+    :math:`[-\text{clip}, \text{clip}]`:
 
     .. math::
 
@@ -481,6 +503,14 @@ def amos(
             :math:`\hat V_t` above, at the cost of the column factors :math:`u`.
         nonfinite: ``None`` (default): every step is computed; ``"skip"``: a step whose
             (clipped) gradient or its square is not finite is skipped on the device.
+        b0: :math:`b_0`, the value each variable's slot :math:`b` starts at (read by
+            ``init``): a number :math:`\ge 0`, a rule table or ``(name, shape) -> number``, as
+            ``eta_fn``. 0 (default) is the paper's fresh start. A warm start from pretrained
+            weights sets how far along its own decay each variable already is: its first step
+            is :math:`d_0 = 1/(1 + d\sqrt{\xi\eta}\, b_0)` of the full :math:`\xi\eta` and
+            its weight decay is shrunk by :math:`c_0 = (1 + c\sqrt{\rho\xi}\, b_0)^{-1/2}`;
+            ``auto_scales(params, pretrained=True)`` gives it as ``table.b0`` (with ``eta``
+            from the weights). The state carries :math:`b`, so a restored state resumes exactly.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``, always
@@ -533,7 +563,7 @@ def amos(
     clip = optax.identity() if clip_value is None else optax.clip(clip_value)
     steps = (scale_by_amos(learning_rate, eta_fn, shape_fn=shape_fn, beta=beta,
                            extra_l2=extra_l2, d_coef=d_coef, c_coef=c_coef, epsilon=epsilon,
-                           decay_ratio=decay_ratio, second_moment=second_moment),
+                           decay_ratio=decay_ratio, second_moment=second_moment, b0=b0),
              optax.identity() if momentum_off else _momentum(momentum))
     if nonfinite == "skip":  # after clipping, which makes an inf finite, as in PyTorch
         return optax.chain(clip, skip_if_not_finite(optax.chain(*steps)))

@@ -39,6 +39,8 @@ _STATE_TENSORS = ("v", "b", "u", *_PARAMETER_SHAPED)
 #: ScaleTable, a Rules object): the optimizer that loads the state keeps its own
 _NOT_PLAIN = "<not plain data: kept from the optimizer that loads this state>"
 _PLAIN_TYPES = (bool, int, float, str, type(None))
+#: the per-parameter specs of a group (a number, a rule table or a callable of the name)
+SPEC_KEYS = ("eta", "slot_shape", "b0")
 #: key of every param group of a state_dict: the layout of the state it goes with. Per group,
 #: not top-level, because tools that rebuild optimizer state dicts (torch.distributed.checkpoint,
 #: FSDP) keep the groups' keys but only the "state" and "param_groups" entries.
@@ -69,8 +71,8 @@ def to_plain(state_dict: dict[str, Any]) -> dict[str, Any]:
     """``state_dict`` (torch's, of an Amos) with each group's specs as plain data or the marker,
     and the format key; changed in place and returned."""
     for group in state_dict["param_groups"]:
-        for key in ("eta", "slot_shape"):
-            if not _is_plain(group[key]):
+        for key in SPEC_KEYS:
+            if key in group and not _is_plain(group[key]):
                 group[key] = _NOT_PLAIN
         group[FORMAT_KEY] = FORMAT
     return state_dict
@@ -84,7 +86,7 @@ def loading(optimizer: Amos) -> Iterator[None]:
     ``nonfinite`` stays the loading optimizer's: it is how this run treats its device, not a
     hyper-parameter of the saved run (a checkpoint written before the option existed would
     otherwise turn a "skip" back into the default)."""
-    specs = [(g["eta"], g["slot_shape"]) for g in optimizer.param_groups]
+    specs = [{key: g[key] for key in SPEC_KEYS} for g in optimizer.param_groups]
     optimizer._own_nonfinite = optimizer.param_groups[0]["nonfinite"]
     handle = optimizer.register_load_state_dict_pre_hook(_check_and_remember_saved_state)
     try:
@@ -93,11 +95,11 @@ def loading(optimizer: Amos) -> Iterator[None]:
         handle.remove()
         optimizer._saved_slots = None
         optimizer._own_nonfinite = None
-    for group, (eta, slot_shape) in zip(optimizer.param_groups, specs):
+    for group, own in zip(optimizer.param_groups, specs):
         group.pop(FORMAT_KEY, None)  # describes the saved form, not a hyper-parameter
-        for key, own in (("eta", eta), ("slot_shape", slot_shape)):
-            if isinstance(group[key], str) and group[key] == _NOT_PLAIN:
-                group[key] = own
+        for key in SPEC_KEYS:
+            if isinstance(group.get(key), str) and group[key] == _NOT_PLAIN:
+                group[key] = own[key]
 
 
 def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:

@@ -114,7 +114,9 @@ def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hy
 def _probe(device_type: str) -> Optional[str]:
     try:
         x = torch.ones(4, 4, device=device_type)
-        h = Hyper(xi=1.0, mu=0.0, sign=1.0, clip=None, **DEFAULTS)  # the plain update
+        # the plain update (b0 is where b starts, not a symbol of the step)
+        h = Hyper(xi=1.0, mu=0.0, sign=1.0, clip=None,
+                  **{k: v for k, v in DEFAULTS.items() if k != "b0"})
         torch.compile(_update, dynamic=True)(x, x.clone(), x[:, :1] * 0.5, x[:1] * 0.25, None, h)
     except Exception as error:  # noqa: BLE001 (any failure means: not available here)
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"

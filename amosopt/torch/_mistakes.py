@@ -18,6 +18,7 @@ from torch.optim.optimizer import required
 
 from amosopt.rules import (
     Rules,
+    as_b0_fn,
     as_eta_fn,
     as_shape_fn,
     is_rule_table,
@@ -98,14 +99,17 @@ def resolve_all(group: dict[str, Any], where: str) -> None:
     table that leaves one without a value fails at construction, naming it, not at the first
     ``step()``."""
     names = group.get("param_names")
-    if names is None or (isinstance(group["eta"], (int, float)) and group["slot_shape"] is None):
-        return  # nothing to look up: a number eta and full-size slots cannot fail by name
+    if names is None or (isinstance(group["eta"], (int, float)) and group["slot_shape"] is None
+                         and isinstance(group["b0"], (int, float))):
+        return  # nothing to look up: numbers and full-size slots cannot fail by name
     eta_of, shape_of = as_eta_fn(group["eta"]), as_shape_fn(group["slot_shape"])
+    b0_of = as_b0_fn(group["b0"])
     for name, p in zip(names, group["params"]):
         check_not_flattened(name, p)  # before a lookup that would blame the shape
         shape = tuple(p.shape)
         try:
             eta_of(name, shape)
+            b0_of(name, shape)
             if shape_of is not None:
                 shape_of(name, shape)
         except ValueError as error:
@@ -115,7 +119,7 @@ def resolve_all(group: dict[str, Any], where: str) -> None:
 def warn_unused(groups: list[dict[str, Any]], stacklevel: int = 3) -> None:
     """An :class:`amosopt.rules.UnmatchedRuleWarning` for each rule of an ``eta`` /
     ``slot_shape`` table that no parameter of the groups using that table takes."""
-    for key in ("eta", "slot_shape"):
+    for key in ("eta", "slot_shape", "b0"):
         users: dict[int, tuple[Any, list[str]]] = {}
         for group in groups:
             spec = group[key]

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from amosopt.hyperparameters import check_interval, check_second_moment
-from amosopt.rules import as_eta_fn, as_shape_fn, is_rule_table
+from amosopt.rules import as_b0_fn, as_eta_fn, as_shape_fn, is_rule_table
 
 #: the values of ``rounding``
 ROUNDINGS = ("nearest", "stochastic", "compensated")
@@ -58,17 +58,21 @@ def check_hyperparameters(group: dict[str, Any], where: str) -> None:
 
 
 def _check_specs(group: dict[str, Any], where: str) -> None:
-    """Checks ``eta`` / ``slot_shape`` specs, and that name-based specs have names to use."""
-    eta, slot_shape = group["eta"], group["slot_shape"]
+    """Checks ``eta`` / ``slot_shape`` / ``b0`` specs, and that name-based specs have names to
+    use."""
+    eta, slot_shape, b0 = group["eta"], group["slot_shape"], group["b0"]
+    if _is_number(b0):
+        check_interval("b0", b0, where=where)
     if _is_number(eta) and not (math.isfinite(eta) and eta > 0):
         raise ValueError(f"Invalid eta{where}: {eta!r}; eta, the expected magnitude of a "
                          "parameter's entries, must be a finite number > 0")
     try:
         as_eta_fn(eta)  # numbers are checked here; tables compile their regexes
         as_shape_fn(slot_shape)
+        as_b0_fn(b0)
     except ValueError as error:
         raise ValueError(f"{error}{where}") from None
-    named = [arg for arg, spec in (("eta", eta), ("slot_shape", slot_shape))
+    named = [arg for arg, spec in (("eta", eta), ("slot_shape", slot_shape), ("b0", b0))
              if spec is not None and not _is_number(spec)]
     if named and "param_names" not in group:
         kind = "a rule table" if is_rule_table(group[named[0]]) else "a callable"

@@ -6,6 +6,7 @@ Two forms for ``transformers.Trainer``:
 * ``Trainer(..., optimizers=trainer_optimizer(model, args))``: Amos with automatic scales and a
   schedule of ``xi`` built from ``args``: its warm-up, then a WSD cooldown to 0 at
   ``args.max_steps`` (or, with ``schedule="constant"``, a constant ``xi``: Amos's own decay);
+  ``pretrained=True`` to fine-tune (a warm start from the weights; ``peft`` LoRA models too);
 * ``Trainer(..., optimizer_cls_and_kwargs=(AmosFactory, {"lr": xi, ...}))`` (transformers >= 5,
   which calls a non-optimizer class as a factory with the model): Amos with automatic scales,
   under the Trainer's own schedule (``args.lr_scheduler_type``; ``"warmup_stable_decay"`` is the
@@ -111,6 +112,7 @@ def _check_training_arguments(args: Any, total: int | None) -> None:
 def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | None = None, *,
                       example_inputs: Any = None, schedule: str = "wsd",
                       cooldown_fraction: float = DEFAULT_COOLDOWN_FRACTION,
+                      pretrained: bool = False,
                       **amos_kwargs: Any) -> tuple[torch.optim.Optimizer, Any]:
     """``(optimizer, scheduler)`` for ``transformers.Trainer(optimizers=...)``.
 
@@ -126,7 +128,13 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
         schedule: ``"wsd"``: warm-up, constant, then a linear cooldown to 0 over the last
             ``cooldown_fraction`` of the budget (for a budget shorter than Amos's own decay
             onset, see ``amos suggest --steps``); ``"constant"``: warm-up, then constant.
-        **amos_kwargs: for :class:`amosopt.torch.Amos` (``momentum``, ``clip_value``, ``beta``...).
+        pretrained: fine-tuning: the warm start of :func:`amosopt.torch.auto_amos`, each
+            pretrained tensor's ``eta`` from its weights and its ``b`` starting at ``b0``
+            (pass ``b0=`` / ``eta_floor=`` to change them); LoRA adapters of a ``peft`` model
+            get their own scales either way. ``resume_from_checkpoint`` restores ``eta`` and
+            ``b`` from the checkpoint, not from the weights at resume time.
+        **amos_kwargs: for :class:`amosopt.torch.Amos` (``momentum``, ``clip_value``, ``beta``...)
+            and :func:`amosopt.torch.auto_amos` (``b0``, ``eta_floor``, ``eta_overrides``...).
 
     Warns:
         UserWarning: ``args.learning_rate`` far below the ``xi`` that ``amos suggest`` gives for
@@ -138,7 +146,8 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
     total = _budget(args, num_training_steps, required=schedule != "constant")
     warmup = _warmup(args, total)
     _check_training_arguments(args, total)
-    optimizer = auto_amos(model, args.learning_rate, example_inputs, **amos_kwargs)
+    optimizer = auto_amos(model, args.learning_rate, example_inputs, pretrained=pretrained,
+                          **amos_kwargs)
     if schedule == "constant":  # no budget: hold xi after the warm-up, however long the run
         return optimizer, warmup_schedule(optimizer, warmup)
     cooldown = min(round(cooldown_fraction * total), total - warmup)

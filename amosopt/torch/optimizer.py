@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
 from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT
-from amosopt.rules import Shape, as_eta_fn, as_shape_fn, column_shape
+from amosopt.rules import Shape, as_b0_fn, as_eta_fn, as_shape_fn, column_shape
 from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
 from amosopt.torch._routes import Record
@@ -65,8 +65,8 @@ class Amos(Optimizer):
         & \theta_t = \theta_{t-1} + \Delta_t
         \end{aligned}
 
-    with :math:`v_0 = b_0 = m_0 = 0` and the 1-based step :math:`t`. The paper's algorithm has
-    :math:`\rho = 1` (``decay_ratio``, the default).
+    with :math:`v_0 = m_0 = 0`, :math:`b_0` = ``b0`` (0, the paper's, by default) and the 1-based
+    step :math:`t`. The paper's algorithm has :math:`\rho = 1` (``decay_ratio``, the default).
 
     ``second_moment="row-col"`` normalises each entry by a rank-1 estimate of its own second
     moment instead of its slot's (Adafactor's factorisation, Shazeer & Stern 2018, arXiv
@@ -118,6 +118,14 @@ class Amos(Optimizer):
             :math:`2k^2/\xi^2` steps instead of :math:`\eta` over :math:`2/\xi^2`. Budgets
             shorter than an epoch or two gain from :math:`\rho < 1` (``amos suggest --steps``;
             ``benchmarks/diagnose.py``).
+        b0: :math:`b_0`, the value each parameter's slot :math:`b` starts at: a number
+            :math:`\ge 0`, a rule table or a callable ``(name, shape) -> float`` (as ``eta``).
+            0 (default) is the paper's fresh start. A warm start from pretrained weights sets
+            how far along its own decay each tensor already is: its first step is
+            :math:`d_0 = 1/(1 + d\sqrt{\xi\eta}\, b_0)` of the full :math:`\xi\eta`, and its
+            weight decay is shrunk by :math:`c_0 = (1 + c\sqrt{\rho\xi}\, b_0)^{-1/2}`
+            (``auto_amos(model, lr, pretrained=True)`` sets it, with ``eta`` from the weights).
+            Read only when a parameter's state is created: a checkpoint carries :math:`b`.
         foreach: use the multi-tensor implementation (``torch._foreach_*``); ``None`` picks it,
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
         maximize: maximise the objective instead of minimising it.
@@ -190,6 +198,7 @@ class Amos(Optimizer):
         d_coef: float = DEFAULTS["d_coef"],
         epsilon: float = DEFAULTS["epsilon"],
         decay_ratio: float = DEFAULTS["decay_ratio"],
+        b0: float | Any = DEFAULTS["b0"],
         foreach: Optional[bool] = None,
         maximize: bool = False,
         fused: bool = False,
@@ -204,7 +213,7 @@ class Amos(Optimizer):
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
             epsilon=epsilon, foreach=foreach, maximize=maximize, fused=fused,
             rounding=rounding, decay_ratio=decay_ratio, second_moment=second_moment,
-            nonfinite=nonfinite,
+            nonfinite=nonfinite, b0=b0,
         )
         # lr or eta not given here: every param group must give it (torch's ``required``), and
         # is checked then; valid stand-ins let the other defaults be checked now
@@ -382,7 +391,7 @@ class Amos(Optimizer):
         ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
         itself."""
         plan = self._plan()
-        for group, _, records in plan:
+        for group, gi, records in plan:
             mu = group["momentum"]
             for r in records:
                 compensated = _routes.compensated(r.p, group)
@@ -395,7 +404,8 @@ class Amos(Optimizer):
                     like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
                     like_column = None if columns is None else torch.empty(
                         columns, dtype=slot_dtype(r.p), device=r.p.device)
-                    r.state = self._init_state(r, like, like_column, mu, compensated, skip=True)
+                    r.state = self._init_state(r, like, like_column, mu, compensated, skip=True,
+                                               b0=self._b0(group, gi, r))
                 if columns is None and "u" in r.state:  # second_moment set back to "slot"
                     del r.state["u"]
         return tuple((gi, tuple(r.index for r in records)) for _, gi, records in plan)
@@ -411,7 +421,7 @@ class Amos(Optimizer):
                 ok: Optional[Tensor] = None) -> None:
         """Phase 2: state created where new, then slots and parameters changed; with ``ok``
         (``nonfinite="skip"``), counted and undone on the device as ``ok`` says."""
-        for group, _, h, records, measured in checked:
+        for group, group_index, h, records, measured in checked:
             # a kept record has its state (see _plan)
             for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
                 compensated = _routes.compensated(r.p, group)
@@ -420,7 +430,7 @@ class Amos(Optimizer):
                         or (g2_column is not None and "u" not in r.state)
                         or (ok is not None and "skipped" not in r.state)):
                     r.state = self._init_state(r, g2, g2_column, h.mu, compensated,
-                                               ok is not None)
+                                               ok is not None, self._b0(group, group_index, r))
                 if g2_column is None and "u" in r.state:  # second_moment set back to "slot"
                     del r.state["u"]
             if ok is None:
@@ -429,8 +439,18 @@ class Amos(Optimizer):
                 _routes.count(records, ok)
             _routes.update(records, measured, h, scratch, ok)
 
+    def _b0(self, group: dict[str, Any], group_index: int, r: Record) -> float:
+        """:math:`b_0` of a parameter whose state is new (``b0``: a number, or by name)."""
+        if self.state.get(r.p):
+            return 0.0  # not read: the state exists (a checkpoint's b, or this run's)
+        spec = group["b0"]
+        if isinstance(spec, (int, float)):
+            return float(spec)
+        return as_b0_fn(spec)(self._param_name(group, group_index, r.index), tuple(r.p.shape))
+
     def _init_state(self, r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor],
-                    momentum: float, compensated: bool, skip: bool = False) -> dict[str, Any]:
+                    momentum: float, compensated: bool, skip: bool = False, b0: float = 0.0
+                    ) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
             # "skip": on the device, where the step counts without asking the host
@@ -443,7 +463,7 @@ class Amos(Optimizer):
             like = g2 if g2 is not None else torch.empty_like(
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.contiguous_format)
             state["v"] = torch.zeros_like(like)
-            state["b"] = torch.zeros_like(like)
+            state["b"] = torch.full_like(like, b0)  # b_0: 0, or a warm start's
         if g2_column is not None and "u" not in state:
             # zero in a new state; mean(v) in one from before second_moment="row-col" was set,
             # so that w_t = u_t / mean(v_t) starts at 1 (the paper's step), not at 0

@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR
 from amosopt.rules import Shape
 from amosopt.scales import (
     GATES,
@@ -76,7 +77,9 @@ from amosopt.scales import (
     gain_scale,
     is_activation,
     kernel_scale,
+    lora_scale,
     relative_position_scale,
+    warm_start,
 )
 from amosopt.torch._sharding import check_not_flattened
 from amosopt.torch.optimizer import Amos
@@ -186,6 +189,40 @@ def _use_rule(use: str, shape: Shape) -> Scale | _Kernel | None:
     if use == "norm_bias" and len(shape) <= 1:
         return additive_scale("bias of a norm op")
     return None
+
+
+#: the adapter matrices of a ``peft`` LoRA layer, by the name of their ModuleDict
+_LORA_MATRICES = {"lora_A": "A", "lora_B": "B"}
+
+
+def _rms(tensor: Tensor) -> float:
+    """The RMS of a tensor's values, in float32 or wider, without a float copy."""
+    if tensor.numel() == 0:
+        return 0.0
+    dtype = torch.promote_types(tensor.dtype, torch.float32)
+    norm = torch.linalg.vector_norm(tensor.detach(), dtype=dtype)
+    return float(norm) / math.sqrt(tensor.numel())
+
+
+def _lora_rule(model: nn.Module, name: str, shape: Shape) -> Scale | None:
+    """The scale of a ``peft`` LoRA matrix (``<layer>.lora_A.<adapter>.weight``, and
+    ``lora_B``), from the adapter's rank and scaling and the layer it adapts
+    (:func:`amosopt.scales.lora_scale`); None for any other parameter."""
+    parts = name.split(".")
+    if len(parts) < 4 or parts[-3] not in _LORA_MATRICES or parts[-1] != "weight":
+        return None
+    layer, adapter = model.get_submodule(".".join(parts[:-3])), parts[-2]
+    rank = getattr(layer, "r", {}).get(adapter)
+    scaling = getattr(layer, "scaling", {}).get(adapter)
+    if rank is None or scaling is None or not hasattr(layer, "get_base_layer"):
+        return None
+    a = layer.lora_A[adapter].weight
+    base = getattr(layer.get_base_layer(), "weight", None)
+    fan_in = math.prod(a.shape[1:])
+    slot = (shape[0],) + (1,) * (len(shape) - 1)  # one slot per output row: (out, in...) layout
+    return lora_scale(f"{type(layer.lora_A[adapter]).__name__} weight", shape, slot,
+                      matrix=_LORA_MATRICES[parts[-3]], rank=int(rank), scaling=float(scaling),
+                      a_rms=_rms(a), w_rms=0.0 if base is None else _rms(base), fan_in=fan_in)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,8 +485,19 @@ def auto_scales(
     *,
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
+    pretrained: bool = False,
+    b0: float = WARM_START_B0,
+    eta_floor: float = WARM_START_ETA_FLOOR,
 ) -> ScaleTable:
     """The automatic ``eta`` and slot shape of every trainable parameter of ``model``.
+
+    With ``pretrained=True`` (fine-tuning), each tensor's ``eta`` is the RMS of its values,
+    floored at ``eta_floor`` times the automatic ``eta``, and its ``b`` starts at ``b0``
+    (``table.b0``; :math:`d_0 = 1/(1 + d\\sqrt{\\xi\\eta}\\, b_0)` is how far along its own
+    decay it already is); a tensor that is exactly zero keeps the automatic scale and
+    ``b0 = 0``. LoRA adapters of a ``peft`` model get their own rule either way (``lora_A``:
+    the RMS of its initialisation; the zero-initialised ``lora_B``: from the rank, the scaling
+    and the adapted layer) and ``b0 = 0``. See :mod:`amosopt.scales`.
 
     Args:
         model: the ``nn.Module``.
@@ -460,9 +508,15 @@ def auto_scales(
         eta_overrides: a rule table ``{regex: eta}`` (first ``re.match`` wins, on the
             ``named_parameters()`` name); names no rule matches keep the automatic value.
         slot_shape_overrides: the same for slot shapes (tuples or ``SHAPE`` expressions).
+        pretrained: take ``eta`` from the weights and start ``b`` at ``b0`` (the warm start
+            for fine-tuning; default False, the paper's fresh start).
+        b0: with ``pretrained=True``, where a pretrained tensor's ``b`` starts (default
+            :data:`amosopt.hyperparameters.WARM_START_B0`).
+        eta_floor: with ``pretrained=True``, the floor on ``eta`` as a fraction of the
+            automatic ``eta`` (default :data:`amosopt.hyperparameters.WARM_START_ETA_FLOOR`).
 
     Returns:
-        A :class:`~amosopt.scales.ScaleTable`: ``name -> Scale(eta, slot_shape, reason)`` in
+        A :class:`~amosopt.scales.ScaleTable`: ``name -> Scale(eta, slot_shape, reason, b0)`` in
         ``named_parameters()`` order (tied parameters once, frozen ones left out). Use it as
         ``Amos(params, lr, eta=table.eta, slot_shape=table.slot_shape)``, or call
         :func:`auto_amos`.
@@ -484,13 +538,20 @@ def auto_scales(
         raise TypeError(f"auto_scales: model must be a torch.nn.Module, got {type(model).__name__}")
     recorder = None if example_inputs is None else _trace(model, example_inputs)
     heuristic = {} if recorder is not None else _heuristic_sources(model)
-    entries, guessed = [], []
+    entries, guessed, rms, adapters = [], [], {}, []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         shape = tuple(param.shape)
         module_name, _, local = name.rpartition(".")
         check_not_flattened(name, param, model.get_submodule(module_name))
+        if pretrained:
+            rms[name] = _rms(param)
+        lora = _lora_rule(model, name, shape)
+        if lora is not None:
+            entries.append((name, shape, lora))
+            adapters.append(name)
+            continue
         rule = _module_rule(model.get_submodule(module_name), module_name, local, shape)
         if rule is None and recorder is not None and id(param) in recorder.uses:
             rule = _use_rule(recorder.uses[id(param)], shape)
@@ -505,6 +566,8 @@ def auto_scales(
                 activation = heuristic.get(module_name)
             rule = kernel_scale(rule.kind, rule.fan_in, rule.slot_shape, activation)
         entries.append((name, shape, rule))
+    if pretrained:
+        entries = warm_start(entries, rms, b0=b0, eta_floor=eta_floor, skip=adapters)
     return build_table(entries, guessed, eta_overrides, slot_shape_overrides)
 
 
@@ -515,6 +578,9 @@ def auto_amos(
     *,
     eta_overrides: Any = None,
     slot_shape_overrides: Any = None,
+    pretrained: bool = False,
+    b0: float = WARM_START_B0,
+    eta_floor: float = WARM_START_ETA_FLOOR,
     **amos_kwargs: Any,
 ) -> Amos:
     """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
@@ -522,7 +588,9 @@ def auto_amos(
     Equivalent to ``table = auto_scales(model, example_inputs, eta_overrides=...,
     slot_shape_overrides=...)`` then ``Amos([(n, p) for n, p in model.named_parameters() if
     p.requires_grad], lr, eta=table.eta, slot_shape=table.slot_shape, **amos_kwargs)``.
-    The table is kept as ``optimizer.scales``.
+    The table is kept as ``optimizer.scales``. With ``pretrained=True`` (fine-tuning) the
+    table's ``eta`` comes from the weights and ``Amos(..., b0=table.b0)`` starts each
+    pretrained tensor's ``b`` at ``b0``, a warm start (see :func:`auto_scales`).
 
     Args:
         model: the ``nn.Module``.
@@ -530,6 +598,9 @@ def auto_amos(
         example_inputs: see :func:`auto_scales`.
         eta_overrides: see :func:`auto_scales`.
         slot_shape_overrides: see :func:`auto_scales`.
+        pretrained: see :func:`auto_scales`.
+        b0: see :func:`auto_scales`.
+        eta_floor: see :func:`auto_scales`.
         **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
             ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
 
@@ -542,15 +613,18 @@ def auto_amos(
         >>> optimizer.scales["2.bias"].eta
         0.1
     """
-    for key in ("eta", "slot_shape"):
+    for key in ("eta", "slot_shape"):  # b0 is an argument here, so never in amos_kwargs
         if key in amos_kwargs:
             raise TypeError(
                 f"auto_amos: '{key}' is computed automatically; change entries with "
                 f"{key}_overrides={{regex: value}} instead"
             )
     table = auto_scales(model, example_inputs, eta_overrides=eta_overrides,
-                        slot_shape_overrides=slot_shape_overrides)
+                        slot_shape_overrides=slot_shape_overrides, pretrained=pretrained,
+                        b0=b0, eta_floor=eta_floor)
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if pretrained:  # else the paper's b_0 = 0, as a plain number
+        amos_kwargs["b0"] = table.b0
     optimizer = Amos(params, lr, eta=table.eta, slot_shape=table.slot_shape, **amos_kwargs)
     optimizer.scales = table
     return optimizer

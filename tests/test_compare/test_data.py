@@ -21,6 +21,19 @@ def test_stdlib_split_is_by_file_and_deterministic():
     assert a.description["val_files"] == len(val)
 
 
+def test_stdlib_text_leaves_out_excluded_files(tmp_path):
+    root = tmp_path / "lib"
+    root.mkdir()
+    for i in range(30):  # enough files for both splits (about 1 in 10 is validation)
+        (root / f"m{i}.py").write_bytes(bytes([65 + i]) * 100)
+    full = data_lib.load_stdlib_text(1, root)
+    less = data_lib.load_stdlib_text(1, root, exclude=("m3.py",))
+    assert b"D" in full.train.tobytes() + full.val.tobytes()  # m3.py is 100 x "D"
+    assert b"D" not in less.train.tobytes() + less.val.tobytes()
+    assert len(full.train) + len(full.val) - len(less.train) - len(less.val) == 102  # + "\n\n"
+    assert less.description["excluded"] == ["m3.py"] and "excluded" not in full.description
+
+
 def test_text_split_by_position(tmp_path):
     raw = bytes(range(256)) * 20
     path = tmp_path / "t.txt"

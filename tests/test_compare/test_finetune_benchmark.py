@@ -1,0 +1,59 @@
+"""``benchmarks/finetune.py --smoke``: pretrains, fine-tunes every mode and method once, resumes
+without rerunning, and summarises (the full configuration is run by hand; see its docstring)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("scipy")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("finetune_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
+    finetune = _load()
+    finetune.main(["--smoke", "--out", str(tmp_path)])
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
+    expected = {finetune.run_key(*spec) for spec in finetune.plan(finetune.SMOKE)}
+    assert set(runs) == expected and len(expected) == 5
+    assert (tmp_path / "pretrained.pt").exists()
+    pretrain = json.loads((tmp_path / "pretrain.json").read_text())
+    assert "pydoc_data/topics.py" in pretrain["data"]["excluded"]  # the new text is new
+    first = pretrain["record"]["val"][0]["loss"]
+    assert pretrain["record"]["val"][-1]["loss"] < first  # it learned something
+    before = {r["old_val_before"] for r in runs.values()}
+    # every run starts from the same checkpoint; LoRA's B = 0 leaves the function unchanged
+    assert max(before) - min(before) < 1e-5
+    for r in runs.values():
+        assert r["ft_val"] is not None and r["ft_val"] < r["ft_val_before"]
+    capsys.readouterr()
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    finetune.main(["--smoke", "--out", str(tmp_path)])  # resumes: nothing left to run
+    assert "5 runs done, 0 to run" in capsys.readouterr().out
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+
+    summary = (tmp_path / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| full") or
+            line.startswith("| lora")]
+    assert [row.split("|")[3].strip() for row in rows] == ["adamw", "amos", "amos-warm",
+                                                          "adamw", "amos"]
+    data = json.loads((tmp_path / "summary.json").read_text())
+    warm = data["groups"][0]["methods"]["amos-warm"]
+    assert warm["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
+        warm["ft_val"][0] - data["groups"][0]["methods"]["adamw"]["ft_val"][0])
