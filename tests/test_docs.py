@@ -241,9 +241,13 @@ def test_schedules_and_diagnostics(capsys) -> None:
     jax = pytest.importorskip("jax")
     torch.manual_seed(0)
     page = Page(GUIDES / "schedules.md")
-    page.run(1)  # the model, then amos suggest's numbers
+    page.run(1)  # the model, then amos suggest's numbers and the recipe in one call
     settings, onset = capsys.readouterr().out.splitlines()
-    assert settings.split() == ["0.02", "0.98", "1.0", "400"]  # 1/sqrt(2500); 20% of 2000
+    # 1/sqrt(2500); a 200-step average of g^2; 5% and 20% of 2000
+    assert settings.split() == ["0.02", "0.995", "100", "400"]
+    group = page["optimizer"].param_groups[0]
+    assert (group["second_moment"], group["decay_ratio"]) == ("row-col", 0.25)
+    assert page["scheduler"].total_steps == 2000
     # the approximate onset in the text: ln(1 + 4/(9 sqrt(xi))) / xi^2
     approximate = math.log(1 + 4 / (9 * math.sqrt(0.02))) / 0.02**2
     assert float(onset.replace(",", "")) == pytest.approx(approximate, rel=0.05)

@@ -39,7 +39,8 @@ def recipe(suggestion: Suggestion, eta_fn: Any, shape_fn: Any = None,
     if suggestion.steps is None:
         # the warm-up of amosopt.torch.warmup_schedule: update `count` uses (count + 1) / W
         xi, warmup = suggestion.xi, suggestion.warmup_steps
-        rate = (lambda count: xi * jnp.minimum(1.0, (count + 1) / warmup)) if warmup else xi
+        # count + 1.0: an int32 count over an int is float32 in JAX, even under x64
+        rate = (lambda count: xi * jnp.minimum(1.0, (count + 1.0) / warmup)) if warmup else xi
     else:
         rate = wsd_schedule(suggestion.xi, **suggestion.schedule_kwargs())
     return amos(rate, eta_fn, shape_fn, **{**suggestion.amos_kwargs(), **amos_kwargs})

@@ -28,6 +28,7 @@ The Trainer (through accelerate) wraps the optimizer: ``trainer.optimizer`` is a
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from amosopt.schedules import DEFAULT_COOLDOWN_FRACTION
+from amosopt.suggest import Suggestion
 from amosopt.torch.scales import auto_amos
 from amosopt.torch.schedules import warmup_schedule, wsd_schedule
 
@@ -76,8 +78,9 @@ def _warmup(args: Any, total: int | None) -> int:
     return min(args.get_warmup_steps(total), total)
 
 
-def _check_training_arguments(args: Any, total: int | None) -> None:
-    """Warns about TrainingArguments that suit AdamW and not Amos."""
+def _check_training_arguments(args: Any, total: int | None, xi_given: bool = False) -> None:
+    """Warns about TrainingArguments that suit AdamW and not Amos (not about the rate when a
+    recipe gives ``xi``)."""
     if getattr(args, "weight_decay", 0.0):
         warnings.warn(f"TrainingArguments.weight_decay={args.weight_decay} does not apply to "
                       "Amos, which decays the weights itself; use extra_l2 for more",
@@ -87,6 +90,8 @@ def _check_training_arguments(args: Any, total: int | None) -> None:
                       "gradient norm before Amos, which normalises every entry itself; set "
                       "max_grad_norm=0 and pass clip_value= (element-wise: 1 for a mean loss) "
                       "to trainer_optimizer", stacklevel=3)
+    if xi_given:
+        return
     xi = float(args.learning_rate)
     if total is None:
         if xi < _XI_FLOOR:
@@ -112,7 +117,7 @@ def _check_training_arguments(args: Any, total: int | None) -> None:
 def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | None = None, *,
                       example_inputs: Any = None, schedule: str = "wsd",
                       cooldown_fraction: float = DEFAULT_COOLDOWN_FRACTION,
-                      pretrained: bool = False,
+                      pretrained: bool = False, recipe: Suggestion | None = None,
                       **amos_kwargs: Any) -> tuple[torch.optim.Optimizer, Any]:
     """``(optimizer, scheduler)`` for ``transformers.Trainer(optimizers=...)``.
 
@@ -133,14 +138,27 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
             (pass ``b0=`` / ``eta_floor=`` to change them); LoRA adapters of a ``peft`` model
             get their own scales either way. ``resume_from_checkpoint`` restores ``eta`` and
             ``b`` from the checkpoint, not from the weights at resume time.
+        recipe: a :class:`amosopt.suggest.Suggestion` (``suggest(examples, batch_size,
+            steps=T)``) whose whole setting replaces the rate, warm-up and schedule of ``args``:
+            its ``xi``, ``warmup_steps`` and ``cooldown_steps`` (the WSD shape up to its budget
+            ``steps``, which must be the Trainer's; a constant ``xi`` after the warm-up when it
+            has none) and its Amos arguments (``amos_kwargs`` override single ones), as
+            :func:`amosopt.torch.recipe` builds them.
         **amos_kwargs: for :class:`amosopt.torch.Amos` (``momentum``, ``clip_value``, ``beta``...)
             and :func:`amosopt.torch.auto_amos` (``b0``, ``eta_floor``, ``eta_overrides``...).
 
     Warns:
         UserWarning: ``args.learning_rate`` far below the ``xi`` that ``amos suggest`` gives for
             the budget (an AdamW rate, such as the Trainer's default 5e-5); a nonzero
-            ``args.weight_decay`` or ``args.max_grad_norm`` (the Trainer's default 1.0).
+            ``args.weight_decay`` or ``args.max_grad_norm`` (the Trainer's default 1.0); with a
+            ``recipe``, an ``args.learning_rate`` other than its ``xi`` (it is not used).
+
+    Raises:
+        ValueError: with a ``recipe``, a budget other than the Trainer's.
     """
+    if recipe is not None:
+        return _with_recipe(model, args, num_training_steps, recipe, example_inputs,
+                            pretrained, amos_kwargs)
     if schedule not in SCHEDULES:
         raise ValueError(f"Invalid schedule: {schedule!r}; expected one of {SCHEDULES}")
     total = _budget(args, num_training_steps, required=schedule != "constant")
@@ -153,6 +171,27 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
     cooldown = min(round(cooldown_fraction * total), total - warmup)
     return optimizer, wsd_schedule(optimizer, total, warmup_steps=warmup,
                                    cooldown_steps=cooldown)
+
+
+def _with_recipe(model: nn.Module, args: Any, num_training_steps: int | None,
+                 recipe: Suggestion, example_inputs: Any, pretrained: bool,
+                 amos_kwargs: dict) -> tuple[torch.optim.Optimizer, Any]:
+    if not isinstance(recipe, Suggestion):
+        raise TypeError(f"trainer_optimizer: recipe must be an amosopt.suggest.Suggestion "
+                        f"(suggest(examples, batch_size, steps=T)), not {type(recipe).__name__}")
+    total = _budget(args, num_training_steps, required=False)
+    if recipe.steps is not None and total is not None and total != recipe.steps:
+        raise ValueError(f"Invalid recipe: it is for a budget of {recipe.steps} steps and the "
+                         f"Trainer runs {total}; pass suggest(..., steps={total})")
+    _check_training_arguments(args, total, xi_given=True)
+    if not math.isclose(float(args.learning_rate), recipe.xi, rel_tol=1e-6):
+        warnings.warn(f"TrainingArguments.learning_rate={args.learning_rate:g} is not used: the "
+                      f"recipe's xi = {recipe.xi:.4g} is", stacklevel=3)
+    optimizer = auto_amos(model, recipe.xi, example_inputs, pretrained=pretrained,
+                          **{**recipe.amos_kwargs(), **amos_kwargs})
+    if recipe.steps is None:
+        return optimizer, warmup_schedule(optimizer, recipe.warmup_steps)
+    return optimizer, wsd_schedule(optimizer, **recipe.schedule_kwargs())
 
 
 class AmosFactory:

@@ -52,14 +52,18 @@ def test_optax_recipe_follows_torch_recipe(suggestion):
                           {k: table[k].slot_shape for k in SHAPES})
         params = {k: jnp.asarray(v) for k, v in theta0.items()}
         state = tx.init(params)
+        worst = 0.0
         for noise, expected in zip(noises, torch_path):
             grads = jax.tree.map(lambda t, n: 2.0 * (t - 0.3) + n, params,
                                  {k: jnp.asarray(v) for k, v in noise.items()})
             updates, state = tx.update(grads, state, params)
             params = optax.apply_updates(params, updates)
-            for k in SHAPES:  # float64; the two schedules round their products differently
-                np.testing.assert_allclose(np.asarray(params[k]), expected[k], rtol=1e-8,
-                                           atol=1e-10)
+            for k in SHAPES:  # relative to the tensor's largest entry, as test_cross_backend
+                worst = max(worst, float(np.max(np.abs(np.asarray(params[k]) - expected[k]))
+                                         / np.max(np.abs(expected[k]))))
+    # float64: the two backends round a few products differently
+    assert worst <= 1e-10, f"torch vs optax max relative error {worst:.3g}"
+    assert np.max(np.abs(torch_path[-1]["w"] - theta0["w"])) > 1e-2  # it moved
 
 
 def test_optax_recipe_refuses_what_is_not_a_suggestion():

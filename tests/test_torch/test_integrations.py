@@ -89,6 +89,38 @@ def test_hf_trainer_with_trainer_optimizer(tmp_path):
     assert optimizer.param_groups[0]["lr"] == 0.0
 
 
+def test_hf_trainer_with_the_recipe(tmp_path):
+    from transformers import Trainer
+
+    from amosopt.suggest import suggest
+    from amosopt.torch.integrations import trainer_optimizer
+
+    model = tiny_bert()
+    args = trainer_args(tmp_path, max_steps=40)
+    recipe = suggest(10**6, 8, steps=40)  # short: 2 warm-up steps, cooldown over the last 8
+    ids = MaskedBytes()[0]["input_ids"][None]
+    with pytest.warns(UserWarning, match=r"learning_rate=0\.05 is not used: the recipe's xi"):
+        optimizer, scheduler = trainer_optimizer(model, args, recipe=recipe,
+                                                 example_inputs={"input_ids": ids})
+    group = optimizer.param_groups[0]
+    for key in ("beta", "momentum", "clip_value", "decay_ratio", "second_moment"):
+        assert group[key] == getattr(recipe, key), key
+    expected = [recipe.xi * m for m in
+                [0.5, 1.0] + [1.0] * 30 + [(40 - s) / 8 for s in range(32, 40)]]
+    trainer = Trainer(model=model, args=args, train_dataset=MaskedBytes(),
+                      optimizers=(optimizer, scheduler))
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history
+             if "learning_rate" in entry]
+    assert rates == pytest.approx(expected, rel=1e-9)
+    seen = losses(trainer)
+    assert np.mean(seen[-5:]) < np.mean(seen[:5]) - 0.3
+    with pytest.raises(ValueError, match=r"for a budget of 40 steps and the Trainer runs 20"):
+        trainer_optimizer(model, trainer_args(tmp_path, max_steps=20), recipe=recipe)
+    with pytest.raises(TypeError, match="amosopt.suggest.Suggestion"):
+        trainer_optimizer(model, args, recipe={"xi": 0.1})
+
+
 def test_trainer_optimizer_constant_schedule_and_errors(tmp_path):
     from amosopt.torch.integrations import trainer_optimizer
 
