@@ -449,35 +449,34 @@ def _own_lookup(spec: Any, attr: str) -> Callable[[ParamName, Shape], Any] | Non
     return method if callable(method) else None
 
 
+def _as_value_fn(spec: Any, key: str, check: Callable[..., float], expected: str,
+                 name_sep: str) -> Callable[[ParamName, Shape], float]:
+    """A per-parameter number's spec (number, rule table, ``(name, shape) -> number``, or a
+    table with a ``key(name, shape)`` method) as a ``(name, shape) -> float`` that ``check``s
+    every value."""
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        check(spec, "<all parameters>")
+        return lambda name, shape: float(spec)
+    fn = _own_lookup(spec, key) or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
+    if not callable(fn):
+        raise ValueError(
+            f"Invalid {key}: {spec!r}; pass {expected}, a rule table "
+            "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
+        )
+    return lambda name, shape: check(fn(name, tuple(shape)), name, shape)
+
+
 def as_eta_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], float]:
     """Turns an ``eta`` spec (number, rule table, ``(name, shape) -> number``, or a table with
     an ``eta(name, shape)`` method) into a checked ``(name, shape) -> float`` function."""
-    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
-        check_eta(spec, "<all parameters>")
-        return lambda name, shape: float(spec)
-    fn = _own_lookup(spec, "eta") or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
-    if not callable(fn):
-        raise ValueError(
-            f"Invalid eta: {spec!r}; pass a positive number, a rule table "
-            "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
-        )
-    return lambda name, shape: check_eta(fn(name, tuple(shape)), name, shape)
+    return _as_value_fn(spec, "eta", check_eta, "a positive number", name_sep)
 
 
 def as_b0_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], float]:
     """Turns a ``b0`` spec (number, rule table, ``(name, shape) -> number``, or a table with a
     ``b0(name, shape)`` method, as :class:`amosopt.scales.ScaleTable`) into a checked
     ``(name, shape) -> float`` function: the value each parameter's slot ``b`` starts at."""
-    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
-        check_b0(spec, "<all parameters>")
-        return lambda name, shape: float(spec)
-    fn = _own_lookup(spec, "b0") or (Rules(spec, name_sep) if is_rule_table(spec) else spec)
-    if not callable(fn):
-        raise ValueError(
-            f"Invalid b0: {spec!r}; pass a number >= 0, a rule table "
-            "({regex: value} or [(regex, value), ...]) or a callable (name, shape) -> float"
-        )
-    return lambda name, shape: check_b0(fn(name, tuple(shape)), name, shape)
+    return _as_value_fn(spec, "b0", check_b0, "a number >= 0", name_sep)
 
 
 def as_shape_fn(spec: Any, name_sep: str = "/") -> Callable[[ParamName, Shape], Shape] | None:

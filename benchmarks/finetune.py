@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 from amosopt.compare import data as data_lib  # noqa: E402
 from amosopt.compare import optimizers as optimizers_lib  # noqa: E402
+from amosopt.compare.config import field_default  # noqa: E402
 from amosopt.compare.tasks import LMTask  # noqa: E402
 from amosopt.compare.train import RunRecord, train  # noqa: E402
 from amosopt.hyperparameters import WARM_START_B0  # noqa: E402
@@ -94,11 +95,12 @@ class Setup:
     budgets: tuple[int, ...] = BUDGETS
     seeds: tuple[int, ...] = SEEDS
     grids: Any = None  # None: GRIDS
-    seq_len: int = 128
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    batch_size: int = 32
+    # the model and batches of amos compare's lm task
+    seq_len: int = field_default("seq_len")
+    width: int = field_default("width")
+    layers: int = field_default("layers")
+    heads: int = field_default("heads")
+    batch_size: int = field_default("batch_size")
     eval_batches: int = 8
     evals: int = 4
     b0: float = WARM_START_B0  # the warm start's b0 (--b0: runs named amos-warm-b0=VALUE)
