@@ -154,10 +154,10 @@ def test_low_precision_matches_eager(dtype: torch.dtype, rtol: float) -> None:
     assert counts[-1] <= 1, counts
 
 
-def test_graphs_per_step() -> None:
-    """From the second step on, a compiled ``opt.step()`` runs three graphs: phase 1, the
-    finiteness check's reduction, phase 2 (the numbers of docs/guides/precision.md)."""
-    model, opt, sched = make(torch.float64)
+def graphs_per_step(fullgraph: bool, steps: int = 3, **options: object) -> list[int]:
+    """How many compiled graphs each of ``steps`` calls of a compiled ``opt.step()`` runs (a
+    backend that counts its graphs' calls), with an LR scheduler stepping in between."""
+    model, opt, sched = make(torch.float64, **options)
     calls = []
 
     def backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
@@ -166,13 +166,21 @@ def test_graphs_per_step() -> None:
             return graph.forward(*args)
         return run_graph
 
-    compiled_step = torch.compile(opt.step, backend=backend)
-    for t in range(3):
+    compiled_step = torch.compile(opt.step, backend=backend, fullgraph=fullgraph)
+    counts = []
+    for t in range(steps):
         backward(model, opt, t, torch.float64)
         calls.clear()
         compiled_step()
         sched.step()
-    assert len(calls) == 3
+        counts.append(len(calls))
+    return counts
+
+
+def test_graphs_per_step() -> None:
+    """From the second step on, a compiled ``opt.step()`` runs three graphs: phase 1, the
+    finiteness check's reduction, phase 2 (the numbers of docs/guides/precision.md)."""
+    assert graphs_per_step(fullgraph=False)[-1] == 3
 
 
 def test_non_finite_gradient_raises_before_any_change() -> None:
@@ -216,22 +224,7 @@ def test_skip_is_one_graph_equal_to_eager(whole: bool, options: dict) -> None:
 
 
 def test_skip_runs_one_graph_per_step() -> None:
-    model, opt, sched = make(torch.float64, nonfinite="skip")
-    calls = []
-
-    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
-        def run_graph(*args):
-            calls.append(1)
-            return graph.forward(*args)
-        return run_graph
-
-    compiled_step = torch.compile(opt.step, backend=backend, fullgraph=True)
-    for t in range(3):
-        backward(model, opt, t, torch.float64)
-        calls.clear()
-        compiled_step()
-        sched.step()
-        assert len(calls) == 1
+    assert graphs_per_step(fullgraph=True, nonfinite="skip") == [1, 1, 1]
 
 
 def test_skip_compiled_leaves_everything_on_a_non_finite_step() -> None:
