@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from amosopt.diagnostics import steps_until_drop
 
-__all__ = ["Suggestion", "decay_onset", "suggest"]
+__all__ = ["Suggestion", "check_suggestion", "decay_onset", "suggest"]
 
 #: 1 - beta is kept in this range: beta = 0.999 (BERT) is the slowest average the authors used,
 #: and an average over fewer than ~10 batches is too noisy to normalise the step.
@@ -159,6 +159,15 @@ class Suggestion:
         lines += [f"  - {line}" for line in self.reasoning]
         lines += ["", *(f"Warning: {w}" for w in self.warnings)] if self.warnings else []
         return "\n".join(lines)
+
+
+def check_suggestion(value: object, caller: str) -> Suggestion:
+    """``value`` if it is a :class:`Suggestion`; else a ``TypeError`` naming ``caller`` and how
+    to get one."""
+    if not isinstance(value, Suggestion):
+        raise TypeError(f"{caller}: the recipe must be an amosopt.suggest.Suggestion (from "
+                        f"suggest(examples, batch_size, steps=T)), not {type(value).__name__}")
+    return value
 
 
 def _positive_int(value: object, name: str) -> int:

@@ -9,7 +9,7 @@ import optax
 
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.transform import amos
-from amosopt.suggest import Suggestion
+from amosopt.suggest import Suggestion, check_suggestion
 
 __all__ = ["recipe"]
 
@@ -32,10 +32,7 @@ def recipe(suggestion: Suggestion, eta_fn: Any, shape_fn: Any = None,
         >>> solver = recipe(s, eta_fn=0.1, shape_fn=lambda name, shape: (shape[0], 1))
         >>> state = solver.init({"w": jnp.ones((4, 3))})
     """
-    if not isinstance(suggestion, Suggestion):
-        raise TypeError(f"recipe: suggestion must be an amosopt.suggest.Suggestion (from "
-                        f"suggest(examples, batch_size, steps=T)), not "
-                        f"{type(suggestion).__name__}")
+    check_suggestion(suggestion, "recipe")
     if suggestion.steps is None:
         # the warm-up of amosopt.torch.warmup_schedule: update `count` uses (count + 1) / W
         xi, warmup = suggestion.xi, suggestion.warmup_steps

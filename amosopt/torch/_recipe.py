@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from amosopt.suggest import Suggestion
+from amosopt.suggest import Suggestion, check_suggestion
 from amosopt.torch.optimizer import Amos
 from amosopt.torch.scales import auto_amos
 from amosopt.torch.schedules import warmup_schedule, wsd_schedule
@@ -34,10 +34,7 @@ def recipe(model: nn.Module, suggestion: Suggestion, example_inputs: Any = None,
         >>> optimizer.param_groups[0]["second_moment"], scheduler.total_steps
         ('row-col', 1000)
     """
-    if not isinstance(suggestion, Suggestion):
-        raise TypeError(f"recipe: suggestion must be an amosopt.suggest.Suggestion (from "
-                        f"suggest(examples, batch_size, steps=T)), not "
-                        f"{type(suggestion).__name__}")
+    check_suggestion(suggestion, "recipe")
     optimizer = auto_amos(model, suggestion.xi, example_inputs,
                           **{**suggestion.amos_kwargs(), **amos_kwargs})
     if suggestion.steps is None:

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from amosopt.schedules import DEFAULT_COOLDOWN_FRACTION
-from amosopt.suggest import Suggestion
+from amosopt.suggest import Suggestion, check_suggestion
+from amosopt.torch._recipe import recipe as build_recipe
 from amosopt.torch.scales import auto_amos
 from amosopt.torch.schedules import warmup_schedule, wsd_schedule
 
@@ -176,9 +177,7 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
 def _with_recipe(model: nn.Module, args: Any, num_training_steps: int | None,
                  recipe: Suggestion, example_inputs: Any, pretrained: bool,
                  amos_kwargs: dict) -> tuple[torch.optim.Optimizer, Any]:
-    if not isinstance(recipe, Suggestion):
-        raise TypeError(f"trainer_optimizer: recipe must be an amosopt.suggest.Suggestion "
-                        f"(suggest(examples, batch_size, steps=T)), not {type(recipe).__name__}")
+    check_suggestion(recipe, "trainer_optimizer")
     total = _budget(args, num_training_steps, required=False)
     if recipe.steps is not None and total is not None and total != recipe.steps:
         raise ValueError(f"Invalid recipe: it is for a budget of {recipe.steps} steps and the "
@@ -187,11 +186,7 @@ def _with_recipe(model: nn.Module, args: Any, num_training_steps: int | None,
     if not math.isclose(float(args.learning_rate), recipe.xi, rel_tol=1e-6):
         warnings.warn(f"TrainingArguments.learning_rate={args.learning_rate:g} is not used: the "
                       f"recipe's xi = {recipe.xi:.4g} is", stacklevel=3)
-    optimizer = auto_amos(model, recipe.xi, example_inputs, pretrained=pretrained,
-                          **{**recipe.amos_kwargs(), **amos_kwargs})
-    if recipe.steps is None:
-        return optimizer, warmup_schedule(optimizer, recipe.warmup_steps)
-    return optimizer, wsd_schedule(optimizer, **recipe.schedule_kwargs())
+    return build_recipe(model, recipe, example_inputs, pretrained=pretrained, **amos_kwargs)
 
 
 class AmosFactory:
