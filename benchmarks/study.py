@@ -50,6 +50,12 @@ LOW_XI = "lm-2000-low-xi"
 #: that 1000 and 2000 steps are 8 and 16 epochs
 EPOCHS = "lm-epochs"
 EPOCHS_TRAIN_BYTES = 512 * 1024
+#: the recipe checked where it was not fitted: the same model on another text, Python 3.11's
+#: documentation sources (reST prose, 12 MB: Debian's ``python3.11-doc``), concatenated in path
+#: order into one file (the last 10% of it, the ``whatsnew`` pages, is validation)
+DOCS = "lm-docs"
+DOCS_SOURCES = Path("/usr/share/doc/python3.11/html/_sources")
+DOCS_TEXT = "{python-docs}"
 
 #: (stage, output folder, arguments of amos compare), in the order they run. The lm study is
 #: split so that its short budgets, the ablations and digits finish before its longest budget.
@@ -95,6 +101,9 @@ STAGES: list[tuple[str, str, list[str]]] = [
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd"]),
+    # the recipe's check on a text it was not fitted on (its xi grid shows whether 1 x holds)
+    (DOCS, DOCS, ["--task", "lm", "--text", DOCS_TEXT, "--budgets", "1000", "--seeds", "0,1",
+                  "--optimizers", "amos-recipe,adamw-wsd"]),
     # at 2000 steps Amos's best xi sat at the low edge of {0.5, 1, 2} x (with and without the
     # cooldown): one more grid point below it, on the first two seeds
     (LOW_XI, LOW_XI, ["--task", "lm", "--budgets", "2000", "--seeds", ABLATION_SEEDS,
@@ -116,7 +125,23 @@ ABLATIONS = {
 ABLATION_BUDGETS = {"beta-0.999-b500": 500}
 
 
+def docs_text(root: Path) -> Path:
+    """The text of stage DOCS, written once under ``root`` (an absolute path, so that a resumed
+    study keeps its fingerprint from any working directory)."""
+    path = (root / DOCS / "python3.11-docs.txt").resolve()
+    if not path.exists():
+        files = sorted(DOCS_SOURCES.rglob("*.txt"))
+        if not files:
+            raise SystemExit(f"stage {DOCS}: no documentation sources in {DOCS_SOURCES}; "
+                             "install them with `apt-get install python3.11-doc`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(f.read_bytes() for f in files))
+    return path
+
+
 def command(folder: str, args: list[str], root: Path, jobs: int) -> list[str]:
+    """The ``amos compare`` arguments of a stage (DOCS_TEXT stands for :func:`docs_text`)."""
+    args = [str(docs_text(root)) if a == DOCS_TEXT else a for a in args]
     return ["compare", *args, "--jobs", str(jobs), "--out", str(root / folder), "--no-progress"]
 
 
