@@ -156,6 +156,27 @@ def run_stages(root: Path, jobs: int, only: str | None) -> None:
             raise SystemExit(status)
 
 
+def rebuild(root: Path, folder: str, optimizers: list[str]) -> None:
+    """Rewrites a stage's results.json, report and plots from every run in its ``runs/``,
+    without running anything: after ``amos compare`` with a subset of ``--optimizers`` (which
+    rewrites them for that subset), the stage's outputs for ``optimizers`` again. Runs not done
+    yet show as missing."""
+    from amosopt.compare import jobs, report
+    from amosopt.compare.config import CompareConfig
+    from amosopt.compare.plan import plan
+
+    out = root / folder
+    results = json.loads((out / "results.json").read_text())
+    results["config"]["optimizers"] = optimizers
+    config = CompareConfig(**results["config"])
+    specs = plan(config)
+    done = jobs.load_done(out / "runs")
+    results["planned"] = [s.key for s in specs]
+    results["runs"] = [done[s.key] for s in specs if s.key in done]
+    results["complete"] = len(results["runs"]) == len(specs)
+    report.write_outputs(results, out)
+
+
 # --------------------------------------------------------------------------------------------
 # The summary
 
@@ -327,6 +348,32 @@ def low_xi(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def fit_and_check(root: Path, lm: dict) -> list[dict]:
+    """The recipe where its rule was fitted (lm, on the seeds of the check) against the check
+    (stage DOCS, another text): its xi grid, its best multiplier (1 x: the rule holds), and
+    its difference to the tuned AdamW-WSD, per seed."""
+    results = _load(root, DOCS)
+    if results is None:
+        return []
+    budget, seeds = results["config"]["budgets"][0], results["config"]["seeds"]
+    rows = []
+    for label, summary in (("fit: lm (Python source)", _restricted(lm, seeds=seeds,
+                                                                     budgets=[budget])),
+                           ("check: Python's documentation", results["summary"])):
+        grid = summary["budgets"][str(budget)]["optimizers"].get("amos-recipe")
+        recipe = _tuned(summary, budget, "amos-recipe", "suggested")
+        adamw = _tuned(summary, budget, "adamw-wsd")
+        if not grid or not recipe or not adamw or None in grid["mean_by_value"].values():
+            continue
+        rows.append({"setting": label, "budget": budget, "seeds": seeds,
+                     "mean_by_value": grid["mean_by_value"], "best_value": grid["tuned_value"],
+                     "recipe": recipe["mean"], "adamw_wsd": adamw["mean"],
+                     "adamw_wsd_lr": adamw["value"],
+                     "difference": {s: recipe["losses"][s] - adamw["losses"][s]
+                                    for s in recipe["losses"] if s in adamw["losses"]}})
+    return rows
+
+
 def table(results: dict) -> list[str]:
     """One row per optimizer entry, one column per budget: mean ± sd and reach."""
     summary = results["summary"]
@@ -430,6 +477,21 @@ def write_summary(root: Path) -> dict:
                 lines.append(f"| {row['optimizer']} | " + " | ".join(cells)
                              + f" | {row['best_value']:g} x{edge} | "
                              f"{row['gain_over_study_value']:+.4f} |")
+        out["fit_and_check"] = fit_and_check(root, lm)
+        if out["fit_and_check"]:
+            first = out["fit_and_check"][0]
+            lines += ["", f"## The recipe: fit against check ({first['budget']} steps, seeds "
+                          f"{', '.join(map(str, first['seeds']))}; the recipe's xi grid, its "
+                          "suggested xi against the tuned AdamW-WSD)", "",
+                      "| setting | 0.5 x | 1 x | 2 x | best | recipe (1 x) | AdamW-WSD (tuned) "
+                      "| recipe - AdamW-WSD, per seed |", "|---|---|---|---|---|---|---|---|"]
+            for row in out["fit_and_check"]:
+                grid = " | ".join(f"{row['mean_by_value'].get(v, float('nan')):.4f}"
+                                  for v in ("0.5", "1", "2"))
+                per_seed = ", ".join(f"{d:+.3f}" for d in row["difference"].values())
+                lines.append(f"| {row['setting']} | {grid} | {row['best_value']:g} x | "
+                             f"{row['recipe']:.4f} | {row['adamw_wsd']:.4f} "
+                             f"(lr {row['adamw_wsd_lr']:g}) | {per_seed} |")
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -444,8 +506,14 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the stages' commands")
     parser.add_argument("--summary", action="store_true",
                         help="write summary.md and summary.json from what is done")
+    parser.add_argument("--rebuild", metavar="STAGE",
+                        help="rewrite a stage's results.json and report from its runs, for "
+                             "its stage's optimizers, running nothing")
     args = parser.parse_args()
-    if args.list:
+    if args.rebuild:
+        stage = next(stage for stage in STAGES if stage[0] == args.rebuild)
+        rebuild(args.root, stage[1], stage[2][stage[2].index("--optimizers") + 1].split(","))
+    elif args.list:
         for name, folder, stage_args in STAGES:
             print(f"{name}: amos {shlex.join(command(folder, stage_args, args.root, args.jobs))}")
     elif args.summary:
