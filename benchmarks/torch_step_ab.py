@@ -42,6 +42,8 @@ CONFIGS = {
     "full slots loop": dict(clip_value=1.0, factored=False, foreach=False),
     "fused": dict(clip_value=1.0, fused=True),
     "fused +mom": dict(clip_value=1.0, momentum=0.9, fused=True),
+    "fused no clip": dict(fused=True),
+    "fused +mom no clip": dict(momentum=0.9, fused=True),
     "fused full slots": dict(clip_value=1.0, factored=False, fused=True),
 }
 

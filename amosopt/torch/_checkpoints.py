@@ -106,8 +106,8 @@ def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:
     """For ``__setstate__`` (inside ``load_state_dict``, before the post-hooks): options added
     after a release get ``defaults``, a ``step`` saved as a number becomes a tensor, the
     slots of 16-bit parameters and the counters get back their saved float32 values, and with
-    ``nonfinite="skip"`` the counters move to the parameter's device (with "raise", ``step``
-    stays where it was saved, as torch keeps it)."""
+    ``nonfinite="skip"`` or ``fused=True`` (steps decided on the device) the counters move to
+    the parameter's device (otherwise ``step`` stays where it was saved, as torch keeps it)."""
     own_nonfinite = getattr(optimizer, "_own_nonfinite", None)
     for group in optimizer.param_groups:
         for key, default in defaults.items():
@@ -115,7 +115,8 @@ def restore(optimizer: Amos, defaults: dict[str, Any]) -> None:
         if own_nonfinite is not None:
             group["nonfinite"] = own_nonfinite
     saved = getattr(optimizer, "_saved_slots", None)
-    params = [(p, group["nonfinite"] == "skip") for group in optimizer.param_groups
+    params = [(p, group["nonfinite"] == "skip" or group["fused"])
+              for group in optimizer.param_groups
               for p in group["params"]]
     for index, (p, skip) in enumerate(params):
         entry = optimizer.state.get(p)

@@ -429,10 +429,10 @@ def unscale(records: list[Record], grad_scale: Tensor) -> None:
         torch._foreach_mul_(grads, inv_scale.to(device))
 
 
-def count(records: list[Record], ok: Tensor) -> None:
-    """``nonfinite="skip"``: adds ``ok`` (a 0-d bool) to each record's ``step`` and
-    ``not ok`` to its ``skipped``, on the counters' device."""
-    for key, value in (("step", ok), ("skipped", ~ok)):
+def count(records: list[Record], ok: Tensor, skipped: bool = True) -> None:
+    """A step decided on the device: adds ``ok`` (a 0-d bool) to each record's ``step`` and,
+    if ``skipped``, ``not ok`` to its ``skipped``, on the counters' device."""
+    for key, value in (("step", ok), ("skipped", ~ok))[:2 if skipped else 1]:
         counters: dict[torch.device, list[Tensor]] = {}
         for r in records:
             counters.setdefault(r.state[key].device, []).append(r.state[key])
@@ -510,13 +510,17 @@ def _keep(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
 
 def _put_back(ok: Tensor, kept: list[tuple[Tensor, Tensor]]) -> None:
     """Where ``ok`` is false, each tensor gets back its copy, bit for bit (``torch.where``);
-    a 0-d tensor through its 1-element view (see :func:`_loop_step`)."""
+    a 0-d tensor through its 1-element view (see :func:`_loop_step`), a non-contiguous one
+    through a copy (dynamo traces no ``out=`` that is not contiguous)."""
     for x, old in kept:
         if is_dtensor(x):  # the same element-wise choice on each rank's shard
             x, old = x.to_local(), old.to_local()
         if x.dim() == 0:
             x, old = x.view(1), old.view(1)
-        torch.where(ok, x, old, out=x)
+        if x.is_contiguous():
+            torch.where(ok, x, old, out=x)
+        else:
+            x.copy_(torch.where(ok, x, old))
 
 
 def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: Hyper,
