@@ -46,6 +46,9 @@ ABLATION_SEEDS = "0,1"
 COMBINED = "combined"
 COMBINED_FLAGS = ["--amos-beta", "0.999", "--cooldown-fraction", "0.3", "--cooldown", "1-sqrt"]
 LOW_XI = "lm-2000-low-xi"
+#: the recipe without momentum: its best xi sat at the low edge of {0.5, 1, 2} x at 500 and 1000
+#: steps, so its grid goes on below (seeds 0-2, against Adafactor)
+NOMOM_LOW_XI = "lm-recipe-nomom-low-xi"
 #: the paper's regime: a training split of 512 KiB (128 batches of 32 x 128 bytes per epoch), so
 #: that 1000 and 2000 steps are 8 and 16 epochs
 EPOCHS = "lm-epochs"
@@ -101,6 +104,9 @@ STAGES: list[tuple[str, str, list[str]]] = [
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd"]),
+    (NOMOM_LOW_XI, NOMOM_LOW_XI, ["--task", "lm", "--budgets", "500,1000", "--seeds", "0,1,2",
+                                  "--optimizers", "amos-recipe-nomom",
+                                  "--xi-multipliers", "0.125,0.25"]),
     # the recipe's check on a text it was not fitted on (its xi grid shows whether 1 x holds)
     (DOCS, DOCS, ["--task", "lm", "--text", DOCS_TEXT, "--budgets", "1000", "--seeds", "0,1",
                   "--optimizers", "amos-recipe,adamw-wsd"]),
@@ -374,6 +380,46 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def _final_losses(results: dict, name: str, budget: int) -> dict[float, dict[int, float]]:
+    """``{grid value: {seed: final validation loss}}`` of one optimizer's finished runs."""
+    losses: dict[float, dict[int, float]] = {}
+    for run in results.get("runs", []):
+        if (run["optimizer"] == name and run["budget"] == budget
+                and run.get("final_val_loss") is not None):
+            losses.setdefault(float(run["value"]), {})[run["seed"]] = run["final_val_loss"]
+    return losses
+
+
+def nomom_extended(root: Path, lm: dict) -> list[dict]:
+    """The recipe without momentum on its grid extended below 0.5 x (stage NOMOM_LOW_XI and
+    the lm study's {0.5, 1, 2} x), tuned on the union at each budget, against the tuned
+    Adafactor on the same seeds (paired, per seed)."""
+    extra = _load(root, NOMOM_LOW_XI)
+    if extra is None:
+        return []
+    rows = []
+    for budget in extra["config"]["budgets"]:
+        grid = _final_losses(lm, "amos-recipe-nomom", budget)
+        for value, seeds in _final_losses(extra, "amos-recipe-nomom", budget).items():
+            grid.setdefault(value, {}).update(seeds)
+        seeds = extra["config"]["seeds"]
+        complete = {v: by_seed for v, by_seed in grid.items()
+                    if all(s in by_seed for s in seeds)}
+        adafactor = _tuned(_restricted(lm, seeds=seeds, budgets=[budget]), budget, "adafactor")
+        if not complete or not adafactor or adafactor.get("n", 0) < len(seeds):
+            continue
+        means = {v: sum(by_seed[s] for s in seeds) / len(seeds)
+                 for v, by_seed in sorted(complete.items())}
+        best = min(means, key=means.get)
+        rows.append({"budget": budget, "seeds": seeds, "mean_by_value": means,
+                     "best_value": best, "best_at_grid_edge": best in (min(means), max(means)),
+                     "mean": means[best], "adafactor": adafactor["mean"],
+                     "adafactor_lr": adafactor["value"],
+                     "difference": {s: complete[best][s] - adafactor["losses"][str(s)]
+                                    for s in seeds}})
+    return rows
+
+
 def table(results: dict) -> list[str]:
     """One row per optimizer entry, one column per budget: mean ± sd and reach."""
     summary = results["summary"]
@@ -477,6 +523,22 @@ def write_summary(root: Path) -> dict:
                 lines.append(f"| {row['optimizer']} | " + " | ".join(cells)
                              + f" | {row['best_value']:g} x{edge} | "
                              f"{row['gain_over_study_value']:+.4f} |")
+        out["nomom_extended"] = nomom_extended(root, lm)
+        if out["nomom_extended"]:
+            values = sorted({v for row in out["nomom_extended"] for v in row["mean_by_value"]})
+            lines += ["", "## The recipe without momentum, its xi grid extended (mean final loss "
+                          "by multiplier of the suggested xi), against the tuned Adafactor", "",
+                      "| budget | " + " | ".join(f"{v:g} x" for v in values)
+                      + " | best | Adafactor (tuned) | recipe - Adafactor, per seed |",
+                      "|---|" + "---|" * (len(values) + 3)]
+            for row in out["nomom_extended"]:
+                cells = [f"{row['mean_by_value'][v]:.4f}" if v in row["mean_by_value"] else ""
+                         for v in values]
+                edge = " (grid edge)" if row["best_at_grid_edge"] else ""
+                per_seed = ", ".join(f"{d:+.3f}" for d in row["difference"].values())
+                lines.append(f"| {row['budget']} | " + " | ".join(cells)
+                             + f" | {row['best_value']:g} x{edge} | {row['adafactor']:.4f} "
+                             f"(lr {row['adafactor_lr']:g}) | {per_seed} |")
         out["fit_and_check"] = fit_and_check(root, lm)
         if out["fit_and_check"]:
             first = out["fit_and_check"][0]
