@@ -1,10 +1,21 @@
-"""Hypothesis profiles for the property-based tests (``tests/test_properties.py``).
+"""Hypothesis profiles for the property-based tests (``tests/test_properties.py``), and a fresh
+Inductor cache for the compiled steps.
 
 ``default`` (``make test``) runs a bounded number of examples, a few seconds per property;
 ``--hypothesis-profile=long`` runs thousands, for a search before a release.
+
+The compiled tests use a cache directory of their own (unless ``TORCHINDUCTOR_CACHE_DIR`` is
+set): kernels that the machine's shared cache holds from other checkouts once gave a
+per-tensor ``fused=True`` kernel numbers that a fresh cache did not (not understood yet), and a
+test must not depend on what ran on the machine before.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="amosopt-inductor-"))
 
 try:
     from hypothesis import HealthCheck, settings

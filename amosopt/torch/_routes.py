@@ -429,10 +429,10 @@ def unscale(records: list[Record], grad_scale: Tensor) -> None:
         torch._foreach_mul_(grads, inv_scale.to(device))
 
 
-def count(records: list[Record], ok: Tensor) -> None:
-    """``nonfinite="skip"``: adds ``ok`` (a 0-d bool) to each record's ``step`` and
-    ``not ok`` to its ``skipped``, on the counters' device."""
-    for key, value in (("step", ok), ("skipped", ~ok)):
+def count(records: list[Record], ok: Tensor, skipped: bool = True) -> None:
+    """A step decided on the device: adds ``ok`` (a 0-d bool) to each record's ``step`` and,
+    if ``skipped``, ``not ok`` to its ``skipped``, on the counters' device."""
+    for key, value in (("step", ok), ("skipped", ~ok))[:2 if skipped else 1]:
         counters: dict[torch.device, list[Tensor]] = {}
         for r in records:
             counters.setdefault(r.state[key].device, []).append(r.state[key])

@@ -131,10 +131,10 @@ class Amos(Optimizer):
             as it measured faster than the single-tensor loop on CPU too; ``False`` runs the loop.
         maximize: maximise the objective instead of minimising it.
         fused: compile the whole step, all tensors, as one ``torch.compile`` graph (default
-            ``False``): faster, equal up to rounding; the first two steps compile (a float
-            ``lr`` enters as a tensor, so a scheduler does not recompile), and it needs a C++
-            compiler on CPU, Triton on CUDA. DTensor parameters, and param groups that do not
-            all set it, get per-tensor kernels for their large tensors instead. Numbers:
+            ``False``): faster, equal up to rounding; the first steps compile (a float ``lr``
+            enters as a tensor, so a scheduler does not recompile), and it needs a C++ compiler
+            on CPU, Triton on CUDA. Full-size slots, DTensor parameters, and param groups that
+            do not all set it, get per-tensor kernels for their large tensors instead. Numbers:
             ``benchmarks/README.md``; more in the precision guide.
         rounding: how a bfloat16/float16 parameter stores the float32 result of each update:
             ``"nearest"`` (default) loses Amos's small late updates (10,000 steps of a small
@@ -320,7 +320,7 @@ class Amos(Optimizer):
         elif skip:
             # one graph: the host's bookkeeping runs as dynamo runs torch's optimizers' (see
             # _init_group), and the traced step only looks up the records it names
-            plan = self._traced_plan()
+            plan = self._traced_plan(count_skipped=True)
         else:
             # the host's bookkeeping (_plan) runs outside the graph, and the one host sync (is
             # every gradient finite?) is a graph break that dynamo resumes after, at the top
@@ -328,14 +328,15 @@ class Amos(Optimizer):
             # the same at every step from the second on (README, PyTorch quick start)
             plan = self._plan_outside_graph()
         if plan:
-            self._apply(plan, on_device=skip)
+            self._apply(plan, on_device=skip, count_skipped=skip)
         return loss
 
-    def _apply(self, plan: list[tuple[dict[str, Any], int, list[Record]]], on_device: bool
-               ) -> None:
-        """Phases 1 and 2 of the planned records. ``on_device`` (``nonfinite="skip"``): the
-        finiteness of every gradient is a 0-d bool tensor that masks the update and counts a
-        skipped step, with no host sync; else the host asks and raises before any change."""
+    def _apply(self, plan: list[tuple[dict[str, Any], int, list[Record]]], on_device: bool,
+               count_skipped: bool) -> Optional[Tensor]:
+        """Phases 1 and 2 of the planned records. ``on_device``: the finiteness of every
+        gradient is a 0-d bool tensor that masks the update (returned, no host sync), else the
+        host asks and raises before any change; ``count_skipped``: a masked step counts in the
+        state ``skipped``."""
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         if grad_scale is not None:
             _routes.unscale([r for *_, records in plan for r in records], grad_scale)
@@ -353,7 +354,8 @@ class Amos(Optimizer):
                 ok = ok & (found_inf.to(ok.device) == 0)
         else:
             self._raise_if_not_finite(checked)
-        self._update(checked, scratch, ok)
+        self._update(checked, scratch, ok, count_skipped)
+        return ok
 
     # ---- fused=True: the whole step, compiled ------------------------------------------------
 
@@ -362,7 +364,7 @@ class Amos(Optimizer):
         """``fused=True`` on every param group, outside a user's ``torch.compile``, without
         DTensor parameters (FSDP2) and without full-size slots (their per-tensor kernels
         measured several times faster than the whole step: ``benchmarks/README.md``): the step
-        runs compiled over all tensors."""
+        runs as one compiled graph over all tensors."""
         return (self._compiled is not False
                 and all(group["fused"] for group in self.param_groups)
                 and not torch.compiler.is_compiling()
@@ -371,18 +373,18 @@ class Amos(Optimizer):
                             for *_, records in plan for r in records))
 
     def _compiled_step(self, skip: bool) -> bool:
-        """The whole step compiled (Inductor fuses the per-tensor work of all tensors into a few
-        kernels: horizontal fusion). ``"skip"``: one graph that decides on the device;
-        ``"raise"``: phase 1, the host's check (a graph break, as in the eager step: one host
-        sync) and phase 2, two graphs with nothing to undo. A float ``lr`` goes in as a 0-d
-        tensor, so that an LR scheduler's new value is an input, not a recompile. Returns
-        False where it gave up (see below) and the caller must step."""
+        """The whole step as one graph of ``torch.compile`` (Inductor fuses the per-tensor
+        work of all tensors into a few kernels: horizontal fusion). It always decides on the
+        device (the masked update of ``nonfinite="skip"``); with ``"raise"`` the host then asks
+        once, as the eager step does, and raises with nothing changed. A float ``lr`` goes in
+        as a 0-d tensor, so that an LR scheduler's new value is an input, not a recompile.
+        Returns False where it gave up (see below) and the caller must step."""
         if self._compiled is None:
             # on its own copy of the code: dynamo caps the graphs kept per code object (8), and
-            # every optimizer of a process would share the cap of the method
-            code = Amos._device_step if skip else Amos._host_checked_step
+            # every optimizer of a process would share the cap of Amos._device_step
+            code = Amos._device_step
             own = types.FunctionType(code.__code__.replace(), code.__globals__, code.__name__)
-            self._compiled = torch.compile(types.MethodType(own, self), fullgraph=skip)
+            self._compiled = torch.compile(types.MethodType(own, self), fullgraph=True)
         floats = []
         for index, group in enumerate(self.param_groups):
             if not isinstance(group["lr"], Tensor):
@@ -392,40 +394,44 @@ class Amos(Optimizer):
                     lr = self._lr_tensors[index] = torch.tensor(0.0, dtype=torch.float64)
                 group["lr"] = lr.fill_(float(group["lr"]))
         try:
-            self._compiled()
+            ok = self._compiled(count_skipped=skip)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             # more graphs than dynamo keeps per code object (parameters whose gradient comes
             # and goes, options changed again and again): none ran, nothing has changed, and
             # from this step on the per-tensor kernels take over
             warnings.warn("Amos(fused=True): the compiled step recompiled too often "
                           "(torch._dynamo.config.recompile_limit); going on with per-tensor "
-                          "kernels", RuntimeWarning, stacklevel=3)
+                          "kernels",
+                          RuntimeWarning, stacklevel=3)
             self._compiled = False
             return False
         finally:
             for group, lr in floats:
                 group["lr"] = lr
+        if not skip and ok is not None and not bool(ok):  # the one host sync of "raise"
+            self._raise_if_not_finite_eagerly()
         return True
 
-    def _device_step(self) -> None:
-        """What :meth:`_compiled_step` compiles for ``nonfinite="skip"``: the planned records
-        (made by :meth:`_init_group`, which dynamo runs as it is), updated as the device
-        decides."""
-        plan = self._traced_plan()
-        if plan:
-            self._apply(plan, on_device=True)
+    def _device_step(self, count_skipped: bool) -> Optional[Tensor]:
+        """What :meth:`_compiled_step` compiles: the planned records (made by
+        :meth:`_init_group`, which dynamo runs as it is), updated as the device decides."""
+        plan = self._traced_plan(count_skipped)
+        return self._apply(plan, on_device=True, count_skipped=count_skipped) if plan else None
 
-    def _host_checked_step(self) -> None:
-        """What :meth:`_compiled_step` compiles for ``nonfinite="raise"``: the plan made
-        outside the graph, then the eager step's phases (the check breaks the graph)."""
-        plan = self._plan_outside_graph()
-        if plan:
-            self._apply(plan, on_device=False)
+    def _raise_if_not_finite_eagerly(self) -> None:
+        """After a compiled step that found a non-finite gradient (and changed nothing): the
+        eager check, which names the parameter."""
+        plan = self._plan()
+        scratch: _routes.Scratch = {}
+        self._raise_if_not_finite([(g, gi, h, rs, _routes.measure(rs, h, scratch))
+                                   for g, gi, rs in plan for h in [Hyper.of(g)]])
+        raise FloatingPointError("Amos: a gradient is not finite (found by the compiled step "
+                                 "of fused=True); nothing has been changed")
 
-    def _traced_plan(self) -> list[tuple[dict[str, Any], int, list[Record]]]:
+    def _traced_plan(self, count_skipped: bool) -> list[tuple[dict[str, Any], int, list[Record]]]:
         """Inside ``torch.compile``: the plan of :meth:`_init_group`, as records looked up."""
         return [(self.param_groups[gi], gi, [self._records[gi, i] for i in indices])
-                for gi, indices in self._init_group()]
+                for gi, indices in self._init_group(count_skipped)]
 
     # A torch LR scheduler replaces ``optimizer.step`` by a wrapper that records the call in
     # ``_opt_called`` (to warn about steps in the wrong order), unless the step has this flag;
@@ -467,8 +473,8 @@ class Amos(Optimizer):
     #: first step) and leave the steady-state steps in pieces
     _plan_outside_graph = torch.compiler.disable(_plan)
 
-    def _init_group(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
-        """``nonfinite="skip"`` under ``torch.compile``: :meth:`_plan` (the route and record of
+    def _init_group(self, count_skipped: bool = True) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """The step inside ``torch.compile`` (``nonfinite="skip"``, or ``fused=True``): :meth:`_plan` (the route and record of
         each new parameter: the rule tables it reads cannot be traced, and its checks compare
         hyper-parameters that dynamo may trace as symbols) and the state of new parameters,
         made before the step is traced; returns ``(group index, parameter indices)`` of the
@@ -487,11 +493,12 @@ class Amos(Optimizer):
                 if (r.state is None or (mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)
                         or (columns is not None and "u" not in r.state)
-                        or "skipped" not in r.state):
+                        or (count_skipped and "skipped" not in r.state)):
                     like = torch.empty(r.slot_shape, dtype=slot_dtype(r.p), device=r.p.device)
                     like_column = None if columns is None else torch.empty(
                         columns, dtype=slot_dtype(r.p), device=r.p.device)
-                    r.state = self._init_state(r, like, like_column, mu, compensated, skip=True,
+                    r.state = self._init_state(r, like, like_column, mu, compensated,
+                                               on_device=True, count_skipped=count_skipped,
                                                b0=self._b0(group, gi, r))
                 if columns is None and "u" in r.state:  # second_moment set back to "slot"
                     del r.state["u"]
@@ -505,9 +512,10 @@ class Amos(Optimizer):
                                     lambda r: names[id(r)])
 
     def _update(self, checked: list[_Checked], scratch: _routes.Scratch,
-                ok: Optional[Tensor] = None) -> None:
+                ok: Optional[Tensor] = None, count_skipped: bool = True) -> None:
         """Phase 2: state created where new, then slots and parameters changed; with ``ok``
-        (``nonfinite="skip"``), counted and undone on the device as ``ok`` says."""
+        (decided on the device), counted (``skipped`` too if ``count_skipped``) and undone on
+        the device as ``ok`` says."""
         for group, group_index, h, records, measured in checked:
             # a kept record has its state (see _plan)
             for r, g2, g2_column in zip(records, measured.g2, measured.g2_columns):
@@ -515,15 +523,17 @@ class Amos(Optimizer):
                 if (r.state is None or (h.mu > 0 and "momentum_buffer" not in r.state)
                         or (compensated and "compensation" not in r.state)
                         or (g2_column is not None and "u" not in r.state)
-                        or (ok is not None and "skipped" not in r.state)):
+                        or (ok is not None and count_skipped and "skipped" not in r.state)):
                     r.state = self._init_state(r, g2, g2_column, h.mu, compensated,
-                                               ok is not None, self._b0(group, group_index, r))
+                                               on_device=ok is not None,
+                                               count_skipped=ok is not None and count_skipped,
+                                               b0=self._b0(group, group_index, r))
                 if g2_column is None and "u" in r.state:  # second_moment set back to "slot"
                     del r.state["u"]
             if ok is None:
                 torch._foreach_add_([r.state["step"] for r in records], 1.0)
             else:
-                _routes.count(records, ok)
+                _routes.count(records, ok, count_skipped)
             _routes.update(records, measured, h, scratch, ok)
 
     def _b0(self, group: dict[str, Any], group_index: int, r: Record) -> float:
@@ -536,13 +546,13 @@ class Amos(Optimizer):
         return as_b0_fn(spec)(self._param_name(group, group_index, r.index), tuple(r.p.shape))
 
     def _init_state(self, r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor],
-                    momentum: float, compensated: bool, skip: bool = False, b0: float = 0.0
-                    ) -> dict[str, Any]:
+                    momentum: float, compensated: bool, on_device: bool = False,
+                    count_skipped: bool = False, b0: float = 0.0) -> dict[str, Any]:
         state = self.state[r.p]
         if not state:
-            # "skip": on the device, where the step counts without asking the host
+            # decided on the device: the step counts there, without asking the host
             state["step"] = torch.zeros((), dtype=torch.float32,
-                                        device=r.p.device if skip else None)
+                                        device=r.p.device if on_device else None)
             state["eta"] = float(r.eta)
             state["slot_shape"] = tuple(r.slot_shape)
             # slot shape, dtype and placement of g2; where the full step recomputes M(g^2),
@@ -560,7 +570,7 @@ class Amos(Optimizer):
                 r.p, dtype=slot_dtype(r.p), memory_format=torch.preserve_format)
         if compensated and "compensation" not in state:  # the parameter's dtype
             state["compensation"] = torch.zeros_like(r.p, memory_format=torch.preserve_format)
-        if skip and "skipped" not in state:
+        if count_skipped and "skipped" not in state:
             state["skipped"] = torch.zeros((), dtype=torch.float32, device=state["step"].device)
         return state
 

@@ -291,8 +291,7 @@ def test_whole_step_follows_eager_and_compiles_at_most_twice(options: dict, grap
     eager = snapshot(_mlp_run(False, range(20), **options)[1])
     model, opt = _mlp_run(True, range(20), **options)
     assert opt._compiled not in (None, False)
-    # "skip": one graph; "raise": two, phase 1 and 2 around the host's check
-    assert graphs() <= (2 if options.get("nonfinite") == "skip" else 4)
+    assert graphs() <= 2
     fused = snapshot(opt)
     for a, b in zip(eager[0], fused[0], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
@@ -396,15 +395,14 @@ def test_deepcopy_and_pickle_leave_the_compiled_step_behind() -> None:
 
 @torch._dynamo.config.patch(recompile_limit=1)
 def test_at_dynamos_recompile_limit_the_kernels_take_over() -> None:
-    """Where the one-graph step (``nonfinite="skip"``) needs more graphs than dynamo keeps
-    (here one: a step where a parameter has no gradient is a second graph), it warns and goes
-    on with the per-tensor kernels, with the eager numbers. (With ``"raise"`` dynamo itself
-    runs the frames eagerly past its limit, and the per-tensor kernels take over alike.)"""
+    """Where the step needs more graphs than dynamo keeps (here one: a step where a parameter
+    has no gradient is a second graph), it warns and goes on with the per-tensor kernels,
+    with the eager numbers."""
 
     def run(fused: bool) -> Amos:
         model = mlp()
         opt = Amos(model.named_parameters(), lr=0.1, eta=TABLE_ETA, slot_shape=TABLE_SLOT,
-                   fused=fused, momentum=0.9, nonfinite="skip")
+                   fused=fused, momentum=0.9)
         for t in range(4):
             x, y = batch(t)
             opt.zero_grad()
