@@ -162,18 +162,21 @@ def run_stages(root: Path, jobs: int, only: str | None) -> None:
             raise SystemExit(status)
 
 
-def rebuild(root: Path, folder: str, optimizers: list[str]) -> None:
+def rebuild(root: Path, folder: str, args: list[str]) -> None:
     """Rewrites a stage's results.json, report and plots from every run in its ``runs/``,
-    without running anything: after ``amos compare`` with a subset of ``--optimizers`` (which
-    rewrites them for that subset), the stage's outputs for ``optimizers`` again. Runs not done
-    yet show as missing."""
+    without running anything: after ``amos compare`` with a subset of the stage's optimizers,
+    budgets or seeds (which rewrites them for that subset), the outputs of the stage's own
+    ``args`` again. Runs not done yet show as missing."""
     from amosopt.compare import jobs, report
     from amosopt.compare.config import CompareConfig
     from amosopt.compare.plan import plan
 
     out = root / folder
     results = json.loads((out / "results.json").read_text())
-    results["config"]["optimizers"] = optimizers
+    value = {flag: args[args.index(flag) + 1] for flag in ("--optimizers", "--budgets", "--seeds")}
+    results["config"].update(optimizers=value["--optimizers"].split(","),
+                             budgets=[int(b) for b in value["--budgets"].split(",")],
+                             seeds=[int(s) for s in value["--seeds"].split(",")])
     config = CompareConfig(**results["config"])
     specs = plan(config)
     done = jobs.load_done(out / "runs")
@@ -574,7 +577,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rebuild:
         stage = next(stage for stage in STAGES if stage[0] == args.rebuild)
-        rebuild(args.root, stage[1], stage[2][stage[2].index("--optimizers") + 1].split(","))
+        rebuild(args.root, stage[1], stage[2])
     elif args.list:
         for name, folder, stage_args in STAGES:
             print(f"{name}: amos {shlex.join(command(folder, stage_args, args.root, args.jobs))}")
