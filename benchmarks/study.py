@@ -452,6 +452,14 @@ def table(results: dict) -> list[str]:
     return lines
 
 
+def _grid_cells(row: dict, values: list[float]) -> str:
+    """A grid row's mean loss at each of ``values`` (blank where not run) and its best value."""
+    cells = [f"{row['mean_by_value'][v]:.4f}" if v in row["mean_by_value"] else ""
+             for v in values]
+    edge = " (grid edge)" if row["best_at_grid_edge"] else ""
+    return " | ".join(cells) + f" | {row['best_value']:g} x{edge}"
+
+
 def write_summary(root: Path) -> dict:
     lm = _load(root, "lm")
     out: dict[str, Any] = {"tasks": {}, "targets": [], "ablations": []}
@@ -520,11 +528,7 @@ def write_summary(root: Path) -> dict:
                       + " | best | vs the study's grid |",
                       "|---|" + "---|" * (len(values) + 2)]
             for row in out["low_xi"]:
-                cells = [f"{row['mean_by_value'][v]:.4f}" if v in row["mean_by_value"] else ""
-                         for v in values]
-                edge = " (grid edge)" if row["best_at_grid_edge"] else ""
-                lines.append(f"| {row['optimizer']} | " + " | ".join(cells)
-                             + f" | {row['best_value']:g} x{edge} | "
+                lines.append(f"| {row['optimizer']} | {_grid_cells(row, values)} | "
                              f"{row['gain_over_study_value']:+.4f} |")
         out["nomom_extended"] = nomom_extended(root, lm)
         if out["nomom_extended"]:
@@ -535,13 +539,10 @@ def write_summary(root: Path) -> dict:
                       + " | best | Adafactor (tuned) | recipe - Adafactor, per seed |",
                       "|---|" + "---|" * (len(values) + 3)]
             for row in out["nomom_extended"]:
-                cells = [f"{row['mean_by_value'][v]:.4f}" if v in row["mean_by_value"] else ""
-                         for v in values]
-                edge = " (grid edge)" if row["best_at_grid_edge"] else ""
                 per_seed = ", ".join(f"{d:+.3f}" for d in row["difference"].values())
-                lines.append(f"| {row['budget']} | " + " | ".join(cells)
-                             + f" | {row['best_value']:g} x{edge} | {row['adafactor']:.4f} "
-                             f"(lr {row['adafactor_lr']:g}) | {per_seed} |")
+                lines.append(f"| {row['budget']} | {_grid_cells(row, values)} | "
+                             f"{row['adafactor']:.4f} (lr {row['adafactor_lr']:g}) | "
+                             f"{per_seed} |")
         out["fit_and_check"] = fit_and_check(root, lm)
         if out["fit_and_check"]:
             first = out["fit_and_check"][0]
