@@ -401,8 +401,7 @@ class Amos(Optimizer):
             # from this step on the per-tensor kernels take over
             warnings.warn("Amos(fused=True): the compiled step recompiled too often "
                           "(torch._dynamo.config.recompile_limit); going on with per-tensor "
-                          "kernels",
-                          RuntimeWarning, stacklevel=3)
+                          "kernels", RuntimeWarning, stacklevel=3)
             self._compiled = False
             return False
         finally:
@@ -474,15 +473,15 @@ class Amos(Optimizer):
     _plan_outside_graph = torch.compiler.disable(_plan)
 
     def _init_group(self, count_skipped: bool = True) -> tuple[tuple[int, tuple[int, ...]], ...]:
-        """The step inside ``torch.compile`` (``nonfinite="skip"``, or ``fused=True``): :meth:`_plan` (the route and record of
-        each new parameter: the rule tables it reads cannot be traced, and its checks compare
-        hyper-parameters that dynamo may trace as symbols) and the state of new parameters,
-        made before the step is traced; returns ``(group index, parameter indices)`` of the
-        plan, plain data that becomes a constant of the graph. Dynamo runs a torch
-        optimizer's method of this name as it is, rather than tracing it, and guards on the
-        state it made, as for torch's own optimizers (``torch._dynamo``'s
-        ``OptimizerVariable``); eagerly (outside torch.compile) the step does this work
-        itself."""
+        """The step inside ``torch.compile`` (``nonfinite="skip"``, or ``fused=True``):
+        :meth:`_plan` (the route and record of each new parameter: the rule tables it reads
+        cannot be traced, and its checks compare hyper-parameters that dynamo may trace as
+        symbols) and the state of new parameters (``skipped`` if ``count_skipped``), made
+        before the step is traced; returns ``(group index, parameter indices)`` of the plan,
+        plain data that becomes a constant of the graph. Dynamo runs a torch optimizer's
+        method of this name as it is, rather than tracing it, and guards on the state it
+        made, as for torch's own optimizers (``torch._dynamo``'s ``OptimizerVariable``);
+        eagerly (outside torch.compile) the step does this work itself."""
         plan = self._plan()
         for group, gi, records in plan:
             mu = group["momentum"]
