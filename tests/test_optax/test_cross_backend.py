@@ -12,6 +12,7 @@ torch_backend = pytest.importorskip("amosopt.torch")
 import jax.numpy as jnp  # noqa: E402
 
 from amosopt.optax import amos  # noqa: E402
+from tests.test_optax.paths import optax_path  # noqa: E402
 
 SHAPES = {"w": (6, 5), "emb": (7, 4), "b": (5,), "s": ()}
 # one table for both backends: torch names ("w") and optax key paths (("w",) -> "w") agree here
@@ -44,24 +45,13 @@ def test_torch_and_optax_trajectories_agree(options, foreach):
         torch_path.append({k: p.detach().numpy().copy() for k, p in torch_params.items()})
 
     with jax.enable_x64(True):
-        tx = amos(0.03, ETA, SLOTS, **options)
-
-        @jax.jit
-        def step(params, state, noise):
-            grads = jax.tree.map(lambda t, n: 2.0 * (t - 0.3) + n, params, noise)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        params = {k: jnp.asarray(v) for k, v in theta0.items()}
-        state = tx.init(params)
-        worst = 0.0
-        for noise, expected in zip(noises, torch_path):
-            params, state = step(params, state, {k: jnp.asarray(v) for k, v in noise.items()})
-            for k in SHAPES:
-                ours = np.asarray(params[k])
-                assert ours.dtype == np.float64
-                worst = max(worst, float(np.max(np.abs(ours - expected[k]))
-                                         / max(np.max(np.abs(expected[k])), 1e-300)))
+        path, state = optax_path(amos(0.03, ETA, SLOTS, **options), theta0, noises)
+    worst = 0.0
+    for ours, expected in zip(path, torch_path, strict=True):
+        for k in SHAPES:
+            assert ours[k].dtype == np.float64
+            worst = max(worst, float(np.max(np.abs(ours[k] - expected[k]))
+                                     / max(np.max(np.abs(expected[k])), 1e-300)))
     assert worst <= 1e-12, f"torch vs optax max relative error {worst:.3g}"
     assert np.max(np.abs(torch_path[-1]["w"] - theta0["w"])) > 1e-2  # it moved
     if options.get("second_moment") == "row-col":  # the same column factors, where they exist

@@ -17,6 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 from amosopt.optax import amos, scale_by_amos, state_sharding  # noqa: E402
 from amosopt.rules import column_shape  # noqa: E402
 from tests.oracles import FACTORED_LEAVES, NumpyAmos  # noqa: E402
+from tests.test_optax.paths import gradient, optax_path  # noqa: E402
 
 LEAVES = FACTORED_LEAVES
 ETA = {k: eta for k, (_, _, eta) in LEAVES.items()}
@@ -53,26 +54,6 @@ def noise_stream(steps: int = STEPS, seed: int = 1) -> list[dict[str, np.ndarray
     return [{k: s * rng.normal(size=s.shape) for k, s in scales.items()} for _ in range(steps)]
 
 
-def gradient(theta, noise):
-    return 2.0 * (theta - 0.3) + noise
-
-
-def optax_path(tx, theta0, noises) -> list[dict[str, np.ndarray]]:
-    @jax.jit
-    def step(params, state, noise):
-        grads = jax.tree.map(gradient, params, noise)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    params = {k: jnp.asarray(v) for k, v in theta0.items()}
-    state = tx.init(params)
-    path = []
-    for noise in noises:
-        params, state = step(params, state, {k: jnp.asarray(v) for k, v in noise.items()})
-        path.append({k: np.asarray(v) for k, v in params.items()})
-    return path
-
-
 def oracle_path(kwargs, theta0, noises, second_moment) -> list[dict[str, np.ndarray]]:
     kwargs = dict(kwargs)
     xi = kwargs.pop("learning_rate")
@@ -100,7 +81,7 @@ def relative_error(ours, reference, keys=tuple(LEAVES)) -> float:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_numpy_transcription(case):
     theta0, noises = initial(), noise_stream()
-    ours = optax_path(amos(eta_fn=ETA, shape_fn=SLOTS, second_moment="row-col", **CASES[case]),
+    ours, _ = optax_path(amos(eta_fn=ETA, shape_fn=SLOTS, second_moment="row-col", **CASES[case]),
                       theta0, noises)
     reference = oracle_path(CASES[case], theta0, noises, "row-col")
     assert relative_error(ours, reference) <= 1e-12

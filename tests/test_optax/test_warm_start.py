@@ -17,6 +17,7 @@ from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR  # noqa:
 from amosopt.optax import amos, auto_scales  # noqa: E402
 from amosopt.scales import ScaleTable  # noqa: E402
 from tests.oracles import NumpyAmos  # noqa: E402
+from tests.test_optax.paths import optax_path  # noqa: E402
 
 SHAPES = {"w": (6, 5), "emb": (7, 4), "b": (5,)}
 ETA = {"w": 0.3, "emb": 1.0, "b": 0.5}
@@ -32,26 +33,10 @@ def _stream(seed: int = 0):
     return theta0, noises
 
 
-def _optax_path(tx, theta0, noises, state=None):
-    @jax.jit
-    def step(params, state, noise):
-        grads = jax.tree.map(lambda t, n: 2.0 * (t - 0.3) + n, params, noise)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    params = {k: jnp.asarray(v) for k, v in theta0.items()}
-    state = tx.init(params) if state is None else state
-    path = []
-    for noise in noises:
-        params, state = step(params, state, {k: jnp.asarray(v) for k, v in noise.items()})
-        path.append({k: np.asarray(v) for k, v in params.items()})
-    return path, state
-
-
 def test_b0_matches_the_numpy_transcription() -> None:
     theta0, noises = _stream()
     with jax.enable_x64(True):
-        path, state = _optax_path(amos(0.03, ETA, SLOTS, beta=0.99, momentum=0.9, b0=B0),
+        path, state = optax_path(amos(0.03, ETA, SLOTS, beta=0.99, momentum=0.9, b0=B0),
                                   theta0, noises)
     oracles = {k: NumpyAmos(ETA[k], SLOTS[k], beta=0.99, momentum=0.9, b0=B0[k]) for k in SHAPES}
     theta = dict(theta0)
@@ -79,7 +64,7 @@ def test_b0_torch_equals_optax() -> None:
         opt.step()
         torch_path.append({k: p.detach().numpy().copy() for k, p in params.items()})
     with jax.enable_x64(True):
-        path, _ = _optax_path(amos(0.03, ETA, SLOTS, momentum=0.9, b0=B0), theta0, noises)
+        path, _ = optax_path(amos(0.03, ETA, SLOTS, momentum=0.9, b0=B0), theta0, noises)
     for got, want in zip(path, torch_path):
         for k in SHAPES:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-11, atol=1e-13)
@@ -125,14 +110,14 @@ def test_resume_is_exact() -> None:
         def build(t):
             return amos(0.03, t.eta, t.slot_shape, b0=t.b0, momentum=0.9)
 
-        straight, _ = _optax_path(build(table), theta0, noises)
-        first, state = _optax_path(build(table), theta0, noises[:10])
+        straight, _ = optax_path(build(table), theta0, noises)
+        first, state = optax_path(build(table), theta0, noises[:10])
         saved_state = jax.tree.map(np.asarray, state)
         saved_table = json.loads(json.dumps(table.as_dict()))
         restored = ScaleTable.from_dict(saved_table)
         assert [(n, s) for n, _, s in restored.items_with_shapes()] == \
                [(n, s) for n, _, s in table.items_with_shapes()]
-        rest, _ = _optax_path(build(restored), first[-1], noises[10:],
+        rest, _ = optax_path(build(restored), first[-1], noises[10:],
                               state=jax.tree.map(jnp.asarray, saved_state))
     for got, want in zip(first + rest, straight):
         for k in SHAPES:
