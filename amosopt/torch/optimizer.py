@@ -361,15 +361,15 @@ class Amos(Optimizer):
 
     def _compiles_whole_step(self, plan: list[tuple[dict[str, Any], int, list[Record]]]
                              ) -> bool:
-        """``fused=True`` on every param group, outside a user's ``torch.compile``, without
-        DTensor parameters (FSDP2) and without full-size slots (their per-tensor kernels
-        measured several times faster than the whole step: ``benchmarks/README.md``): the step
-        runs as one compiled graph over all tensors."""
+        """``fused=True`` on every param group (the caller is outside a user's
+        ``torch.compile``), without DTensor parameters (FSDP2) and without full-size slots
+        (their per-tensor kernels measured several times faster than the whole step:
+        ``benchmarks/README.md``): the step runs as one compiled graph over all tensors. Read
+        at every step: the route's fields, no shape work (a slot that averages over no axis is
+        full-size, unless the parameter has one entry)."""
         return (self._compiled is not False
                 and all(group["fused"] for group in self.param_groups)
-                and not torch.compiler.is_compiling()
-                and not any(r.route.sharded or (r.slot_shape == tuple(r.p.shape)
-                                                and r.p.numel() > 1)
+                and not any(r.route.sharded or (not r.route.axes and r.p.numel() > 1)
                             for *_, records in plan for r in records))
 
     def _compiled_step(self, skip: bool) -> bool:
