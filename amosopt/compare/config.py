@@ -21,19 +21,25 @@ XI_MULTIPLIERS = [0.5, 1.0, 2.0]
 #: than Amos's xi grid: the first runs put some optima at the edge of 3-point grids), placed
 #: around the best rates seen in earlier runs (a best value at an edge is flagged).
 #: the optimizers whose learning rate is on AdamW's scale (Muon's step is matched to AdamW's
-#: update RMS): one grid serves them all; Adafactor's relative step has its own
+#: update RMS): one grid serves them all, except where Muon's optimum lay outside it (lm);
+#: Adafactor's relative step has its own
 ADAM_SCALE = tuple(name for name in OPTIMIZERS if name not in AMOS and name != "adafactor")
 
 
-def _grids(adam: list[float], adafactor: list[float]) -> dict[str, list[float]]:
-    return {**{name: list(adam) for name in ADAM_SCALE}, "adafactor": list(adafactor)}
+def _grids(adam: list[float], adafactor: list[float], muon: list[float] | None = None
+           ) -> dict[str, list[float]]:
+    return {**{name: list(adam) for name in ADAM_SCALE}, "adafactor": list(adafactor),
+            **({"muon": list(muon)} if muon is not None else {})}
 
 
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lm": {
         "full": {"budgets": [500, 1000, 2000], "evals": 20, "eval_batches": 8,
                  "xi_multipliers": XI_MULTIPLIERS,
-                 "grids": _grids([7.5e-4, 1.5e-3, 3e-3, 6e-3], [2e-2, 4e-2, 8e-2, 1.6e-1])},
+                 # Muon's best rate sat at the top edge of AdamW's grid (500 steps: 6e-3),
+                 # so its grid is moved up two points
+                 "grids": _grids([7.5e-4, 1.5e-3, 3e-3, 6e-3], [2e-2, 4e-2, 8e-2, 1.6e-1],
+                                 [3e-3, 6e-3, 1.2e-2, 2.4e-2])},
         "quick": {"budgets": [200, 400], "evals": 10, "eval_batches": 4,
                   "xi_multipliers": [1.0],
                   "grids": _grids([1e-3, 3e-3, 1e-2], [5e-3, 1e-2, 2e-2])},
