@@ -332,15 +332,16 @@ class Amos(Optimizer):
         return loss
 
     def _apply(self, plan: list[tuple[dict[str, Any], int, list[Record]]], on_device: bool,
-               count_skipped: bool) -> Optional[Tensor]:
+               count_skipped: bool, scratch: Optional[_routes.Scratch] = None
+               ) -> Optional[Tensor]:
         """Phases 1 and 2 of the planned records. ``on_device``: the finiteness of every
         gradient is a 0-d bool tensor that masks the update (returned, no host sync), else the
         host asks and raises before any change; ``count_skipped``: a masked step counts in the
-        state ``skipped``."""
+        state ``skipped``; ``scratch``: the step's (a new one if None)."""
         grad_scale = getattr(self, "grad_scale", None)  # set by torch.amp.GradScaler
         if grad_scale is not None:
             _routes.unscale([r for *_, records in plan for r in records], grad_scale)
-        scratch: _routes.Scratch = {}
+        scratch = _routes.Scratch() if scratch is None else scratch
         checked = []
         for group, group_index, records in plan:
             h = Hyper.of(group)
@@ -394,7 +395,7 @@ class Amos(Optimizer):
                     lr = self._lr_tensors[index] = torch.tensor(0.0, dtype=torch.float64)
                 group["lr"] = lr.fill_(float(group["lr"]))
         try:
-            ok = self._compiled(count_skipped=skip)
+            ok, _ = self._compiled(count_skipped=skip)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             # more graphs than dynamo keeps per code object (parameters whose gradient comes
             # and goes, options changed again and again): none ran, nothing has changed, and
@@ -411,17 +412,23 @@ class Amos(Optimizer):
             self._raise_if_not_finite_eagerly()
         return True
 
-    def _device_step(self, count_skipped: bool) -> Optional[Tensor]:
+    def _device_step(self, count_skipped: bool) -> tuple[Optional[Tensor], list[Tensor]]:
         """What :meth:`_compiled_step` compiles: the planned records (made by
-        :meth:`_init_group`, which dynamo runs as it is), updated as the device decides."""
+        :meth:`_init_group`, which dynamo runs as it is), updated as the device decides.
+        Returns the finiteness flag and, as outputs of the graph that nobody reads, the slot
+        coefficients (:meth:`amosopt.torch._routes.Scratch.keep` says why)."""
         plan = self._traced_plan(count_skipped)
-        return self._apply(plan, on_device=True, count_skipped=count_skipped) if plan else None
+        if not plan:
+            return None, []
+        scratch = _routes.Scratch(coefficients=[])
+        ok = self._apply(plan, on_device=True, count_skipped=count_skipped, scratch=scratch)
+        return ok, scratch.coefficients
 
     def _raise_if_not_finite_eagerly(self) -> None:
         """After a compiled step that found a non-finite gradient (and changed nothing): the
         eager check, which names the parameter."""
         plan = self._plan()
-        scratch: _routes.Scratch = {}
+        scratch = _routes.Scratch()
         self._raise_if_not_finite([(g, gi, h, rs, _routes.measure(rs, h, scratch))
                                    for g, gi, rs in plan for h in [Hyper.of(g)]])
         raise FloatingPointError("Amos: a gradient is not finite (found by the compiled step "
