@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.cli import main as amos_main  # noqa: E402
-from amosopt.compare.summary import summarize  # noqa: E402
+from amosopt.compare.summary import paired_test, summarize  # noqa: E402
 
 ALL = ("amos,amos-wsd,amos-recipe,amos-recipe-nomom,adamw,adamw-wsd,adafactor,schedulefree,"
        "adam-mini,muon")
@@ -276,6 +276,39 @@ def targets(lm: dict, momentum_0: dict | None, epochs: dict | None = None) -> li
     return rows
 
 
+#: the optimizers at about half of AdamW's state, compared at every lm budget
+PEERS = ("amos-recipe", "adam-mini", "muon")
+
+
+def peers(lm: dict) -> list[dict]:
+    """The recipe, Adam-mini and Muon (each tuned on its own grid) at every lm budget: final
+    loss, state as a share of AdamW's, and each one's difference to the recipe, per seed, with
+    the paired t-test (the summary's, against the recipe instead of AdamW)."""
+    rows = []
+    for budget in lm["config"]["budgets"]:
+        summary = _restricted(lm, budgets=[budget])
+        adamw = next((e for e in summary["budgets"][str(budget)]["entries"]
+                      if e["optimizer"] == "adamw-wsd" and e["label"].endswith("(tuned)")), None)
+        recipe = _tuned(summary, budget, "amos-recipe")
+        for name in PEERS:
+            entry = _tuned(summary, budget, name)
+            if not entry or entry.get("mean") is None or not recipe:
+                continue
+            test = paired_test(entry, recipe) if name != "amos-recipe" else None
+            grid = summary["budgets"][str(budget)]["optimizers"][name]
+            rows.append({
+                "budget": budget, "optimizer": name, "value": entry["value"],
+                "at_grid_edge": grid.get("tuned_at_grid_edge"), "mean": entry["mean"],
+                "sd": entry["sd"], "n": entry["n"],
+                "state_percent_of_adamw": (100 * entry["state_bytes"] / adamw["state_bytes"]
+                                           if adamw and adamw.get("state_bytes") else None),
+                "minus_recipe": None if test is None else {
+                    s: entry["losses"][s] - recipe["losses"][s] for s in entry["losses"]
+                    if recipe["losses"].get(s) is not None},
+                "p": None if test is None else test["p"]})
+    return rows
+
+
 def ablations(root: Path, lm: dict) -> list[dict]:
     seeds = [int(s) for s in ABLATION_SEEDS.split(",")]
     bases = {}
@@ -489,6 +522,22 @@ def write_summary(root: Path) -> dict:
                            f"({row['reference_label']}), difference {row['difference']:+.4f}, "
                            f"n = {row['n']}{p}")
             lines.append(f"| {row['target']} | {'yes' if row['met'] else 'no'} | {numbers} |")
+        out["peers"] = peers(lm)
+        if out["peers"]:
+            lines += ["", "## At about half of AdamW's state: the recipe, Adam-mini and Muon "
+                          "(lm, each tuned on its own grid)", "",
+                      "| budget | optimizer | final loss | tuned value | state, % of AdamW "
+                      "| minus the recipe, per seed | paired t-test p |",
+                      "|---|---|---|---|---|---|---|"]
+            for row in out["peers"]:
+                edge = " (**grid edge**)" if row["at_grid_edge"] else ""
+                state = ("" if row["state_percent_of_adamw"] is None
+                         else f"{row['state_percent_of_adamw']:.1f}%")
+                diff = ", ".join(f"{d:+.3f}" for d in (row["minus_recipe"] or {}).values())
+                p = "" if row["p"] is None else f"{row['p']:.2g}"
+                lines.append(f"| {row['budget']} | {row['optimizer']} | {row['mean']:.4f} ± "
+                             f"{row['sd']:.4f} (n={row['n']}) | {row['value']:g}{edge} | "
+                             f"{state} | {diff} | {p} |")
         out["ablations"] = ablations(root, lm)
         lines += ["", f"## Ablations (lm, {ABLATION_BUDGET} steps, seeds {ABLATION_SEEDS}, "
                       "amos-wsd with its xi tuned on {0.5, 1, 2} x suggested; without momentum on "

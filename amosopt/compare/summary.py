@@ -17,7 +17,7 @@ from typing import Any
 
 from amosopt.compare.registry import AMOS
 
-__all__ = ["REFERENCES", "grid", "summarize"]
+__all__ = ["REFERENCES", "grid", "paired_test", "summarize"]
 
 REFERENCES = ("adamw", "adamw-wsd")
 
@@ -97,7 +97,9 @@ def _reach(entry: dict, reference: dict, runs: dict, budget: int) -> dict:
                              if reached else None)}
 
 
-def _paired_test(entry: dict, reference: dict) -> dict | None:
+def paired_test(entry: dict, reference: dict) -> dict | None:
+    """Two summary entries' final losses paired by seed: the mean difference (entry minus
+    reference) and, with two seeds or more, the two-sided paired t-test."""
     pairs = [(entry["losses"][s], reference["losses"][s]) for s in entry["losses"]
              if entry["losses"].get(s) is not None and reference["losses"].get(s) is not None]
     result = {"test": "paired t-test, two-sided, on final validation losses paired by seed",
@@ -139,7 +141,7 @@ def summarize(results: dict) -> dict:
             if reference is not None:
                 entry["reach"] = _reach(entry, reference, runs, budget)
                 if entry["optimizer"] in AMOS:
-                    entry["paired_test"] = _paired_test(entry, reference)
+                    entry["paired_test"] = paired_test(entry, reference)
         budgets[str(budget)] = {"optimizers": per_optimizer, "entries": entries,
                                 "reference": reference and reference["label"]}
     return {"budgets": budgets, "anytime": _anytime(results, runs)}
