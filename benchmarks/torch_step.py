@@ -92,15 +92,22 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
     return makers
 
 
-def bench_size(name: str, reps: int, warmup: int, seed: int, device: str = "cpu") -> dict:
+def byte_lm(name: str, seed: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """The model of size ``name`` (:data:`SIZES`) and fixed random gradients for it."""
     width, layers = SIZES[name]
     torch.manual_seed(seed)
     model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
+    return model, [torch.randn_like(p) * 1e-2 for p in model.parameters()]
+
+
+def bench_size(name: str, reps: int, warmup: int, seed: int, device: str = "cpu") -> dict:
+    width, layers = SIZES[name]
+    model, grads = byte_lm(name, seed)
     n_params = count_parameters(model)
     example = torch.zeros(1, 8, dtype=torch.long)
     makers = optimizers(model, example)  # scales from the CPU model
     model = model.to(device)
-    grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
+    grads = [g.to(device) for g in grads]
     entries = {}
     for label, make in makers.items():
         copy_ = copy.deepcopy(model)

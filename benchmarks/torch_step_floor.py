@@ -37,10 +37,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amosopt.compare.models import ByteLM, count_parameters  # noqa: E402
+from amosopt.compare.models import count_parameters  # noqa: E402
 
 from _record import write_record  # noqa: E402  (beside this script)
-from torch_step import SIZES  # noqa: E402
+from torch_step import SIZES, byte_lm  # noqa: E402
 
 XI, BETA, EPSILON, C_COEF, D_COEF = 0.01, 0.98, 1e-18, 0.25, 0.25
 
@@ -94,11 +94,8 @@ class MinimalStep:
 def bench_size(name: str, reps: int, momentum: float, seed: int) -> dict:
     from amosopt.torch import Amos, auto_scales
 
-    width, layers = SIZES[name]
-    torch.manual_seed(seed)
-    model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
+    model, grads = byte_lm(name, seed)
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
-    grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
 
     def fresh() -> torch.nn.Module:
         m = copy.deepcopy(model)
