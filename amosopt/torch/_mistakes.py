@@ -10,12 +10,14 @@ Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.optim.optimizer import required
 
+from amosopt.hyperparameters import DEFAULTS
 from amosopt.rules import (
     Rules,
     as_b0_fn,
@@ -40,9 +42,9 @@ FOREIGN_ARGUMENTS = {
     "weight_decay": "Amos decays the weights itself (the paper's adaptive gamma, from eta); "
                     "extra_l2= adds a constant L2 term on top (default 0, usually left so)",
     "betas": "Amos has one beta, the decay of its running mean of squared gradients "
-             "(beta=0.999 by default; 1 - beta about xi), and momentum= (e.g. 0.9) for an "
-             "average of the updates",
-    "eps": "epsilon= is the floor on v (default 2**-125)",
+             f"(beta={DEFAULTS['beta']:g} by default; 1 - beta about xi), and momentum= (e.g. "
+             "0.9) for an average of the updates",
+    "eps": f"epsilon= is the floor on v (default 2**{math.log2(DEFAULTS['epsilon']):g})",
     "amsgrad": "Amos has no AMSGrad variant; leave it out",
     "nesterov": "Amos's momentum= is an average of its updates, without a Nesterov variant",
     "learning_rate": "lr= is Amos's global learning rate xi",
