@@ -21,8 +21,10 @@ def _pyplot():
     return plt
 
 
-_COLORS = {"amos": "C0", "amos-wsd": "C3", "adamw": "C1", "adamw-wsd": "C2",
-           "adafactor": "C4", "schedulefree": "C5"}
+#: one colour per optimizer of the registry, so that no two lines of a plot share one
+_COLORS = {"amos": "C0", "amos-wsd": "C3", "amos-recipe": "C9", "amos-recipe-nomom": "C8",
+           "adamw": "C1", "adamw-wsd": "C2", "adafactor": "C4", "schedulefree": "C5",
+           "adam-mini": "C6", "muon": "C7"}
 
 
 def plot_frontier(results: dict, path: Path) -> None:

@@ -100,3 +100,11 @@ def test_no_reference_without_adamw():
     runs = [r for r in _study() if r["optimizer"] == "amos"]
     s = summary.summarize(_results(runs, optimizers=("amos",)))["budgets"]["100"]
     assert s["reference"] is None and "reach" not in s["entries"][0]
+
+
+def test_every_optimizer_has_its_own_colour():
+    from amosopt.compare.plots import _COLORS
+    from amosopt.compare.registry import OPTIMIZERS
+
+    assert set(OPTIMIZERS) <= set(_COLORS)
+    assert len(set(_COLORS.values())) == len(_COLORS)
