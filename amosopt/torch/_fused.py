@@ -15,10 +15,11 @@ shapes serves every tensor of a layout and dtype. Which tensors come here is dec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import types
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -66,10 +67,27 @@ def _update(theta: Tensor, g: Tensor, decay: Tensor, step: Tensor, m: Optional[T
 def _compiled(fn: Callable, *variant: object) -> Callable:
     """``fn`` compiled for one variant (dtypes, layout, options), on its own copy of ``fn``'s
     code: dynamo caps recompilations per code object (8), and a model with several layouts
-    and dtypes would hit that cap and fall back to eager with one code object for all."""
+    and dtypes would hit that cap and fall back to eager with one code object for all. Called
+    through :func:`with_constant_floats`; a number that changes from step to step must come
+    as a tensor."""
     code_copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
                                    fn.__defaults__)
-    return torch.compile(code_copy, dynamic=True)
+    compiled = torch.compile(code_copy, dynamic=True)
+    return lambda *args: with_constant_floats(compiled, *args)
+
+
+def with_constant_floats(compiled: Callable, *args: object, **kwargs: object) -> Any:
+    """``compiled(*args, **kwargs)`` with dynamo's Python floats specialised: each is a
+    constant of the graph, guarded (another value compiles again) and part of the cache keys.
+
+    Dynamo's default makes a float argument a 0-d tensor input of the graph. Where the code
+    hands it on as a Python number (``alpha=`` and ``value=`` of ``add_`` and ``addcmul_``:
+    beta, the momentum, the sign), torch 2.13's decompositions then write the first call's
+    number into the kernel without a guard; a later call with another momentum ran the first
+    one's. The AOTAutograd cache, whose key does not hold the number either, also served it to
+    another process (measured: momentum 0.5 stepped with 0.9's constant)."""
+    with torch._dynamo.config.patch(specialize_float=True):
+        return compiled(*args, **kwargs)
 
 
 def _kernel(fn: Callable, *variant: object) -> Callable:
@@ -107,6 +125,9 @@ def full_slot_update(p: Tensor, v: Tensor, b: Tensor, m: Optional[Tensor], h: Hy
     flat = [None if x is None else x.view(-1) for x in (p, p.grad, v, b, m)]
     kernel = _kernel(functional.full_slot_step, p.dtype, p.grad.dtype, v.dtype, m is None,
                      h.clip is None)
+    if not torch.compiler.is_compiling():  # the numbers of this step, as tensors
+        h = dataclasses.replace(h, xi=torch.as_tensor(h.xi, dtype=torch.float64))
+        scalars = tuple(torch.as_tensor(x, dtype=torch.float64) for x in scalars)
     kernel(*flat, h, *scalars)
 
 

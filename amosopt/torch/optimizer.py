@@ -395,7 +395,7 @@ class Amos(Optimizer):
                     lr = self._lr_tensors[index] = torch.tensor(0.0, dtype=torch.float64)
                 group["lr"] = lr.fill_(float(group["lr"]))
         try:
-            ok, _ = self._compiled(count_skipped=skip)
+            ok, _ = _fused.with_constant_floats(self._compiled, count_skipped=skip)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             # more graphs than dynamo keeps per code object (parameters whose gradient comes
             # and goes, options changed again and again): none ran, nothing has changed, and

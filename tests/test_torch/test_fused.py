@@ -418,3 +418,26 @@ def test_at_dynamos_recompile_limit_the_kernels_take_over() -> None:
     assert fused._compiled is False
     for a, b in zip(eager[0], snapshot(fused)[0], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("slot_shape", [None, (1200, 1)], ids=["full", "rows"])
+def test_kernels_shared_by_optimizers_take_each_ones_hyperparameters(slot_shape, fused_calls
+                                                                      ) -> None:
+    """A per-tensor kernel serves every optimizer of the process: each must step with its own
+    momentum, beta and sign, never with the numbers a kernel was first compiled with."""
+    shape = (6, 100000) if slot_shape is None else (1200, 1000)
+    for momentum, beta, maximize in ((0.9, 0.999, False), (0.5, 0.99, True), (0.7, 0.98, False)):
+        stepped = []
+        for fused in (True, False):
+            generator = torch.Generator().manual_seed(0)
+            p = torch.nn.Parameter(torch.randn(shape, dtype=torch.float64, generator=generator))
+            opt = Amos([("w", p)], lr=0.05, eta=0.5, clip_value=1.0, momentum=momentum,
+                       beta=beta, maximize=maximize, fused=fused,
+                       slot_shape=lambda n, s: s if slot_shape is None else slot_shape)
+            for _ in range(2):
+                p.grad = torch.randn(shape, dtype=torch.float64, generator=generator)
+                opt.step()
+            stepped.append(p.detach().clone())
+        torch.testing.assert_close(stepped[0], stepped[1], rtol=1e-12, atol=1e-14)
+    kernel = "full_slot_update" if slot_shape is None else "update"
+    assert len(fused_calls[kernel]) == 6  # 3 settings x 2 steps, fused only
