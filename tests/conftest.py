@@ -5,9 +5,10 @@ Inductor cache for the compiled steps.
 ``--hypothesis-profile=long`` runs thousands, for a search before a release.
 
 The compiled tests use a cache directory of their own (unless ``TORCHINDUCTOR_CACHE_DIR`` is
-set): kernels that the machine's shared cache holds from other checkouts once gave a
-per-tensor ``fused=True`` kernel numbers that a fresh cache did not (not understood yet), and a
-test must not depend on what ran on the machine before.
+set): a test must not depend on what ran on the machine before. (The machine's shared cache
+once served a per-tensor ``fused=True`` kernel compiled with another momentum; that was a
+float written into the kernel without a guard, fixed in ``amosopt.torch._fused``, and
+``test_fused.py`` checks it in one process.)
 """
 
 from __future__ import annotations
