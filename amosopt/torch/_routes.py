@@ -308,19 +308,20 @@ class Record:
 class Scratch:
     """What one step keeps aside: a flat buffer per (device, dtype) for the gradients that
     :func:`clipped` writes, and where it is a list (the compiled whole step of ``fused=True``),
-    every slot's ``(decay, step)`` (see :meth:`keep`)."""
+    every slot's ``(decay, step)`` (see :meth:`output`)."""
 
     buffers: dict[tuple[torch.device, torch.dtype], Tensor] = field(default_factory=dict)
     coefficients: Optional[list[Tensor]] = None
 
-    def keep(self, decay: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+    def output(self, decay: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         """``(decay, step)``, listed in :attr:`coefficients` if it is a list, which the
         compiled step returns as outputs of its graph. Inductor then computes each slot
         coefficient once, into a buffer: used only by the update, whose loop broadcasts it over
         the slot's axes, its dozen operations (a division, square roots) would be inlined and
-        repeated for every entry of the parameter. Measured on one CPU thread at 10M
-        parameters: the whole step 0.95x fused AdamW inlined, 0.71x kept
-        (``benchmarks/README.md``)."""
+        repeated for every entry of the parameter. Measured on one CPU thread: the compiled
+        step 7-9% faster at 1M and 10M parameters without momentum (``torch_step_ab.py``);
+        the minimal factored step of ``torch_step_floor.py``, 0.95x fused AdamW inlined
+        against 0.71x as outputs, at 10M (``benchmarks/README.md``)."""
         if self.coefficients is not None:
             self.coefficients += (decay, step)
         return decay, step
@@ -563,7 +564,7 @@ def _step_one(r: Record, g2: Optional[Tensor], g2_column: Optional[Tensor], h: H
     if r.route.coefficients == Coefficients.FLAT:
         decay, step = flat_coefficients[r]
     else:
-        decay, step = scratch.keep(*functional.slot_coefficients(g2, v, b, h, *r.scalars(h)))
+        decay, step = scratch.output(*functional.slot_coefficients(g2, v, b, h, *r.scalars(h)))
     if way == Update.KERNEL:
         _fused.update(r.p, decay, step, m, r.route.matrix, h)
     elif way == Update.BATCHED:
@@ -586,7 +587,7 @@ def _loop_step(r: Record, g2: Tensor, g2_column: Optional[Tensor], h: Hyper, scr
         # torch.compile (aot_eager, inductor); of its 1-element view it does not
         p, g, m, c = (x if x is None or x.dim() else x.view(1) for x in (p, g, m, c))
         v, b, g2 = (x if x.dim() else x.view(1) for x in (v, b, g2))
-    decay, step = scratch.keep(*functional.slot_coefficients(g2, v, b, h, *r.scalars(h)))
+    decay, step = scratch.output(*functional.slot_coefficients(g2, v, b, h, *r.scalars(h)))
     functional.apply_update(p, scaled_gradient(r, g, g2_column, h), decay, step, m, h, c)
 
 
@@ -612,7 +613,7 @@ def _flat_slot_coefficients(pairs: list[tuple[Record, Tensor]], h: Hyper, scratc
     g2 = torch.cat([g2.reshape(-1) for _, g2 in pairs])
     per_element = [_repeated(_vector(values, v_flat), sizes)
                    for values in zip(*(r.scalars(h) for r in records))]
-    decay, step = scratch.keep(*functional.slot_coefficients(g2, v_flat, b_flat, h,
+    decay, step = scratch.output(*functional.slot_coefficients(g2, v_flat, b_flat, h,
                                                              *per_element))
     torch._foreach_copy_(v, [x.view(y.shape) for x, y in zip(v_flat.split(sizes), v)])
     torch._foreach_copy_(b, [x.view(y.shape) for x, y in zip(b_flat.split(sizes), b)])

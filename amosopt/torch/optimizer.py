@@ -416,7 +416,7 @@ class Amos(Optimizer):
         """What :meth:`_compiled_step` compiles: the planned records (made by
         :meth:`_init_group`, which dynamo runs as it is), updated as the device decides.
         Returns the finiteness flag and, as outputs of the graph that nobody reads, the slot
-        coefficients (:meth:`amosopt.torch._routes.Scratch.keep` says why)."""
+        coefficients (:meth:`amosopt.torch._routes.Scratch.output` says why)."""
         plan = self._traced_plan(count_skipped)
         if not plan:
             return None, []

@@ -81,8 +81,8 @@ def relative_error(ours, reference, keys=tuple(LEAVES)) -> float:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_numpy_transcription(case):
     theta0, noises = initial(), noise_stream()
-    ours, _ = optax_path(amos(eta_fn=ETA, shape_fn=SLOTS, second_moment="row-col", **CASES[case]),
-                      theta0, noises)
+    tx = amos(eta_fn=ETA, shape_fn=SLOTS, second_moment="row-col", **CASES[case])
+    ours, _ = optax_path(tx, theta0, noises)
     reference = oracle_path(CASES[case], theta0, noises, "row-col")
     assert relative_error(ours, reference) <= 1e-12
     # the column factor changes the factored leaves, and only those
