@@ -1,4 +1,5 @@
-"""The hyper-parameters both backends share: their defaults and the interval each must lie in.
+"""The hyper-parameters both backends share: their defaults, the interval each must lie in, and
+what to pass instead of another optimizer's arguments (``weight_decay=``, ``betas=``, ...).
 
 Framework-free: :class:`amosopt.torch.Amos` and :func:`amosopt.optax.amos` take their defaults
 from :data:`DEFAULTS` and check numbers with :func:`check_interval`; each backend first turns a
@@ -8,9 +9,14 @@ be checked). The defaults are the paper's and the reference code's (``jestimator
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: the values of ``second_moment``: ``"slot"``, the paper's ``v`` at the slot shape, which
 #: alone normalises the step; ``"row-col"``, the same ``v`` and a column factor ``u`` whose
@@ -95,6 +101,65 @@ def check_interval(name: str, x: float, *, shown: Any = None, where: str = "",
     if x not in interval:
         raise ValueError(f"Invalid {alias or name}{where}: {x if shown is None else shown!r}; "
                          f"it must be in {interval}: {hint}")
+
+
+#: keyword arguments of other optimizers (torch.optim's and optax's) -> what Amos takes instead;
+#: ``{lr}`` is the backend's name for the global learning rate (``lr`` / ``learning_rate``)
+FOREIGN_ARGUMENTS = {
+    "weight_decay": "Amos decays the weights itself (the paper's adaptive gamma, from eta); "
+                    "extra_l2= adds a constant L2 term on top (default 0, usually left so)",
+    "betas": "Amos has one beta, the decay of its running mean of squared gradients "
+             f"(beta={DEFAULTS['beta']:g} by default; 1 - beta about xi), and momentum= (e.g. "
+             "0.9) for an average of the updates",
+    "b1": "momentum= (e.g. 0.9) is Amos's average of its updates",
+    "b2": f"beta= is the decay of Amos's running mean of squared gradients "
+          f"(default {DEFAULTS['beta']:g}; 1 - beta about xi)",
+    "eps": f"epsilon= is the floor on v (default 2**{math.log2(DEFAULTS['epsilon']):g})",
+    "eps_root": "Amos has no eps_root; epsilon= is the floor on v",
+    "amsgrad": "Amos has no AMSGrad variant; leave it out",
+    "nesterov": "Amos's momentum= is an average of its updates, without a Nesterov variant",
+    "mask": "Amos has no decay mask: eta sets each variable's decay (a rule table or "
+            "auto_scales gives norms and biases their own)",
+    "lr": "{lr}= is Amos's global learning rate xi",
+    "learning_rate": "{lr}= is Amos's global learning rate xi",
+    "max_grad_norm": "Amos clips element-wise: clip_value=",
+}
+
+
+def check_unexpected_arguments(unexpected: Mapping[str, Any], function: Callable[..., Any],
+                               lr: str) -> None:
+    """Raises TypeError for keyword arguments Amos does not take: for each, what to pass instead
+    (:data:`FOREIGN_ARGUMENTS`), then the arguments it does take (read from ``function``, the
+    backend's constructor); ``lr`` is the backend's name for the global learning rate."""
+    if not unexpected:
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    arguments = [name for name, p in inspect.signature(function).parameters.items()
+                 if p.kind in named and name not in ("self", "params")]
+    lines = [f"{key}=: {FOREIGN_ARGUMENTS[key].format(lr=lr)}" if key in FOREIGN_ARGUMENTS
+             else f"{key}=: not an argument of Amos" for key in unexpected]
+    raise TypeError("Amos got unexpected keyword argument(s): " + "; ".join(lines)
+                    + f". Its arguments: {', '.join(arguments)}.")
+
+
+def hints_foreign_arguments(lr: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A decorator: the function raises :func:`check_unexpected_arguments`'s TypeError for
+    keyword arguments it does not take, instead of Python's bare one. Its signature is
+    unchanged (``inspect.signature`` follows ``__wrapped__``), so ``optax.inject_hyperparams``
+    still binds the arguments by name."""
+
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        names = set(inspect.signature(function).parameters)
+
+        @functools.wraps(function)
+        def checked(*args: Any, **kwargs: Any) -> T:
+            check_unexpected_arguments({k: v for k, v in kwargs.items() if k not in names},
+                                       function, lr)
+            return function(*args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def check_second_moment(value: Any, where: str = "") -> str:

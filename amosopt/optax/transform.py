@@ -23,6 +23,7 @@ from amosopt.hyperparameters import (
     SECOND_MOMENT,
     check_interval,
     check_second_moment,
+    hints_foreign_arguments,
 )
 from amosopt.optax.nonfinite import skip_if_not_finite
 from amosopt.rules import (
@@ -260,6 +261,7 @@ def _column_scaled(g: jax.Array, v: jax.Array, u: jax.Array, axes: tuple[int, ..
 # Transformations
 
 
+@hints_foreign_arguments(lr="learning_rate")
 def scale_by_amos(
     learning_rate: ScalarOrSchedule,
     eta_fn: EtaSpec = None,
@@ -370,6 +372,7 @@ def _momentum(mu: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+@hints_foreign_arguments(lr="learning_rate")  # weight_decay=: what to pass instead
 def amos(
     learning_rate: ScalarOrSchedule,
     eta_fn: EtaSpec = None,
@@ -526,6 +529,8 @@ def amos(
             ``"row-col"``; ``nonfinite`` not None or "skip". At ``init``: a slot shape that does
             not broadcast, an ``eta`` that is not a positive finite number, a parameter with no
             matching rule.
+        TypeError: a keyword argument of another optimizer (``weight_decay``, ``b1``, ``eps``,
+            ...), naming what Amos takes instead.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax

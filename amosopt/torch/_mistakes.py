@@ -1,7 +1,8 @@
 """The first mistakes made with :class:`amosopt.torch.Amos`, each caught early with an error that
-names the fix: arguments of other optimizers, a missing ``eta``, rule tables that leave a
-parameter without a value (or match nothing), another optimizer's or another model's state, and
-schedulers that cycle ``momentum``.
+names the fix: a missing ``eta``, rule tables that leave a parameter without a value (or match
+nothing), another optimizer's or another model's state, and schedulers that cycle ``momentum``.
+(Arguments of other optimizers, ``weight_decay=`` and the like, are caught by
+:func:`amosopt.hyperparameters.check_unexpected_arguments`, which both backends share.)
 
 Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved state,
 :mod:`amosopt.torch._checkpoints`) calls from one line; none of them changes the optimizer.
@@ -9,15 +10,11 @@ Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved 
 
 from __future__ import annotations
 
-import inspect
-import math
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.optim.optimizer import required
 
-from amosopt.hyperparameters import DEFAULTS
 from amosopt.rules import (
     Rules,
     as_b0_fn,
@@ -29,7 +26,6 @@ from amosopt.rules import (
 from amosopt.torch._sharding import check_not_flattened
 
 __all__ = [
-    "check_arguments",
     "check_group",
     "check_momentum_not_cycled",
     "check_saved_state",
@@ -37,19 +33,6 @@ __all__ = [
     "warn_unused",
 ]
 
-#: keyword arguments of other torch optimizers -> what Amos takes instead
-FOREIGN_ARGUMENTS = {
-    "weight_decay": "Amos decays the weights itself (the paper's adaptive gamma, from eta); "
-                    "extra_l2= adds a constant L2 term on top (default 0, usually left so)",
-    "betas": "Amos has one beta, the decay of its running mean of squared gradients "
-             f"(beta={DEFAULTS['beta']:g} by default; 1 - beta about xi), and momentum= (e.g. "
-             "0.9) for an average of the updates",
-    "eps": f"epsilon= is the floor on v (default 2**{math.log2(DEFAULTS['epsilon']):g})",
-    "amsgrad": "Amos has no AMSGrad variant; leave it out",
-    "nesterov": "Amos's momentum= is an average of its updates, without a Nesterov variant",
-    "learning_rate": "lr= is Amos's global learning rate xi",
-    "max_grad_norm": "Amos clips element-wise: clip_value=",
-}
 #: the param-group keys of torch's cyclic schedulers: OneCycleLR and CyclicLR with their default
 #: cycle_momentum=True write group["momentum"] at every step
 _CYCLED_MOMENTUM_KEYS = ("base_momentum", "max_momentum")
@@ -58,20 +41,6 @@ _AMOS_KEYS = ("eta", "beta")
 #: wrappers that prefix the names of the parameters of the model they wrap: torch.compile
 #: (``_orig_mod.``) and DistributedDataParallel / DataParallel (``module.``)
 _WRAPPER_PREFIXES = re.compile(r"(?:^|(?<=\.))(?:_orig_mod|module)\.")
-
-
-def check_arguments(unexpected: Mapping[str, Any], init: Callable[..., Any]) -> None:
-    """Raises TypeError for keyword arguments Amos does not take, with what to pass instead and
-    the arguments it does take (read from ``init``, Amos's constructor)."""
-    if not unexpected:
-        return
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    arguments = [name for name, p in inspect.signature(init).parameters.items()
-                 if p.kind in named and name not in ("self", "params")]
-    lines = [f"{key}=: {FOREIGN_ARGUMENTS[key]}" if key in FOREIGN_ARGUMENTS else
-             f"{key}=: not an argument of Amos" for key in unexpected]
-    raise TypeError("Amos got unexpected keyword argument(s): " + "; ".join(lines)
-                    + f". Its arguments: {', '.join(arguments)}.")
 
 
 def check_group(optimizer: Any, param_group: dict[str, Any]) -> None:

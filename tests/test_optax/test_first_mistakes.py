@@ -18,6 +18,32 @@ def test_missing_eta_fn_points_to_auto_scales(factory):
         factory(0.05)
 
 
+@pytest.mark.parametrize("factory", [amos, scale_by_amos])
+@pytest.mark.parametrize("kwargs, fix", [
+    (dict(weight_decay=0.1), r"weight_decay=: Amos decays the weights itself.*extra_l2="),
+    (dict(b1=0.9), r"b1=: momentum="),
+    (dict(b2=0.95), r"b2=: beta= is the decay"),
+    (dict(eps=1e-8), r"eps=: epsilon="),
+    (dict(lr=0.1), r"lr=: learning_rate= is Amos's global learning rate"),
+    (dict(foo=1), r"foo=: not an argument of Amos"),
+])
+def test_arguments_of_other_optimizers_name_what_amos_takes(factory, kwargs, fix):
+    with pytest.raises(TypeError, match=fix + r".*Its arguments: learning_rate, eta_fn"):
+        factory(0.05, eta_fn=0.5, **kwargs)
+
+
+def test_the_hint_keeps_the_signature_that_inject_hyperparams_binds():
+    """optax.inject_hyperparams reads the factory's signature: the check must not hide it."""
+    params = {"w": jnp.ones(3)}
+    tx = optax.inject_hyperparams(amos)(learning_rate=0.1, eta_fn=0.5, beta=0.9)
+    state = tx.init(params)
+    updates, _ = tx.update(params, state, params)
+    expected, _ = amos(0.1, eta_fn=0.5, beta=0.9).update(
+        params, amos(0.1, eta_fn=0.5, beta=0.9).init(params), params)
+    np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+    assert float(state.hyperparams["beta"]) == pytest.approx(0.9)
+
+
 def test_diagnostics_takes_every_argument_of_amos():
     kwargs = dict(learning_rate=0.1, eta_fn=0.5, shape_fn=lambda name, shape: (1, shape[1]),
                   momentum=0.9, clip_value=1.0, beta=0.9)
