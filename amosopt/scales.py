@@ -52,7 +52,11 @@ which the adapter's change :math:`s B A` has entries of RMS :data:`LORA_RELATIVE
 the RMS of :math:`W` (entries of :math:`BA` sum r products, so their RMS is
 :math:`\\eta_B\\,\\mathrm{rms}(A)\\sqrt r`): :math:`\\eta_B = \\kappa\\,\\mathrm{rms}(W) /
 (s\\,\\mathrm{rms}(A)\\sqrt r)`. Both keep one slot per output row and start at ``b0 = 0``:
-adapters are trained from scratch even on a pretrained model.
+adapters are trained from scratch even on a pretrained model. An embedding's LoRA (peft's
+``lora_embedding_A`` (r, V), zero, and ``lora_embedding_B`` (d, r), random) follows the same two
+rules with the roles swapped, ``lora_embedding_A`` with one slot per token (``(1, V)``, as the
+embedding's own rows). DoRA's magnitude vector (Liu et al. 2024) starts at the frozen weight's
+row norms: its ``eta`` is their RMS, with a scalar slot (:func:`dora_magnitude_scale`).
 
 This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
 flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table
@@ -99,6 +103,7 @@ __all__ = [
     "gain_scale",
     "is_activation",
     "kernel_scale",
+    "dora_magnitude_scale",
     "lora_scale",
     "pretrained_scale",
     "warm_start",
@@ -304,12 +309,16 @@ def warm_start(entries: Iterable[tuple[Hashable, Shape, Scale]], rms: Mapping[Ha
 
 
 def lora_scale(kind: str, shape: Shape, slot_shape: Shape, *, matrix: str, rank: int,
-               scaling: float, a_rms: float, w_rms: float, fan_in: int) -> Scale:
-    """The scale of a LoRA matrix (see the module docstring): ``matrix="A"``, the RMS of its
-    initialisation (``a_rms``); ``matrix="B"``, :math:`\\kappa\\,\\mathrm{rms}(W) /
-    (s\\,\\mathrm{rms}(A)\\sqrt r)` with ``scaling`` :math:`s`. A zero ``a_rms`` / ``w_rms``
-    (nothing to read) is replaced by ``sqrt(1/fan_in)``, the automatic kernel scale of the
-    adapted layer's fan-in. ``b0`` is 0: adapters start fresh.
+               scaling: float, a_rms: float, w_rms: float, fan_in: int,
+               label: str | None = None) -> Scale:
+    """The scale of a LoRA matrix (see the module docstring): ``matrix="A"``, the randomly
+    initialised factor, the RMS of its initialisation (``a_rms``); ``matrix="B"``, the
+    zero-initialised factor, :math:`\\kappa\\,\\mathrm{rms}(W) / (s\\,\\mathrm{rms}(A)\\sqrt r)`
+    with ``scaling`` :math:`s` and ``a_rms`` the other factor's RMS. (An embedding's LoRA swaps
+    the roles: peft's ``lora_embedding_A`` starts at zero and ``lora_embedding_B`` is random;
+    ``label`` names the matrix in the reason, by default ``"LoRA A"`` / ``"LoRA B"``.) A zero
+    ``a_rms`` / ``w_rms`` (nothing to read) is replaced by ``sqrt(1/fan_in)``, the automatic
+    kernel scale of the adapted layer's fan-in. ``b0`` is 0: adapters start fresh.
 
     >>> lora_scale("lora_B", (96, 4), (96, 1), matrix="B", rank=4, scaling=2.0,
     ...            a_rms=0.1, w_rms=0.2, fan_in=32).eta  # 0.1 * 0.2 / (2 * 0.1 * sqrt(4))
@@ -317,15 +326,31 @@ def lora_scale(kind: str, shape: Shape, slot_shape: Shape, *, matrix: str, rank:
     """
     fresh = math.sqrt(1 / fan_in)
     a_rms = a_rms if a_rms > 0 else fresh
+    label = label or f"LoRA {matrix}"
     if matrix == "A":
-        return Scale(a_rms, slot_shape, f"{kind}, LoRA A of rank {rank}: RMS of its "
+        return Scale(a_rms, slot_shape, f"{kind}, {label} of rank {rank}: RMS of its "
                                         f"initialisation {_fmt(a_rms)}")
     w_rms = w_rms if w_rms > 0 else fresh
     eta = LORA_RELATIVE_UPDATE * w_rms / (scaling * a_rms * math.sqrt(rank))
     return Scale(eta, slot_shape,
-                 f"{kind}, LoRA B of rank {rank}, scaling {scaling:g}: the update s*B*A at "
+                 f"{kind}, {label} of rank {rank}, scaling {scaling:g}: the update s*B*A at "
                  f"{LORA_RELATIVE_UPDATE:g} x the adapted weight's RMS {_fmt(w_rms)}: "
                  f"{LORA_RELATIVE_UPDATE:g}*{_fmt(w_rms)}/({scaling:g}*{_fmt(a_rms)}*sqrt({rank}))")
+
+
+def dora_magnitude_scale(kind: str, rms: float, fallback: float) -> Scale:
+    """The scale of a DoRA magnitude vector ``m`` (Liu et al. 2024, arXiv:2402.09353: the
+    adapted weight is :math:`m \\cdot (W + sBA) / \\lVert W + sBA \\rVert`, per output row).
+    ``m`` starts at the frozen weight's row norms, so its ``eta`` is its own RMS (what the
+    decay holds it at), with one scalar slot; ``fallback`` if it is zero. ``b0`` is 0, as for
+    the other adapter matrices.
+
+    >>> dora_magnitude_scale("DoRA magnitude", 0.58, 0.5).eta
+    0.58
+    """
+    eta = rms if rms > 0 else fallback
+    return Scale(eta, (), f"{kind}: RMS of its initialisation, the adapted weight's row "
+                          f"norms {_fmt(eta)}")
 
 
 def warn_guessed(guessed: Sequence[tuple[str, Shape]], stacklevel: int = 3) -> None:

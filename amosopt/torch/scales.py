@@ -72,6 +72,7 @@ from amosopt.scales import (
     build_table,
     additive_scale,
     canonical_op,
+    dora_magnitude_scale,
     embedding_scale,
     fallback_scale,
     gain_scale,
@@ -191,8 +192,15 @@ def _use_rule(use: str, shape: Shape) -> Scale | _Kernel | None:
     return None
 
 
-#: the adapter matrices of a ``peft`` LoRA layer, by the name of their ModuleDict
-_LORA_MATRICES = {"lora_A": "A", "lora_B": "B"}
+#: the adapter matrices of a ``peft`` LoRA layer, by the name of their ModuleDict (Linear, Conv)
+#: or ParameterDict (Embedding): "A" the random factor, "B" the zero-initialised one, each with
+#: the name of the other factor and the label its reason gives
+_LORA_MATRICES = {
+    "lora_A": ("A", "lora_B", "LoRA A"),
+    "lora_B": ("B", "lora_A", "LoRA B"),
+    "lora_embedding_A": ("B", "lora_embedding_B", "LoRA embedding A (zero-initialised)"),
+    "lora_embedding_B": ("A", "lora_embedding_A", "LoRA embedding B"),
+}
 
 
 def _rms(tensor: Tensor) -> float:
@@ -204,25 +212,57 @@ def _rms(tensor: Tensor) -> float:
     return float(norm) / math.sqrt(tensor.numel())
 
 
-def _lora_rule(model: nn.Module, name: str, shape: Shape) -> Scale | None:
-    """The scale of a ``peft`` LoRA matrix (``<layer>.lora_A.<adapter>.weight``, and
-    ``lora_B``), from the adapter's rank and scaling and the layer it adapts
-    (:func:`amosopt.scales.lora_scale`); None for any other parameter."""
+def _adapter(model: nn.Module, name: str) -> tuple[nn.Module, str, str] | None:
+    """``(layer, matrix, adapter)`` for a ``peft`` adapter parameter: ``<layer>.lora_A.<adapter>
+    .weight`` (and ``lora_B``, ``lora_magnitude_vector``) or ``<layer>.lora_embedding_A.
+    <adapter>`` (and ``_B``); None for any other parameter."""
     parts = name.split(".")
-    if len(parts) < 4 or parts[-3] not in _LORA_MATRICES or parts[-1] != "weight":
+    if len(parts) >= 4 and parts[-1] == "weight" and (
+            parts[-3] in ("lora_A", "lora_B", "lora_magnitude_vector")):
+        layer_path, matrix, adapter = ".".join(parts[:-3]), parts[-3], parts[-2]
+    elif len(parts) >= 3 and parts[-2] in ("lora_embedding_A", "lora_embedding_B"):
+        layer_path, matrix, adapter = ".".join(parts[:-2]), parts[-2], parts[-1]
+    else:
         return None
-    layer, adapter = model.get_submodule(".".join(parts[:-3])), parts[-2]
-    rank = getattr(layer, "r", {}).get(adapter)
-    scaling = getattr(layer, "scaling", {}).get(adapter)
-    if rank is None or scaling is None or not hasattr(layer, "get_base_layer"):
+    layer = model.get_submodule(layer_path)
+    if adapter not in getattr(layer, "r", {}) or not hasattr(layer, "get_base_layer"):
         return None
-    a = layer.lora_A[adapter].weight
+    return layer, matrix, adapter
+
+
+def _factor(layer: nn.Module, matrix: str, adapter: str) -> Tensor:
+    """An adapter's factor ``matrix`` (a module's weight, or an embedding's parameter)."""
+    factor = getattr(layer, matrix)[adapter]
+    return factor.weight if isinstance(factor, nn.Module) else factor
+
+
+def _lora_rule(model: nn.Module, name: str, shape: Shape) -> Scale | None:
+    """The scale of a ``peft`` adapter parameter, from the adapter's rank and scaling and the
+    layer it adapts: LoRA matrices (:func:`amosopt.scales.lora_scale`), DoRA's magnitude
+    (:func:`amosopt.scales.dora_magnitude_scale`); None for any other parameter."""
+    found = _adapter(model, name)
+    if found is None:
+        return None
+    layer, matrix, adapter = found
+    kind = f"{type(layer.get_base_layer()).__name__} adapter"
+    if matrix == "lora_magnitude_vector":
+        return dora_magnitude_scale(f"{kind}, DoRA magnitude", _rms(model.get_parameter(name)),
+                                    fallback=1.0)
+    rank, scaling = layer.r[adapter], layer.scaling.get(adapter)
+    if scaling is None:
+        return None
+    role, other, label = _LORA_MATRICES[matrix]
+    random_factor = _factor(layer, matrix if role == "A" else other, adapter)
     base = getattr(layer.get_base_layer(), "weight", None)
-    fan_in = math.prod(a.shape[1:])
-    slot = (shape[0],) + (1,) * (len(shape) - 1)  # one slot per output row: (out, in...) layout
-    return lora_scale(f"{type(layer.lora_A[adapter]).__name__} weight", shape, slot,
-                      matrix=_LORA_MATRICES[parts[-3]], rank=int(rank), scaling=float(scaling),
-                      a_rms=_rms(a), w_rms=0.0 if base is None else _rms(base), fan_in=fan_in)
+    if matrix == "lora_embedding_A":  # (r, V): one slot per token, as the embedding's rows
+        slot = (1, shape[1])
+        fan_in = rank
+    else:  # one slot per output row: (out, in...) layout
+        slot = (shape[0],) + (1,) * (len(shape) - 1)
+        fan_in = math.prod(random_factor.shape[1:])
+    return lora_scale(kind, shape, slot, matrix=role, rank=int(rank), scaling=float(scaling),
+                      a_rms=_rms(random_factor), w_rms=0.0 if base is None else _rms(base),
+                      fan_in=fan_in, label=label)
 
 
 # ------------------------------------------------------------------------------------------------

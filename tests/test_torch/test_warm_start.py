@@ -286,6 +286,51 @@ def test_lora_b_scale_gives_the_relative_update() -> None:
     assert _rms(delta) == pytest.approx(LORA_RELATIVE_UPDATE * _rms(w), rel=0.3)
 
 
+class _EmbedAndProject(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = torch.nn.Embedding(50, 16), torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.fc(self.emb(x))
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_embedding_lora_and_dora_magnitude_scales(dora) -> None:
+    """An embedding's LoRA swaps the roles (lora_embedding_A (r, V) starts at zero,
+    lora_embedding_B (d, r) is random); DoRA's magnitude starts at W's row norms."""
+    torch.manual_seed(0)
+    model = peft.get_peft_model(_EmbedAndProject(), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["emb", "fc"], use_dora=dora))
+    table = auto_scales(model, torch.zeros(1, 3, dtype=torch.long), pretrained=True)
+    emb = model.base_model.model.emb
+    a, b = emb.lora_embedding_A["default"], emb.lora_embedding_B["default"]
+    assert a.abs().max() == 0 and b.abs().max() > 0  # the roles, as peft initialises them
+    prefix = "base_model.model.emb."
+    scale_a, scale_b = table[prefix + "lora_embedding_A.default"], table[
+        prefix + "lora_embedding_B.default"]
+    expected = LORA_RELATIVE_UPDATE * _rms(emb.get_base_layer().weight) / (2.0 * _rms(b) * 2.0)
+    assert scale_a.eta == pytest.approx(expected, rel=1e-6)  # s = 8/4, sqrt(r) = 2
+    assert scale_a.slot_shape == (1, 50) and scale_b.slot_shape == (16, 1)  # a slot per token
+    assert scale_b.eta == pytest.approx(_rms(b), rel=1e-6)
+    assert scale_a.b0 == scale_b.b0 == 0.0
+    # a token's change s * B @ A[:, i], with A's entries of RMS eta_A, has entries of RMS about
+    # kappa * rms(W)
+    a_drawn = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)).double()
+    a_drawn *= scale_a.eta / _rms(a_drawn)
+    delta = 2.0 * b.double() @ a_drawn
+    assert _rms(delta) == pytest.approx(LORA_RELATIVE_UPDATE * _rms(emb.weight), rel=0.3)
+    magnitudes = [n for n in table if "lora_magnitude_vector" in n]
+    assert len(magnitudes) == (2 if dora else 0)
+    if dora:
+        fc = model.base_model.model.fc
+        row_norms = fc.get_base_layer().weight.detach().norm(dim=1)
+        scale = table["base_model.model.fc.lora_magnitude_vector.default.weight"]
+        assert scale.eta == pytest.approx(_rms(row_norms), rel=1e-5)
+        assert scale.slot_shape == () and scale.b0 == 0.0 and "DoRA magnitude" in scale.reason
+    assert not any(table[n].reason.startswith("guessed") for n in table)
+
+
 def test_lora_training_changes_only_the_adapters() -> None:
     model, inputs = _gpt2()
     base = copy.deepcopy({n: p.detach().clone() for n, p in model.named_parameters()
