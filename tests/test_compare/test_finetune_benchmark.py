@@ -30,7 +30,9 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
     finetune.main(["--smoke", "--out", str(tmp_path)])
     runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     expected = {finetune.run_key(*spec) for spec in finetune.plan(finetune.SMOKE)}
-    assert set(runs) == expected and len(expected) == 5
+    assert set(runs) == expected and len(expected) == 6  # 5 grid runs, 1 of the b0 sweep
+    assert runs["full-4-0-amos-warm-b0=0-1"]["b0"] == 0.0
+    assert runs["full-4-0-amos-warm-1"]["b0"] == finetune.MAIN_B0
     assert (tmp_path / "pretrained.pt").exists()
     pretrain = json.loads((tmp_path / "pretrain.json").read_text())
     assert "pydoc_data/topics.py" in pretrain["data"]["excluded"]  # the new text is new
@@ -45,7 +47,7 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     finetune.main(["--smoke", "--out", str(tmp_path)])  # resumes: nothing left to run
-    assert "5 runs done, 0 to run" in capsys.readouterr().out
+    assert "6 runs done, 0 to run" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
 
     summary = (tmp_path / "summary.md").read_text()
@@ -55,5 +57,13 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
                                                           "adamw", "amos"]
     data = json.loads((tmp_path / "summary.json").read_text())
     warm = data["groups"][0]["methods"]["amos-warm"]
+    adamw = data["groups"][0]["methods"]["adamw"]
     assert warm["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
-        warm["ft_val"][0] - data["groups"][0]["methods"]["adamw"]["ft_val"][0])
+        warm["ft_val"][0] - adamw["ft_val"][0])
+    # the b0 sweep: the grids' b0 and the swept one, each against AdamW on the same seed
+    sweep = {row["b0"]: row for row in data["b0_sweep"]}
+    assert set(sweep) == {0.0, finetune.MAIN_B0}
+    assert sweep[0.0]["ft_val"] == [runs["full-4-0-amos-warm-b0=0-1"]["ft_val"]]
+    assert sweep[0.0]["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
+        sweep[0.0]["ft_val"][0] - adamw["ft_val"][0])
+    assert "## The warm start's b0" in summary
