@@ -60,10 +60,10 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
     adamw = data["groups"][0]["methods"]["adamw"]
     assert warm["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
         warm["ft_val"][0] - adamw["ft_val"][0])
-    # the b0 sweep: the grids' b0 and the swept one, each against AdamW on the same seed
-    sweep = {row["b0"]: row for row in data["b0_sweep"]}
-    assert set(sweep) == {0.0, finetune.MAIN_B0}
+    # the sweep: the grids' warm start and the changed one, each against AdamW on one seed
+    sweep = {row["b0"]: row for row in data["sweep"]}
+    assert set(sweep) == {0.0, finetune.MAIN_B0} and sweep[0.0]["change"] == "b0 0"
     assert sweep[0.0]["ft_val"] == [runs["full-4-0-amos-warm-b0=0-1"]["ft_val"]]
     assert sweep[0.0]["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
         sweep[0.0]["ft_val"][0] - adamw["ft_val"][0])
-    assert "## The warm start's b0" in summary
+    assert "## The warm start with one setting changed" in summary
