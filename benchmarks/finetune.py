@@ -30,8 +30,8 @@
 
 Cost, measured: a 200-step run takes 42-52 s on one thread, an 800-step run about 170 s
 (full fine-tuning; LoRA about 20% more), two runs at a time on this 2-core machine. The grids
-(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 30: about
-2.9 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
+(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 36: about
+3 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
 
     python benchmarks/finetune.py --jobs 2          # pretrain once, then every run (resumable)
     python benchmarks/finetune.py --summary         # OUT/summary.md and OUT/summary.json
@@ -90,9 +90,11 @@ MAIN_B0 = 100.0
 #: the warm start with one setting changed (full fine-tuning, at SWEEP_VALUE x the suggested
 #: xi, every budget and seed): b0 0 separates the two halves of the warm start (eta from the
 #: weights, b at 0), 10 / 1000 bracket the default; beta 0.99 / 0.999 against the suggested
-#: 1 - xi = 0.93 (this text is 183 batches an epoch), a short memory for v
+#: 1 - xi = 0.93 (this text is 183 batches an epoch), a short memory for v; decay_ratio 1/4,
+#: the same step with a weight decay 16 times weaker (Amos's rho)
 SWEEPS: tuple[tuple[str, float], ...] = (("b0", 0.0), ("b0", 10.0), ("b0", 1000.0),
-                                         ("beta", 0.99), ("beta", 0.999))
+                                         ("beta", 0.99), ("beta", 0.999),
+                                         ("decay_ratio", 0.25))
 SWEEP_VALUE = 0.5
 #: the compared method of each mode, tested against AdamW
 CANDIDATES = {"full": ("amos-warm", "amos"), "lora": ("amos",)}
@@ -140,7 +142,7 @@ def changed(method: str) -> dict[str, float]:
 
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
-              heads=2, batch_size=4, eval_batches=1, evals=1, sweeps=(("b0", 0.0),),
+              heads=2, batch_size=4, eval_batches=1, evals=1, sweeps=(("b0", 0.0), ("decay_ratio", 0.5)),
               sweep_value=1.0,
               grids={"full": {"adamw": (1e-3,), "amos": (1.0,), "amos-warm": (1.0,)},
                      "lora": {"adamw": (3e-3,), "amos": (1.0,)}})
@@ -242,7 +244,8 @@ def build(setup: Setup, model: torch.nn.Module, method: str, value: float, ft: L
     table = auto_scales(model, ft.batch(0)[0][:1], pretrained=warm, b0=setup.b0_of(method))
     return optimizers_lib.build("amos-wsd", model, value, settings(
         setup, ft, budget, eta=table.eta, slot_shape=table.slot_shape,
-        amos_b0=table.b0 if warm else 0.0, amos_beta=changed(method).get("beta")))
+        amos_b0=table.b0 if warm else 0.0,
+        **{f"amos_{key}": value for key, value in changed(method).items() if key != "b0"}))
 
 
 def fine_tune(setup: Setup, checkpoint: Path, out: Path, mode: str, budget: int, seed: int,
