@@ -92,9 +92,8 @@ MAIN_B0 = 100.0
 #: weights, b at 0), 10 / 1000 bracket the default; beta 0.99 / 0.999 against the suggested
 #: 1 - xi = 0.93 (this text is 183 batches an epoch), a short memory for v; decay_ratio 1/4,
 #: the same step with a weight decay 16 times weaker (Amos's rho)
-SWEEPS: tuple[tuple[str, float], ...] = (("b0", 0.0), ("b0", 10.0), ("b0", 1000.0),
-                                         ("beta", 0.99), ("beta", 0.999),
-                                         ("decay_ratio", 0.25))
+SWEEPS: tuple[tuple[str, float], ...] = (("decay_ratio", 0.25), ("b0", 0.0), ("b0", 10.0),
+                                         ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
 SWEEP_VALUE = 0.5
 #: the compared method of each mode, tested against AdamW
 CANDIDATES = {"full": ("amos-warm", "amos"), "lora": ("amos",)}
@@ -142,8 +141,8 @@ def changed(method: str) -> dict[str, float]:
 
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
-              heads=2, batch_size=4, eval_batches=1, evals=1, sweeps=(("b0", 0.0), ("decay_ratio", 0.5)),
-              sweep_value=1.0,
+              heads=2, batch_size=4, eval_batches=1, evals=1,
+              sweeps=(("b0", 0.0), ("decay_ratio", 0.5)), sweep_value=1.0,
               grids={"full": {"adamw": (1e-3,), "amos": (1.0,), "amos-warm": (1.0,)},
                      "lora": {"adamw": (3e-3,), "amos": (1.0,)}})
 
@@ -278,14 +277,14 @@ def fine_tune(setup: Setup, checkpoint: Path, out: Path, mode: str, budget: int,
 
 def plan(setup: Setup) -> list[tuple[str, int, int, str, float]]:
     """Every run, the smaller budget and seed 0 first (a cut study has whole comparisons);
-    each budget's b0 sweep after its grids."""
+    each budget's sweep after its grids, one change at a time over the seeds."""
     runs = []
     for budget in setup.budgets:
         runs += [(mode, budget, seed, method, value) for seed in setup.seeds
                  for mode, methods in setup.grid().items()
                  for method, grid in methods.items() for value in grid]
         runs += [("full", budget, seed, sweep_name(key, value), setup.sweep_value)
-                 for seed in setup.seeds for key, value in setup.sweeps]
+                 for key, value in setup.sweeps for seed in setup.seeds]
     return runs
 
 
