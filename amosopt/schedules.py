@@ -28,12 +28,25 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COOLDOWN_SHAPES", "WSD", "DEFAULT_COOLDOWN_FRACTION"]
+__all__ = ["COOLDOWN_SHAPES", "WSD", "DEFAULT_COOLDOWN_FRACTION", "warmup_multiplier"]
 
 COOLDOWN_SHAPES = ("linear", "1-sqrt")
 #: the cooldown length when none is given, as a fraction of the budget (Hägele et al. found
 #: 10-20% enough to match a tuned cosine schedule)
 DEFAULT_COOLDOWN_FRACTION = 0.2
+
+
+def warmup_multiplier(step: Any, warmup_steps: int, xp: Any) -> Any:
+    """The linear warm-up both backends use: update ``s`` (0 at the first) takes
+    ``min(1, (s + 1) / W)`` of the rate, 1 without a warm-up (``W = 0``); ``xp`` is ``math``'s
+    stand-in for a Python number (``numpy``) or ``jax.numpy`` for a traced ``count``.
+
+    >>> import numpy as np
+    >>> [float(warmup_multiplier(s, 4, np)) for s in range(5)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    s = xp.asarray(step) * 1.0
+    return xp.minimum(1.0, (s + 1.0) / warmup_steps) if warmup_steps else xp.ones_like(s)
 
 
 def _steps(value: Any, name: str, minimum: int) -> int:
@@ -83,7 +96,7 @@ class WSD:
         expression serves a Python number and a traced ``count``."""
         s = xp.asarray(step) * 1.0
         total, warmup, cooldown = self.total_steps, self.warmup_steps, self.cooldown_steps
-        warm = xp.minimum(1.0, (s + 1.0) / warmup) if warmup else xp.ones_like(s)
+        warm = warmup_multiplier(s, warmup, xp)
         if cooldown == 0:
             decay = xp.where(s < total, 1.0, 0.0)
         else:

@@ -9,6 +9,7 @@ import optax
 
 from amosopt.optax.schedules import wsd_schedule
 from amosopt.optax.transform import amos
+from amosopt.schedules import warmup_multiplier
 from amosopt.suggest import Suggestion, check_suggestion
 
 __all__ = ["recipe"]
@@ -20,8 +21,9 @@ def recipe(suggestion: Suggestion, eta_fn: Any, shape_fn: Any = None,
 
     The rate is ``wsd_schedule(suggestion.xi, **suggestion.schedule_kwargs())`` for a
     suggestion with a budget, else a linear warm-up over ``suggestion.warmup_steps`` then a
-    constant ``xi`` (as :func:`amosopt.torch.recipe` does); the arguments are ``suggestion.amos_kwargs()`` (``amos_kwargs`` override
-    single entries). ``eta_fn`` and ``shape_fn`` are ``amos``'s, for example from
+    constant ``xi`` (:func:`amosopt.schedules.warmup_multiplier`, as :func:`amosopt.torch.recipe`
+    does); the arguments are ``suggestion.amos_kwargs()`` (``amos_kwargs`` override single
+    entries). ``eta_fn`` and ``shape_fn`` are ``amos``'s, for example from
     ``table = amosopt.optax.auto_scales(params, model, example_inputs)``: ``table.eta``,
     ``table.slot_shape``.
 
@@ -36,8 +38,7 @@ def recipe(suggestion: Suggestion, eta_fn: Any, shape_fn: Any = None,
     if suggestion.steps is None:
         # the warm-up of amosopt.torch.warmup_schedule: update `count` uses (count + 1) / W
         xi, warmup = suggestion.xi, suggestion.warmup_steps
-        # count + 1.0: an int32 count over an int is float32 in JAX, even under x64
-        rate = (lambda count: xi * jnp.minimum(1.0, (count + 1.0) / warmup)) if warmup else xi
+        rate = (lambda count: xi * warmup_multiplier(count, warmup, jnp)) if warmup else xi
     else:
         rate = wsd_schedule(suggestion.xi, **suggestion.schedule_kwargs())
     return amos(rate, eta_fn, shape_fn, **{**suggestion.amos_kwargs(), **amos_kwargs})

@@ -13,7 +13,7 @@ import numpy as np
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from amosopt.schedules import WSD
+from amosopt.schedules import WSD, warmup_multiplier
 
 __all__ = ["WSDSchedule", "warmup_schedule", "wsd_schedule"]
 
@@ -88,7 +88,7 @@ def wsd_schedule(optimizer: Optimizer, total_steps: int, *, warmup_steps: int = 
 
 
 def _warmup_factor(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return float(warmup_multiplier(step, warmup_steps, np))
 
 
 def warmup_schedule(optimizer: Optimizer, warmup_steps: int) -> LambdaLR:
