@@ -30,8 +30,8 @@
 
 Cost, measured: a 200-step run takes 42-52 s on one thread, an 800-step run about 170 s
 (full fine-tuning; LoRA about 20% more), two runs at a time on this 2-core machine. The grids
-(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 36: about
-3 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
+(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 42: about
+3.1 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
 
     python benchmarks/finetune.py --jobs 2          # pretrain once, then every run (resumable)
     python benchmarks/finetune.py --summary         # OUT/summary.md and OUT/summary.json
@@ -91,9 +91,11 @@ MAIN_B0 = 100.0
 #: xi, every budget and seed): b0 0 separates the two halves of the warm start (eta from the
 #: weights, b at 0), 10 / 1000 bracket the default; beta 0.99 / 0.999 against the suggested
 #: 1 - xi = 0.93 (this text is 183 batches an epoch), a short memory for v; decay_ratio 1/4,
-#: the same step with a weight decay 16 times weaker (Amos's rho)
-SWEEPS: tuple[tuple[str, float], ...] = (("decay_ratio", 0.25), ("b0", 0.0), ("b0", 10.0),
-                                         ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
+#: the same step with a weight decay 16 times weaker (Amos's rho); the row-and-column second
+#: moment (each entry's step from a rank-1 estimate of its own g^2 rather than its row's)
+SWEEPS: tuple[tuple[str, float | str], ...] = (
+    ("decay_ratio", 0.25), ("second_moment", "row-col"), ("b0", 0.0), ("b0", 10.0),
+    ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
 SWEEP_VALUE = 0.5
 #: the compared method of each mode, tested against AdamW
 CANDIDATES = {"full": ("amos-warm", "amos"), "lora": ("amos",)}
@@ -116,7 +118,7 @@ class Setup:
     eval_batches: int = 8
     evals: int = 4
     b0: float = MAIN_B0  # the warm start's b0 in the grids (amos-warm)
-    sweeps: tuple[tuple[str, float], ...] = SWEEPS  # amos-warm-KEY=VALUE, full, sweep_value
+    sweeps: tuple[tuple[str, float | str], ...] = SWEEPS  # amos-warm-KEY=VALUE, full
     sweep_value: float = SWEEP_VALUE
 
     def grid(self) -> dict[str, dict[str, tuple[float, ...]]]:
@@ -128,16 +130,20 @@ class Setup:
         return changed(method).get("b0", self.b0)
 
 
-def sweep_name(key: str, value: float) -> str:
-    return f"amos-warm-{key}={value:g}"
+def sweep_name(key: str, value: float | str) -> str:
+    return f"amos-warm-{key}={value if isinstance(value, str) else format(value, 'g')}"
 
 
-def changed(method: str) -> dict[str, float]:
-    """``{KEY: VALUE}`` of a sweep's method ``amos-warm-KEY=VALUE``, else ``{}``."""
+def changed(method: str) -> dict[str, float | str]:
+    """``{KEY: VALUE}`` of a sweep's method ``amos-warm-KEY=VALUE`` (a number, or a word such
+    as ``row-col``), else ``{}``."""
     if not method.startswith("amos-warm-"):
         return {}
     key, value = method.removeprefix("amos-warm-").split("=")
-    return {key: float(value)}
+    try:
+        return {key: float(value)}
+    except ValueError:
+        return {key: value}
 
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
@@ -390,7 +396,8 @@ def _sweep(setup: Setup, runs: list[dict], groups: list[dict]) -> list[dict]:
     and each change of the sweep: fine-tuned loss, forgetting, and paired tests against AdamW at
     its best value."""
     rows = []
-    methods = [("amos-warm", "none")] + [(sweep_name(k, v), f"{k} {v:g}") for k, v in setup.sweeps]
+    methods = [("amos-warm", "none")] + [(sweep_name(k, v), sweep_name(k, v).removeprefix(
+        "amos-warm-").replace("=", " ")) for k, v in setup.sweeps]
     for budget in setup.budgets:
         adamw = next((g["methods"].get("adamw") for g in groups
                       if (g["mode"], g["budget"]) == ("full", budget)), None)
