@@ -33,13 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from amosopt.compare.models import ByteLM  # noqa: E402
 from amosopt.torch import Amos, auto_scales  # noqa: E402
 
 from _record import write_record  # noqa: E402  (beside this script)
+from torch_step import MODELS, byte_lm  # noqa: E402
 
-#: name -> (width, layers); "small": 198 tensors, 0.84M parameters
-MODELS = {"1M": (256, 1), "10M": (512, 3), "small": (64, 16)}
 
 
 def graph_counting_backend(calls: list[int]):
@@ -57,11 +55,8 @@ def graph_counting_backend(calls: list[int]):
 
 
 def bench(name: str, reps: int, warmup: int, seed: int) -> dict:
-    width, layers = MODELS[name]
-    torch.manual_seed(seed)
-    model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
+    model, grads = byte_lm(name, seed)
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
-    grads = [torch.randn_like(p) * 1e-2 for p in model.parameters()]
     calls: dict[str, list[int]] = {"compiled": [], "compiled, no check": [],
                                    "compiled, skip": []}
     steps = {}

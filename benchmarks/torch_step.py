@@ -38,6 +38,8 @@ from _record import write_record  # noqa: E402  (beside this script)
 
 #: name -> (width, layers): 12 d^2 parameters per layer plus 2 x 256 x d embeddings
 SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
+#: the sizes and one model of many small tensors: 198 tensors, 0.84M parameters
+MODELS = {**SIZES, "small": (64, 16)}
 LR = 1e-3
 
 
@@ -93,8 +95,8 @@ def optimizers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple
 
 
 def byte_lm(name: str, seed: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-    """The model of size ``name`` (:data:`SIZES`) and fixed random gradients for it."""
-    width, layers = SIZES[name]
+    """The model ``name`` (:data:`MODELS`) and fixed random gradients for it."""
+    width, layers = MODELS[name]
     torch.manual_seed(seed)
     model = ByteLM(seq_len=128, d_model=width, n_layers=layers, n_heads=max(1, width // 64))
     return model, [torch.randn_like(p) * 1e-2 for p in model.parameters()]
