@@ -30,8 +30,8 @@
 
 Cost, measured: a 200-step run takes 42-52 s on one thread, an 800-step run about 170 s
 (full fine-tuning; LoRA about 20% more), two runs at a time on this 2-core machine. The grids
-(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 42: about
-3.1 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
+(2 budgets x 3 seeds x (full: 4 + 5 + 3 values; lora: 4 + 5)) are 126 runs, the sweep 48: about
+3.2 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
 
     python benchmarks/finetune.py --jobs 2          # pretrain once, then every run (resumable)
     python benchmarks/finetune.py --summary         # OUT/summary.md and OUT/summary.json
@@ -92,10 +92,11 @@ MAIN_B0 = 100.0
 #: weights, b at 0), 10 / 1000 bracket the default; beta 0.99 / 0.999 against the suggested
 #: 1 - xi = 0.93 (this text is 183 batches an epoch), a short memory for v; decay_ratio 1/4,
 #: the same step with a weight decay 16 times weaker (Amos's rho); the row-and-column second
-#: moment (each entry's step from a rank-1 estimate of its own g^2 rather than its row's)
+#: moment (each entry's step from a rank-1 estimate of its own g^2 rather than its row's), and
+#: full-size slots (each entry its own v and b, as Adam's; 150% of AdamW's state), the bound
 SWEEPS: tuple[tuple[str, float | str], ...] = (
-    ("decay_ratio", 0.25), ("second_moment", "row-col"), ("b0", 0.0), ("b0", 10.0),
-    ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
+    ("decay_ratio", 0.25), ("second_moment", "row-col"), ("slots", "full"), ("b0", 0.0),
+    ("b0", 10.0), ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
 SWEEP_VALUE = 0.5
 #: the compared method of each mode, tested against AdamW
 CANDIDATES = {"full": ("amos-warm", "amos"), "lora": ("amos",)}
@@ -148,7 +149,7 @@ def changed(method: str) -> dict[str, float | str]:
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
               heads=2, batch_size=4, eval_batches=1, evals=1,
-              sweeps=(("b0", 0.0), ("decay_ratio", 0.5)), sweep_value=1.0,
+              sweeps=(("b0", 0.0), ("decay_ratio", 0.5), ("slots", "full")), sweep_value=1.0,
               grids={"full": {"adamw": (1e-3,), "amos": (1.0,), "amos-warm": (1.0,)},
                      "lora": {"adamw": (3e-3,), "amos": (1.0,)}})
 
@@ -247,10 +248,12 @@ def build(setup: Setup, model: torch.nn.Module, method: str, value: float, ft: L
         return optimizers_lib.build("adamw", model, value, settings(setup, ft, budget))
     warm = method.startswith("amos-warm")
     table = auto_scales(model, ft.batch(0)[0][:1], pretrained=warm, b0=setup.b0_of(method))
+    options = changed(method)
+    slot_shape = None if options.pop("slots", None) == "full" else table.slot_shape
     return optimizers_lib.build("amos-wsd", model, value, settings(
-        setup, ft, budget, eta=table.eta, slot_shape=table.slot_shape,
+        setup, ft, budget, eta=table.eta, slot_shape=slot_shape,
         amos_b0=table.b0 if warm else 0.0,
-        **{f"amos_{key}": value for key, value in changed(method).items() if key != "b0"}))
+        **{f"amos_{key}": value for key, value in options.items() if key != "b0"}))
 
 
 def fine_tune(setup: Setup, checkpoint: Path, out: Path, mode: str, budget: int, seed: int,

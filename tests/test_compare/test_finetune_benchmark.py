@@ -30,7 +30,7 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
     finetune.main(["--smoke", "--out", str(tmp_path)])
     runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     expected = {finetune.run_key(*spec) for spec in finetune.plan(finetune.SMOKE)}
-    assert set(runs) == expected and len(expected) == 7  # 5 grid runs, 2 of the sweep
+    assert set(runs) == expected and len(expected) == 8  # 5 grid runs, 3 of the sweep
     assert runs["full-4-0-amos-warm-b0=0-1"]["b0"] == 0.0
     assert runs["full-4-0-amos-warm-decay_ratio=0.5-1"]["changed"] == {"decay_ratio": 0.5}
     assert runs["full-4-0-amos-warm-1"]["b0"] == finetune.MAIN_B0
@@ -48,7 +48,7 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     finetune.main(["--smoke", "--out", str(tmp_path)])  # resumes: nothing left to run
-    assert "7 runs done, 0 to run" in capsys.readouterr().out
+    assert "8 runs done, 0 to run" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
 
     summary = (tmp_path / "summary.md").read_text()
@@ -63,7 +63,7 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
         warm["ft_val"][0] - adamw["ft_val"][0])
     # the sweep: the grids' warm start and the changed one, each against AdamW on one seed
     sweep = {row["change"]: row for row in data["sweep"]}
-    assert set(sweep) == {"none", "b0 0", "decay_ratio 0.5"}
+    assert set(sweep) == {"none", "b0 0", "decay_ratio 0.5", "slots full"}
     assert sweep["none"]["b0"] == finetune.MAIN_B0 and sweep["b0 0"]["b0"] == 0.0
     assert sweep["b0 0"]["ft_val"] == [runs["full-4-0-amos-warm-b0=0-1"]["ft_val"]]
     assert sweep["b0 0"]["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
