@@ -30,7 +30,7 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
     finetune.main(["--smoke", "--out", str(tmp_path)])
     runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     expected = {finetune.run_key(*spec) for spec in finetune.plan(finetune.SMOKE)}
-    assert set(runs) == expected and len(expected) == 8  # 5 grid runs, 3 of the sweep
+    assert set(runs) == expected and len(expected) == 9  # 6 grid runs, 3 of the sweep
     assert runs["full-4-0-amos-warm-b0=0-1"]["b0"] == 0.0
     assert runs["full-4-0-amos-warm-decay_ratio=0.5-1"]["changed"] == {"decay_ratio": 0.5}
     assert runs["full-4-0-amos-warm-1"]["b0"] == finetune.MAIN_B0
@@ -48,14 +48,18 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     finetune.main(["--smoke", "--out", str(tmp_path)])  # resumes: nothing left to run
-    assert "8 runs done, 0 to run" in capsys.readouterr().out
+    assert "9 runs done, 0 to run" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
 
     summary = (tmp_path / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| full") or
             line.startswith("| lora")]
     assert [row.split("|")[3].strip() for row in rows] == ["adamw", "amos", "amos-warm",
-                                                          "adamw", "amos"]
+                                                          "adamw", "amos", "amos-kappa=0.4"]
+    lora = json.loads((tmp_path / "summary.json").read_text())["groups"][1]
+    assert lora["mode"] == "lora" and "vs_adamw" in lora["methods"]["amos-kappa=0.4"]
+    # kappa 0.4 scales only B's eta (x 4), from the same first step: the runs differ
+    assert runs["lora-4-0-amos-kappa=0.4-1"]["ft_val"] != runs["lora-4-0-amos-1"]["ft_val"]
     data = json.loads((tmp_path / "summary.json").read_text())
     warm = data["groups"][0]["methods"]["amos-warm"]
     adamw = data["groups"][0]["methods"]["adamw"]
