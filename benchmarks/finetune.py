@@ -105,8 +105,8 @@ MAIN_B0 = 100.0
 #: moment (each entry's step from a rank-1 estimate of its own g^2 rather than its row's), and
 #: full-size slots (each entry its own v and b, as Adam's; 150% of AdamW's state), the bound
 SWEEPS: tuple[tuple[str, float | str], ...] = (
-    ("decay_ratio", 0.25), ("second_moment", "row-col"), ("slots", "full"), ("b0", 0.0),
-    ("b0", 10.0), ("b0", 1000.0), ("beta", 0.99), ("beta", 0.999))
+    ("second_moment", "row-col"), ("slots", "full"), ("b0", 10.0), ("b0", 1000.0), ("b0", 0.0),
+    ("decay_ratio", 0.25), ("beta", 0.99), ("beta", 0.999))
 SWEEP_VALUE = 0.5
 #: the compared method of each mode, tested against AdamW
 CANDIDATES = {"full": ("amos-warm", "amos"), "lora": ("amos", f"amos-kappa={LORA_KAPPA:g}")}
