@@ -41,11 +41,12 @@ DEFAULTS: dict[str, float] = {
 #: that every pretrained tensor's ``b`` starts at. It sets how far along its own decay the
 #: tensor already is: :math:`d_0 = 1 / (1 + d\sqrt{\xi\eta}\, b_0)` and
 #: :math:`c_0 = (1 + c\sqrt{\rho\xi}\, b_0)^{-1/2}` (so the weight decay :math:`\gamma` is
-#: shrunk too). Provisional reasoning: a pretrained tensor is past its decay onset (from scratch
+#: shrunk too). The reasoning: a pretrained tensor is past its decay onset (from scratch
 #: :math:`d_t` falls below 1/2 there), so start it at about half of its step: for the usual
 #: :math:`\xi\eta` between 5e-4 and 1e-2 (d = 1/4), 100 gives :math:`d_0` from 0.64 down to
-#: 0.29, and with :math:`\xi = 0.02`, :math:`c_0 = 0.47`. ``benchmarks/finetune.py`` measures
-#: the choice.
+#: 0.29, and with :math:`\xi = 0.02`, :math:`c_0 = 0.47`. Measured (``benchmarks/finetune.py``,
+#: full fine-tuning of a pretrained byte-level LM on a new text, 200 steps, 3 seeds): 100 ends
+#: at 0.903 nats/byte, against 0.946, 0.932 and 0.942 for 0, 10 and 1000.
 WARM_START_B0 = 100.0
 #: The warm start's floor on ``eta``, as a fraction of the automatic ``eta``: a tensor whose RMS
 #: is below it (but not zero) gets the floor, so that a nearly-zero pretrained tensor is not
