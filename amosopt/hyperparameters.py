@@ -144,7 +144,8 @@ def check_unexpected_arguments(unexpected: Mapping[str, Any], function: Callable
 
 
 def hints_foreign_arguments(lr: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """A decorator: the function raises :func:`check_unexpected_arguments`'s TypeError for
+    """A decorator for both backends' constructors (``Amos.__init__``, optax ``amos`` and
+    ``scale_by_amos``): the function raises :func:`check_unexpected_arguments`'s TypeError for
     keyword arguments it does not take, instead of Python's bare one. Its signature is
     unchanged (``inspect.signature`` follows ``__wrapped__``), so ``optax.inject_hyperparams``
     still binds the arguments by name."""

@@ -2,7 +2,7 @@
 names the fix: a missing ``eta``, rule tables that leave a parameter without a value (or match
 nothing), another optimizer's or another model's state, and schedulers that cycle ``momentum``.
 (Arguments of other optimizers, ``weight_decay=`` and the like, are caught by
-:func:`amosopt.hyperparameters.check_unexpected_arguments`, which both backends share.)
+:func:`amosopt.hyperparameters.hints_foreign_arguments`, which both backends share.)
 
 Each check is one function that :mod:`amosopt.torch.optimizer` (or, for a saved state,
 :mod:`amosopt.torch._checkpoints`) calls from one line; none of them changes the optimizer.

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required
 
-from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT, check_unexpected_arguments
+from amosopt.hyperparameters import DEFAULTS, SECOND_MOMENT, hints_foreign_arguments
 from amosopt.rules import Shape, as_b0_fn, as_eta_fn, as_shape_fn, column_shape
 from amosopt.torch import _checkpoints, _fused, _mistakes, _routes, _validation
 from amosopt.torch._functional import Hyper, slot_dtype
@@ -187,6 +187,7 @@ class Amos(Optimizer):
         towards Model-Oriented Scale <https://arxiv.org/abs/2210.11693>`_, 2022.
     """
 
+    @hints_foreign_arguments(lr="lr")  # weight_decay=: what to pass instead
     def __init__(
         self,
         params: Iterable[Any],
@@ -209,9 +210,7 @@ class Amos(Optimizer):
         rounding: str = "nearest",
         second_moment: str = SECOND_MOMENT,
         nonfinite: str = "raise",
-        **unexpected: Any,
     ) -> None:
-        check_unexpected_arguments(unexpected, Amos.__init__, lr="lr")  # weight_decay=: the fix
         defaults = dict(
             lr=lr, eta=eta, slot_shape=slot_shape, beta=beta, momentum=momentum,
             clip_value=clip_value, extra_l2=extra_l2, c_coef=c_coef, d_coef=d_coef,
