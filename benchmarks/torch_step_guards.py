@@ -8,7 +8,11 @@ clipping, the models of ``torch_step.py``) until the whole step is compiled, the
 * ``guard check``: the cache entry's ``guard_manager.check`` on the step's arguments, the
   whole cost of the guards and nothing else;
 * ``compiled call``: the compiled step (guards, graph, and dynamo's wrappers);
-* ``AdamW fused``: ``torch.optim.AdamW(fused=True).step``, for scale.
+* ``AdamW fused``: ``torch.optim.AdamW(fused=True).step``, for scale;
+
+each warm (called back to back, the caches hold what the last call touched) and cold (a
+tensor larger than the caches, ``--flush-mb``, written before each call, as a forward and
+backward pass would leave them).
 
 It counts the guards by what they watch: the optimizer's records (``self._records``, routes
 and slot shapes decided on the host), the param groups, the rest. The profiler's "TorchDynamo
@@ -49,12 +53,24 @@ def _median_us(call: Callable[[], object], calls: int, reps: int) -> float:
     return statistics.median(means)
 
 
+def _median_cold_us(call: Callable[[], object], calls: int, flush: torch.Tensor) -> float:
+    """The median time of one call after ``flush`` (a tensor larger than the caches) has been
+    written: the caches hold none of the call's memory, as after a forward and backward pass."""
+    times = []
+    for _ in range(calls):
+        flush.add_(1.0)
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
 def _kind(name: str) -> str:
     return ("records" if name.startswith("self._records") else
             "param groups" if name.startswith("self.param_groups") else "other")
 
 
-def bench_size(name: str, calls: int, reps: int, seed: int) -> dict:
+def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> dict:
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     from amosopt.torch import Amos, auto_scales
@@ -104,17 +120,26 @@ def bench_size(name: str, calls: int, reps: int, seed: int) -> dict:
             guard_us = _median_us(lambda: entry.guard_manager.check(frame), calls, reps)
             from amosopt.torch import _fused
 
-            call_us = _median_us(lambda: _fused.with_constant_floats(compiled,
-                                                                      count_skipped=False),
-                                 max(1, calls // 20), reps)
+            def call() -> None:
+                _fused.with_constant_floats(compiled, count_skipped=False)
+
+            call_us = _median_us(call, max(1, calls // 20), reps)
+            flush = torch.zeros(flush_mb * 2**18)
+            cold = max(1, calls // 10)
+            guard_cold_us = _median_cold_us(lambda: entry.guard_manager.check(frame), cold,
+                                            flush)
+            call_cold_us = _median_cold_us(call, cold, flush)
     finally:
         for group, lr in zip(opt.param_groups, lrs):
             group["lr"] = lr
     adamw_us = _median_us(adamw.step, max(1, calls // 20), reps)
+    adamw_cold_us = _median_cold_us(adamw.step, max(1, calls // 10), flush)
     return {"size": name, "parameters": count_parameters(model),
             "tensors": len(list(model.parameters())), "guards": sum(kinds.values()),
             "guards_by_kind": dict(kinds), "guard_check_us": guard_us,
-            "compiled_call_us": call_us, "adamw_fused_us": adamw_us}
+            "compiled_call_us": call_us, "adamw_fused_us": adamw_us,
+            "cold": {"flush_mb": flush_mb, "guard_check_us": guard_cold_us,
+                     "compiled_call_us": call_cold_us, "adamw_fused_us": adamw_cold_us}}
 
 
 def main() -> None:
@@ -124,6 +149,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flush-mb", type=int, default=64,
+                        help="the tensor written before each cold call (larger than the caches)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"
                                              / "torch_step_guards.json"))
     args = parser.parse_args()
@@ -135,13 +162,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results = []
     for size in sizes:
-        r = bench_size(size, args.calls, args.reps, args.seed)
+        r = bench_size(size, args.calls, args.reps, args.seed, args.flush_mb)
         results.append(r)
         share = r["guard_check_us"] / r["compiled_call_us"]
         print(f"{size}: {r['parameters']:,} parameters, {r['tensors']} tensors, {r['guards']} "
               f"guards {r['guards_by_kind']}; guard check {r['guard_check_us']:.1f} us, "
               f"compiled call {r['compiled_call_us']:.0f} us ({share:.1%}), "
               f"AdamW fused {r['adamw_fused_us']:.0f} us")
+        c = r["cold"]
+        print(f"  cold caches: guard check {c['guard_check_us']:.1f} us, compiled call "
+              f"{c['compiled_call_us']:.0f} us, AdamW fused {c['adamw_fused_us']:.0f} us")
     write_record(args.out, "dynamo guard check of Amos(fused=True)'s compiled step", results,
                  machine={"torch_threads": torch.get_num_threads()},
                  versions={"torch": torch.__version__})
