@@ -14,9 +14,11 @@
    * ``amos``: Amos with the plain automatic scales (``auto_scales(model)``), a grid of
      multiples of the ``xi`` that ``amos suggest`` gives for the fine-tuning text;
    * ``amos-warm``: Amos warm-started (``auto_scales(model, pretrained=True)``: ``eta`` from the
-     weights, ``b`` from ``b0``), the same grid.
+     weights, ``b`` from ``b0``), the same grid;
+   * ``amos-warm-second_moment=row-col`` (:data:`ROW_COL`): the warm start with the
+     row-and-column second moment, on the warm start's best region.
 
-   Both Amos runs take a WSD cooldown over the last 20% (a budgeted run) and momentum 0.9.
+   The Amos runs take a WSD cooldown over the last 20% (a budgeted run) and momentum 0.9.
    ``full`` fine-tunes every weight; ``lora`` adds ``peft`` LoRA adapters (r 8, alpha 16) to
    every linear layer of the blocks (attention ``qkv`` and ``proj``, MLP ``fc`` and ``proj``)
    and trains only them. On a LoRA model the warm start changes nothing (the adapters start
@@ -32,9 +34,9 @@
 
 Cost, measured: a 200-step run takes 42-52 s on one thread, an 800-step run about 170 s
 (full fine-tuning; LoRA about 20% more), two runs at a time on this 2-core machine. The grids
-(2 budgets x 3 seeds x (full: 4 + 5 + 6 values; lora: 4 + 5 + 3)) are 162 runs, the sweep
-48: about
-3.5 hours with ``--jobs 2``, plus the pretraining, 2,000 steps, about 10 minutes.
+(2 budgets x 3 seeds x (full: 4 + 5 + 6 + 3 values; lora: 4 + 5 + 4), plus 6 runs of
+:data:`EXTENSIONS`) are 192 runs, the sweep 36: about 4 hours with ``--jobs 2``, plus the
+pretraining, 2,000 steps, about 10 minutes.
 
     python benchmarks/finetune.py --jobs 2          # pretrain once, then every run (resumable)
     python benchmarks/finetune.py --summary         # OUT/summary.md and OUT/summary.json
@@ -101,6 +103,10 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "lora": {"adamw": (1e-3, 3e-3, 1e-2, 3e-2), "amos": (0.5, 1.0, 2.0, 4.0, 8.0),
              f"amos-kappa={LORA_KAPPA:g}": (0.5, 1.0, 2.0, 4.0)},
 }
+#: (mode, budget, method) -> more grid values at that budget only: at 200 steps the best xi of
+#: ROW_COL and of kappa 0.4 sat on their grids' top edge (4 x), at 800 steps inside (2 x)
+EXTENSIONS: dict[tuple[str, int, str], tuple[float, ...]] = {
+    ("full", 200, ROW_COL): (8.0,), ("lora", 200, f"amos-kappa={LORA_KAPPA:g}"): (8.0,)}
 #: the warm start's b0 in the grids above (``amos-warm``), the library's default when the study
 #: was planned, kept fixed here so that a later default does not rename runs
 MAIN_B0 = 100.0
@@ -132,6 +138,7 @@ class Setup:
     budgets: tuple[int, ...] = BUDGETS
     seeds: tuple[int, ...] = SEEDS
     grids: Any = None  # None: GRIDS
+    extensions: Any = None  # None: EXTENSIONS
     # the model and batches of amos compare's lm task
     seq_len: int = field_default("seq_len")
     width: int = field_default("width")
@@ -147,6 +154,11 @@ class Setup:
 
     def grid(self) -> dict[str, dict[str, tuple[float, ...]]]:
         return GRIDS if self.grids is None else self.grids
+
+    def extended(self, mode: str, budget: int, method: str) -> tuple[float, ...]:
+        """The grid of a method at one budget: :meth:`grid`'s, plus its :data:`EXTENSIONS`."""
+        extensions = EXTENSIONS if self.extensions is None else self.extensions
+        return self.grid()[mode][method] + extensions.get((mode, budget, method), ())
 
     def b0_of(self, method: str) -> float:
         """The warm start's ``b0`` of a method: ``amos-warm`` runs at :attr:`b0`, and
@@ -172,7 +184,7 @@ def changed(method: str) -> dict[str, float | str]:
 
 
 SMOKE = Setup(pretrain_steps=20, budgets=(4,), seeds=(0,), seq_len=32, width=32, layers=1,
-              heads=2, batch_size=4, eval_batches=1, evals=1,
+              heads=2, batch_size=4, eval_batches=1, evals=1, extensions={},
               sweeps=(("b0", 0.0), ("decay_ratio", 0.5), ("slots", "full")), sweep_value=1.0,
               grids={"full": {"adamw": (1e-3,), "amos": (1.0,), "amos-warm": (1.0,)},
                      "lora": {"adamw": (3e-3,), "amos": (1.0,),
@@ -321,8 +333,8 @@ def plan(setup: Setup) -> list[tuple[str, int, int, str, float]]:
     runs = []
     for budget in setup.budgets:
         runs += [(mode, budget, seed, method, value) for seed in setup.seeds
-                 for mode, methods in setup.grid().items()
-                 for method, grid in methods.items() for value in grid]
+                 for mode, methods in setup.grid().items() for method in methods
+                 for value in setup.extended(mode, budget, method)]
         runs += [("full", budget, seed, sweep_name(key, value), setup.sweep_value)
                  for key, value in setup.sweeps for seed in setup.seeds
                  if budget == setup.budgets[0] or key in setup.long_sweeps]

@@ -73,3 +73,24 @@ def test_smoke_runs_resumes_and_summarises(tmp_path, capsys) -> None:
     assert sweep["b0 0"]["vs_adamw"]["ft_val"]["mean_difference"] == pytest.approx(
         sweep["b0 0"]["ft_val"][0] - adamw["ft_val"][0])
     assert "## The warm start with one setting changed" in summary
+
+
+def test_plan_extends_grids_and_sweeps_only_where_asked() -> None:
+    finetune = _load()
+    setup = finetune.Setup()
+    runs = finetune.plan(setup)
+    assert len(runs) == len(set(runs))
+    kappa = f"amos-kappa={finetune.LORA_KAPPA:g}"
+    for (mode, budget, method), values in finetune.EXTENSIONS.items():
+        for value in values:
+            assert value not in setup.grid()[mode][method]
+            assert {(m, b, s, meth, v) for m, b, s, meth, v in runs
+                    if (m, meth, v) == (mode, method, value)} == {
+                (mode, budget, seed, method, value) for seed in setup.seeds}
+    assert ("lora", 200, 0, kappa, 8.0) in runs and ("lora", 800, 0, kappa, 8.0) not in runs
+    first, *later = setup.budgets
+    swept = {(b, finetune.changed(meth).popitem()[0]) for _, b, _, meth, v in runs
+             if v == setup.sweep_value and meth.startswith("amos-warm-")}
+    assert {key for b, key in swept if b == first} == {key for key, _ in setup.sweeps}
+    for budget in later:
+        assert {key for b, key in swept if b == budget} == set(setup.long_sweeps)
