@@ -26,7 +26,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _record import write_record  # noqa: E402  (beside this script)
+from _record import size_list, write_record  # noqa: E402  (beside this script)
 from tests.oracles import jestimator_amos  # noqa: E402  (the import shim, shared with the tests)
 
 SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
@@ -155,16 +155,14 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1M,10M", help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--sizes", type=size_list(SIZES), default="1M,10M",
+                        help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "jax_step.json"))
     args = parser.parse_args()
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
-    if unknown:
-        parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    sizes = args.sizes
     results = []
     for size in sizes:
         results.append(bench_size(size, args.reps, args.warmup, args.seed))

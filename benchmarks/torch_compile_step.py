@@ -21,7 +21,6 @@ runs.
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import statistics
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from amosopt.torch import Amos, auto_scales  # noqa: E402
 
 from _record import write_record  # noqa: E402  (beside this script)
-from torch_step import MODELS, byte_lm  # noqa: E402
+from torch_step import MODELS, byte_lm, with_gradients  # noqa: E402
 
 
 
@@ -61,9 +60,7 @@ def bench(name: str, reps: int, warmup: int, seed: int) -> dict:
                                    "compiled, skip": []}
     steps = {}
     for variant in ("eager", "compiled", "compiled, no check", "eager, skip", "compiled, skip"):
-        copy_ = copy.deepcopy(model)
-        for p, g in zip(copy_.parameters(), grads):
-            p.grad = g.clone()
+        copy_ = with_gradients(model, grads)
         opt = Amos(copy_.named_parameters(), lr=torch.tensor(0.01), eta=table.eta,
                    slot_shape=table.slot_shape, clip_value=1.0,
                    nonfinite="skip" if variant.endswith("skip") else "raise")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from amosopt.compare.models import ByteLM, count_parameters  # noqa: E402
 from amosopt.compare.train import state_bytes  # noqa: E402
 
-from _record import write_record  # noqa: E402  (beside this script)
+from _record import size_list, write_record  # noqa: E402  (beside this script)
 
 #: name -> (width, layers): 12 d^2 parameters per layer plus 2 x 256 x d embeddings
 SIZES = {"1M": (256, 1), "10M": (512, 3), "50M": (1024, 4)}
@@ -102,6 +102,15 @@ def byte_lm(name: str, seed: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
     return model, [torch.randn_like(p) * 1e-2 for p in model.parameters()]
 
 
+def with_gradients(model: torch.nn.Module, grads: list[torch.Tensor]) -> torch.nn.Module:
+    """A copy of ``model`` whose parameters hold copies of ``grads``: each optimizer steps its own
+    parameters on the same gradients."""
+    copy_ = copy.deepcopy(model)
+    for p, g in zip(copy_.parameters(), grads):
+        p.grad = g.clone()
+    return copy_
+
+
 def bench_size(name: str, reps: int, warmup: int, seed: int, device: str = "cpu") -> dict:
     width, layers = SIZES[name]
     model, grads = byte_lm(name, seed)
@@ -112,9 +121,7 @@ def bench_size(name: str, reps: int, warmup: int, seed: int, device: str = "cpu"
     grads = [g.to(device) for g in grads]
     entries = {}
     for label, make in makers.items():
-        copy_ = copy.deepcopy(model)
-        for p, g in zip(copy_.parameters(), grads):
-            p.grad = g.clone()
+        copy_ = with_gradients(model, grads)
         opt = make(copy_)
         step = torch.compile(opt.step, fullgraph=True) if label in COMPILED else opt.step
         entries[label] = {"model": copy_, "opt": opt, "step": step, "times": []}
@@ -165,7 +172,7 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=",".join(SIZES),
+    parser.add_argument("--sizes", type=size_list(SIZES), default=",".join(SIZES),
                         help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
@@ -174,10 +181,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "torch_step.json"))
     args = parser.parse_args()
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
-    if unknown:
-        parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    sizes = args.sizes
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False here (no GPU, or a "
                      "CPU-only torch build); run it on a machine with a CUDA GPU")

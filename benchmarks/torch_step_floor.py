@@ -25,7 +25,6 @@ With ``--momentum``, the compiled rows keep a momentum buffer (``m <- mu m + (mu
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import statistics
 import sys
@@ -39,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.compare.models import count_parameters  # noqa: E402
 
-from _record import write_record  # noqa: E402  (beside this script)
-from torch_step import SIZES, byte_lm  # noqa: E402
+from _record import size_list, write_record  # noqa: E402  (beside this script)
+from torch_step import SIZES, byte_lm, with_gradients  # noqa: E402
 
 XI, BETA, EPSILON, C_COEF, D_COEF = 0.01, 0.98, 1e-18, 0.25, 0.25
 
@@ -98,10 +97,7 @@ def bench_size(name: str, reps: int, momentum: float, seed: int) -> dict:
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
 
     def fresh() -> torch.nn.Module:
-        m = copy.deepcopy(model)
-        for p, g in zip(m.parameters(), grads):
-            p.grad = g.clone()
-        return m
+        return with_gradients(model, grads)
 
     rows = {}
     rows["AdamW fused"] = torch.optim.AdamW(fresh().parameters(), lr=1e-3, fused=True).step
@@ -150,20 +146,19 @@ def bench_size(name: str, reps: int, momentum: float, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1M,10M,50M", help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--sizes", type=size_list(SIZES), default="1M,10M,50M",
+                        help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="default: results/torch_step_floor.json, "
-                                                    "with --momentum torch_step_floor_momentum.json")
+    parser.add_argument("--out", default=None,
+                        help="default: results/torch_step_floor.json, with --momentum "
+                             "torch_step_floor_momentum.json")
     args = parser.parse_args()
     name = "torch_step_floor_momentum.json" if args.momentum else "torch_step_floor.json"
     out = args.out or str(Path(__file__).parent / "results" / name)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
-    if unknown:
-        parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    sizes = args.sizes
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []

@@ -24,7 +24,6 @@ Cache Lookup" row is not a measure of this: the profiler inflates it four- to fi
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -38,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.compare.models import count_parameters  # noqa: E402
 
-from _record import write_record  # noqa: E402  (beside this script)
-from torch_step import SIZES, byte_lm  # noqa: E402
+from _record import size_list, write_record  # noqa: E402  (beside this script)
+from torch_step import SIZES, byte_lm, with_gradients  # noqa: E402
 
 
 def _median_us(call: Callable[[], object], calls: int, reps: int) -> float:
@@ -79,10 +78,7 @@ def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> di
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
 
     def fresh() -> torch.nn.Module:
-        m = copy.deepcopy(model)
-        for p, g in zip(m.parameters(), grads):
-            p.grad = g.clone()
-        return m
+        return with_gradients(model, grads)
 
     adamw = torch.optim.AdamW(fresh().parameters(), lr=1e-3, fused=True)
     kinds: Counter = Counter()
@@ -144,7 +140,8 @@ def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1M,10M", help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--sizes", type=size_list(SIZES), default="1M,10M",
+                        help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--calls", type=int, default=1000, help="guard checks per repetition")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
@@ -154,10 +151,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"
                                              / "torch_step_guards.json"))
     args = parser.parse_args()
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in SIZES]
-    if unknown:
-        parser.error(f"unknown --sizes {unknown}; choose from {list(SIZES)}")
+    sizes = args.sizes
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
