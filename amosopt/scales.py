@@ -48,15 +48,17 @@ zero-initialised bias or layer) has learned nothing: it keeps the automatic ``et
 :math:`s\\, B A x` to the frozen layer's :math:`W x`, with :math:`s` = alpha / r (or
 alpha / sqrt(r) with rsLoRA). ``A`` (r, n) is randomly initialised: its ``eta`` is the RMS of its
 initialisation. ``B`` (m, r) starts at zero, so it has no RMS to read: its ``eta`` is the scale at
-which the adapter's change :math:`s B A` has entries of RMS :data:`LORA_RELATIVE_UPDATE` times
-the RMS of :math:`W` (entries of :math:`BA` sum r products, so their RMS is
+which the adapter's change :math:`s B A` has entries of RMS :math:`\\kappa` times the RMS of
+:math:`W` (entries of :math:`BA` sum r products, so their RMS is
 :math:`\\eta_B\\,\\mathrm{rms}(A)\\sqrt r`): :math:`\\eta_B = \\kappa\\,\\mathrm{rms}(W) /
-(s\\,\\mathrm{rms}(A)\\sqrt r)`. Both keep one slot per output row and start at ``b0 = 0``:
-adapters are trained from scratch even on a pretrained model. An embedding's LoRA (peft's
-``lora_embedding_A`` (r, V), zero, and ``lora_embedding_B`` (d, r), random) follows the same two
-rules with the roles swapped, ``lora_embedding_A`` with one slot per token (``(1, V)``, as the
-embedding's own rows). DoRA's magnitude vector (Liu et al. 2024) starts at the frozen weight's
-row norms: its ``eta`` is their RMS, with a scalar slot (:func:`dora_magnitude_scale`).
+(s\\,\\mathrm{rms}(A)\\sqrt r)`, with :math:`\\kappa` = :data:`LORA_RELATIVE_UPDATE` (0.1) unless
+``auto_scales(..., lora_update=kappa)`` says otherwise. Both keep one slot per output row and
+start at ``b0 = 0``: adapters are trained from scratch even on a pretrained model. An
+embedding's LoRA (peft's ``lora_embedding_A`` (r, V), zero, and ``lora_embedding_B`` (d, r),
+random) follows the same two rules with the roles swapped, ``lora_embedding_A`` with one slot
+per token (``(1, V)``, as the embedding's own rows). DoRA's magnitude vector (Liu et al. 2024)
+starts at the frozen weight's row norms: its ``eta`` is their RMS, with a scalar slot
+(:func:`dora_magnitude_scale`).
 
 This module holds the record type (:class:`Scale`), the rule functions shared by the PyTorch and
 flax front ends (:mod:`amosopt.torch.scales`, :mod:`amosopt.optax.scales`), the ordered table
@@ -97,6 +99,7 @@ __all__ = [
     "additive_scale",
     "build_table",
     "canonical_op",
+    "check_lora_update",
     "embedding_scale",
     "fallback_scale",
     "LORA_RELATIVE_UPDATE",
@@ -252,7 +255,18 @@ def fallback_scale(shape: Sequence[int], *, out_first: bool = True) -> Scale:
 #: kappa of the LoRA ``B`` scale: the adapter's change of the frozen weight, entry RMS over the
 #: weight's own. Hu et al. (arXiv:2106.09685, section 7.3) measure the trained update
 #: :math:`\\|\Delta W\\|_F` of GPT-3's attention at about a tenth of :math:`\\|W\\|_F` or less.
+#: ``auto_scales(..., lora_update=kappa)`` changes it (``benchmarks/finetune.py``: 0.4 matched
+#: AdamW's LoRA where 0.1 ended behind, on one small model).
 LORA_RELATIVE_UPDATE = 0.1
+
+
+def check_lora_update(kappa: float) -> None:
+    """Raises ValueError unless ``kappa`` (``lora_update``) is a finite number > 0."""
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (
+            math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"Invalid lora_update: {kappa!r}; it must be a finite number > 0, the "
+                         "size of a LoRA adapter's update s*B*A as a fraction of the adapted "
+                         f"weight's RMS (default {LORA_RELATIVE_UPDATE:g})")
 
 
 def pretrained_scale(automatic: Scale, rms: float, *, b0: float, eta_floor: float) -> Scale:
@@ -310,11 +324,12 @@ def warm_start(entries: Iterable[tuple[Hashable, Shape, Scale]], rms: Mapping[Ha
 
 def lora_scale(kind: str, shape: Shape, slot_shape: Shape, *, matrix: str, rank: int,
                scaling: float, a_rms: float, w_rms: float, fan_in: int,
-               label: str | None = None) -> Scale:
+               label: str | None = None, kappa: float = LORA_RELATIVE_UPDATE) -> Scale:
     """The scale of a LoRA matrix (see the module docstring): ``matrix="A"``, the randomly
     initialised factor, the RMS of its initialisation (``a_rms``); ``matrix="B"``, the
     zero-initialised factor, :math:`\\kappa\\,\\mathrm{rms}(W) / (s\\,\\mathrm{rms}(A)\\sqrt r)`
-    with ``scaling`` :math:`s` and ``a_rms`` the other factor's RMS. (An embedding's LoRA swaps
+    with ``scaling`` :math:`s`, ``a_rms`` the other factor's RMS and ``kappa`` the relative
+    update aimed at (default :data:`LORA_RELATIVE_UPDATE`). (An embedding's LoRA swaps
     the roles: peft's ``lora_embedding_A`` starts at zero and ``lora_embedding_B`` is random;
     ``label`` names the matrix in the reason, by default ``"LoRA A"`` / ``"LoRA B"``.) A zero
     ``a_rms`` / ``w_rms`` (nothing to read) is replaced by ``sqrt(1/fan_in)``, the automatic
@@ -331,11 +346,11 @@ def lora_scale(kind: str, shape: Shape, slot_shape: Shape, *, matrix: str, rank:
         return Scale(a_rms, slot_shape, f"{kind}, {label} of rank {rank}: RMS of its "
                                         f"initialisation {_fmt(a_rms)}")
     w_rms = w_rms if w_rms > 0 else fresh
-    eta = LORA_RELATIVE_UPDATE * w_rms / (scaling * a_rms * math.sqrt(rank))
+    eta = kappa * w_rms / (scaling * a_rms * math.sqrt(rank))
     return Scale(eta, slot_shape,
                  f"{kind}, {label} of rank {rank}, scaling {scaling:g}: the update s*B*A at "
-                 f"{LORA_RELATIVE_UPDATE:g} x the adapted weight's RMS {_fmt(w_rms)}: "
-                 f"{LORA_RELATIVE_UPDATE:g}*{_fmt(w_rms)}/({scaling:g}*{_fmt(a_rms)}*sqrt({rank}))")
+                 f"{kappa:g} x the adapted weight's RMS {_fmt(w_rms)}: "
+                 f"{kappa:g}*{_fmt(w_rms)}/({scaling:g}*{_fmt(a_rms)}*sqrt({rank}))")
 
 
 def dora_magnitude_scale(kind: str, rms: float, fallback: float) -> Scale:

@@ -24,7 +24,7 @@
    and trains only them. On a LoRA model the warm start changes nothing (the adapters start
    from scratch, with the LoRA scales, ``b0 = 0``), so ``lora`` runs ``adamw`` and ``amos``,
    and ``amos-kappa=0.4``: Amos with ``B``'s scale aimed at a relative update of 0.4
-   (:data:`LORA_KAPPA`) instead of the library's 0.1.
+   (:data:`LORA_KAPPA`, ``auto_scales(..., lora_update=0.4)``) instead of the library's 0.1.
    ``amos-warm`` runs at ``b0 =`` :data:`MAIN_B0` and the suggested beta; the sweep
    ``amos-warm-KEY=VALUE`` changes one of them (:data:`SWEEPS`; full fine-tuning, at
    :data:`SWEEP_VALUE` x the suggested xi).
@@ -284,16 +284,12 @@ def build(setup: Setup, model: torch.nn.Module, method: str, value: float, ft: L
     if method == "adamw":
         return optimizers_lib.build("adamw", model, value, settings(setup, ft, budget))
     warm = method.startswith("amos-warm")
-    table = auto_scales(model, ft.batch(0)[0][:1], pretrained=warm, b0=setup.b0_of(method))
     options = changed(method)
+    table = auto_scales(model, ft.batch(0)[0][:1], pretrained=warm, b0=setup.b0_of(method),
+                        lora_update=options.pop("kappa", LORA_RELATIVE_UPDATE))
     slot_shape = None if options.pop("slots", None) == "full" else table.slot_shape
-    eta = table.eta
-    kappa = options.pop("kappa", None)
-    if kappa is not None:  # eta_B is proportional to the relative update it aims at
-        def eta(name: str, shape: tuple, k: float = kappa / LORA_RELATIVE_UPDATE) -> float:
-            return table.eta(name, shape) * (k if ".lora_B." in name else 1.0)
     return optimizers_lib.build("amos-wsd", model, value, settings(
-        setup, ft, budget, eta=eta, slot_shape=slot_shape,
+        setup, ft, budget, eta=table.eta, slot_shape=slot_shape,
         amos_b0=table.b0 if warm else 0.0,
         **{f"amos_{key}": value for key, value in options.items() if key != "b0"}))
 

@@ -146,7 +146,8 @@ def trainer_optimizer(model: nn.Module, args: Any, num_training_steps: int | Non
             has none) and its Amos arguments (``amos_kwargs`` override single ones), as
             :func:`amosopt.torch.recipe` builds them.
         **amos_kwargs: for :class:`amosopt.torch.Amos` (``momentum``, ``clip_value``, ``beta``...)
-            and :func:`amosopt.torch.auto_amos` (``b0``, ``eta_floor``, ``eta_overrides``...).
+            and :func:`amosopt.torch.auto_amos` (``b0``, ``eta_floor``, ``lora_update``,
+            ``eta_overrides``...).
 
     Warns:
         UserWarning: ``args.learning_rate`` far below the ``xi`` that ``amos suggest`` gives for

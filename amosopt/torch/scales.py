@@ -65,6 +65,7 @@ from amosopt.hyperparameters import WARM_START_B0, WARM_START_ETA_FLOOR
 from amosopt.rules import Shape
 from amosopt.scales import (
     GATES,
+    LORA_RELATIVE_UPDATE,
     MLP_OUTPUT_NAMES,
     RELATIVE_POSITION,
     Scale,
@@ -72,6 +73,7 @@ from amosopt.scales import (
     build_table,
     additive_scale,
     canonical_op,
+    check_lora_update,
     dora_magnitude_scale,
     embedding_scale,
     fallback_scale,
@@ -236,9 +238,10 @@ def _factor(layer: nn.Module, matrix: str, adapter: str) -> Tensor:
     return factor.weight if isinstance(factor, nn.Module) else factor
 
 
-def _lora_rule(model: nn.Module, name: str, shape: Shape) -> Scale | None:
+def _lora_rule(model: nn.Module, name: str, shape: Shape, kappa: float) -> Scale | None:
     """The scale of a ``peft`` adapter parameter, from the adapter's rank and scaling and the
-    layer it adapts: LoRA matrices (:func:`amosopt.scales.lora_scale`), DoRA's magnitude
+    layer it adapts: LoRA matrices (:func:`amosopt.scales.lora_scale`, the zero-initialised one
+    aimed at a relative update ``kappa``), DoRA's magnitude
     (:func:`amosopt.scales.dora_magnitude_scale`); None for any other parameter."""
     found = _adapter(model, name)
     if found is None:
@@ -262,7 +265,7 @@ def _lora_rule(model: nn.Module, name: str, shape: Shape) -> Scale | None:
         fan_in = math.prod(random_factor.shape[1:])
     return lora_scale(kind, shape, slot, matrix=role, rank=int(rank), scaling=float(scaling),
                       a_rms=_rms(random_factor), w_rms=0.0 if base is None else _rms(base),
-                      fan_in=fan_in, label=label)
+                      fan_in=fan_in, label=label, kappa=kappa)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -528,6 +531,7 @@ def auto_scales(
     pretrained: bool = False,
     b0: float = WARM_START_B0,
     eta_floor: float = WARM_START_ETA_FLOOR,
+    lora_update: float = LORA_RELATIVE_UPDATE,
 ) -> ScaleTable:
     """The automatic ``eta`` and slot shape of every trainable parameter of ``model``.
 
@@ -537,7 +541,8 @@ def auto_scales(
     decay it already is); a tensor that is exactly zero keeps the automatic scale and
     ``b0 = 0``. LoRA adapters of a ``peft`` model get their own rule either way (``lora_A``:
     the RMS of its initialisation; the zero-initialised ``lora_B``: from the rank, the scaling
-    and the adapted layer) and ``b0 = 0``. See :mod:`amosopt.scales`.
+    and the adapted layer, at which the adapter's update is ``lora_update`` times the adapted
+    weight's RMS) and ``b0 = 0``. See :mod:`amosopt.scales`.
 
     Args:
         model: the ``nn.Module``.
@@ -554,6 +559,10 @@ def auto_scales(
             :data:`amosopt.hyperparameters.WARM_START_B0`).
         eta_floor: with ``pretrained=True``, the floor on ``eta`` as a fraction of the
             automatic ``eta`` (default :data:`amosopt.hyperparameters.WARM_START_ETA_FLOOR`).
+        lora_update: on a ``peft`` model, the size of each LoRA adapter's update ``s*B*A`` that
+            the zero-initialised factor's ``eta`` aims at, as a fraction of the adapted
+            weight's RMS (default :data:`amosopt.scales.LORA_RELATIVE_UPDATE`, 0.1; on
+            ``benchmarks/finetune.py`` 0.4 did better, see the fine-tuning guide).
 
     Returns:
         A :class:`~amosopt.scales.ScaleTable`: ``name -> Scale(eta, slot_shape, reason, b0)`` in
@@ -576,6 +585,7 @@ def auto_scales(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"auto_scales: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_lora_update(lora_update)
     recorder = None if example_inputs is None else _trace(model, example_inputs)
     heuristic = {} if recorder is not None else _heuristic_sources(model)
     entries, guessed, rms, adapters = [], [], {}, []
@@ -587,7 +597,7 @@ def auto_scales(
         check_not_flattened(name, param, model.get_submodule(module_name))
         if pretrained:
             rms[name] = _rms(param)
-        lora = _lora_rule(model, name, shape)
+        lora = _lora_rule(model, name, shape, lora_update)
         if lora is not None:
             entries.append((name, shape, lora))
             adapters.append(name)
@@ -621,6 +631,7 @@ def auto_amos(
     pretrained: bool = False,
     b0: float = WARM_START_B0,
     eta_floor: float = WARM_START_ETA_FLOOR,
+    lora_update: float = LORA_RELATIVE_UPDATE,
     **amos_kwargs: Any,
 ) -> Amos:
     """``Amos`` for ``model``'s trainable parameters with automatic scales, in one line.
@@ -641,6 +652,7 @@ def auto_amos(
         pretrained: see :func:`auto_scales`.
         b0: see :func:`auto_scales`.
         eta_floor: see :func:`auto_scales`.
+        lora_update: see :func:`auto_scales`.
         **amos_kwargs: the other arguments of :class:`amosopt.torch.Amos` (``beta``,
             ``momentum``, ``clip_value``...); not ``eta`` or ``slot_shape``.
 
@@ -661,7 +673,7 @@ def auto_amos(
             )
     table = auto_scales(model, example_inputs, eta_overrides=eta_overrides,
                         slot_shape_overrides=slot_shape_overrides, pretrained=pretrained,
-                        b0=b0, eta_floor=eta_floor)
+                        b0=b0, eta_floor=eta_floor, lora_update=lora_update)
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if pretrained:  # else the paper's b_0 = 0, as a plain number
         amos_kwargs["b0"] = table.b0

@@ -240,10 +240,12 @@ def _bert():
 
 
 @pytest.mark.parametrize("make", [_gpt2, _bert], ids=["gpt2", "bert"])
-@pytest.mark.parametrize("pretrained", [False, True])
-def test_lora_scales(make, pretrained) -> None:
+@pytest.mark.parametrize("pretrained,kappa", [(False, None), (True, None), (False, 0.4)])
+def test_lora_scales(make, pretrained, kappa) -> None:
     model, inputs = make()
-    table = auto_scales(model, inputs, pretrained=pretrained)
+    table = (auto_scales(model, inputs, pretrained=pretrained) if kappa is None else
+             auto_scales(model, inputs, pretrained=pretrained, lora_update=kappa))
+    kappa = LORA_RELATIVE_UPDATE if kappa is None else kappa
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert list(table) == trainable  # frozen base weights left out
     adapters = [n for n in trainable if ".lora_" in n]
@@ -263,13 +265,39 @@ def test_lora_scales(make, pretrained) -> None:
             s = layer.lora_alpha[adapter] / r  # alpha / r
             w = layer.get_base_layer().weight
             # s * B * A has entries of RMS eta_B * rms(A) * sqrt(r) * s = kappa * rms(W)
-            expected = LORA_RELATIVE_UPDATE * _rms(w) / (s * _rms(a) * math.sqrt(r))
+            expected = kappa * _rms(w) / (s * _rms(a) * math.sqrt(r))
             assert scale.eta == pytest.approx(expected, rel=1e-6)
-            assert "LoRA B" in scale.reason
+            assert "LoRA B" in scale.reason and f"at {kappa:g} x the adapted" in scale.reason
     others = [n for n in trainable if n not in adapters]  # the classifier (modules_to_save)
     for name in others:
         assert (table[name].b0 == WARM_START_B0) == (pretrained and
                                                      _rms(model.get_parameter(name)) > 0)
+
+
+def test_lora_update_reaches_the_optimizer_and_the_trainer_recipe() -> None:
+    """``lora_update`` through auto_amos and trainer_optimizer: only the zero-initialised
+    factor's eta changes, by the ratio of the two values."""
+    transformers = pytest.importorskip("transformers")
+    from amosopt.torch.integrations import trainer_optimizer
+
+    model, inputs = _gpt2()
+    plain = auto_amos(model, 0.01, inputs).scales
+    scaled = auto_amos(model, 0.01, inputs, lora_update=0.3).scales
+    args = transformers.TrainingArguments("unused", max_steps=10, learning_rate=0.3,
+                                          max_grad_norm=0.0, report_to=[])
+    optimizer, _ = trainer_optimizer(model, args, example_inputs=inputs, lora_update=0.3)
+    assert list(plain) == list(scaled) == list(optimizer.scales)
+    for name in plain:
+        ratio = 3.0 if ".lora_B." in name else 1.0
+        assert scaled[name].eta == pytest.approx(ratio * plain[name].eta, rel=1e-12)
+        assert optimizer.scales[name].eta == scaled[name].eta
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf"), "0.4", True])
+def test_bad_lora_update_fails_early(bad) -> None:
+    model, inputs = _gpt2()
+    with pytest.raises(ValueError, match="lora_update.*finite number > 0"):
+        auto_amos(model, 0.01, inputs, lora_update=bad)
 
 
 def test_lora_b_scale_gives_the_relative_update() -> None:
