@@ -80,7 +80,7 @@ def test_plan_extends_grids_and_sweeps_only_where_asked() -> None:
     setup = finetune.Setup()
     runs = finetune.plan(setup)
     assert len(runs) == len(set(runs))
-    kappa = f"amos-kappa={finetune.LORA_KAPPA:g}"
+    kappa = finetune.KAPPA
     for (mode, budget, method), values in finetune.EXTENSIONS.items():
         for value in values:
             assert value not in setup.grid()[mode][method]
