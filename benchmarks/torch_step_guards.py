@@ -72,15 +72,11 @@ def _kind(name: str) -> str:
 def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> dict:
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    from amosopt.torch import Amos, auto_scales
+    from amosopt.torch import Amos, _fused, auto_scales
 
     model, grads = byte_lm(name, seed)
     table = auto_scales(model, torch.zeros(1, 8, dtype=torch.long))
-
-    def fresh() -> torch.nn.Module:
-        return with_gradients(model, grads)
-
-    adamw = torch.optim.AdamW(fresh().parameters(), lr=1e-3, fused=True)
+    adamw = torch.optim.AdamW(with_gradients(model, grads).parameters(), lr=1e-3, fused=True)
     kinds: Counter = Counter()
 
     def count(entries: list) -> list[bool]:  # dynamo's guard_filter_fn: counts, keeps all
@@ -88,8 +84,8 @@ def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> di
         kinds.update(_kind(e.name) for e in entries)
         return [True] * len(entries)
 
-    opt = Amos(fresh().named_parameters(), lr=0.01, eta=table.eta, slot_shape=table.slot_shape,
-               fused=True)
+    opt = Amos(with_gradients(model, grads).named_parameters(), lr=0.01, eta=table.eta,
+               slot_shape=table.slot_shape, fused=True)
     compile_ = torch.compile
 
     def counting_compile(fn, **kwargs):  # what Amos's first step compiles, with the counter
@@ -105,6 +101,12 @@ def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> di
     compiled = opt._compiled
     (entry,) = _debug_get_cache_entry_list(compiled._torchdynamo_orig_callable.__code__)
     frame = {"self": opt, "count_skipped": False}  # the locals of Amos._device_step
+    flush = torch.zeros(flush_mb * 2**18)
+
+    def warm_and_cold(call: Callable[[], object], warm_calls: int) -> tuple[float, float]:
+        return (_median_us(call, warm_calls, reps),
+                _median_cold_us(call, max(1, calls // 10), flush))
+
     lrs = [group["lr"] for group in opt.param_groups]
     for index, group in enumerate(opt.param_groups):  # as _compiled_step passes them
         group["lr"] = opt._lr_tensors[index]
@@ -113,29 +115,20 @@ def bench_size(name: str, calls: int, reps: int, seed: int, flush_mb: int) -> di
             if not entry.guard_manager.check(frame):
                 raise RuntimeError("the guards fail on the step's own arguments: "
                                    "this script no longer matches Amos._compiled_step")
-            guard_us = _median_us(lambda: entry.guard_manager.check(frame), calls, reps)
-            from amosopt.torch import _fused
-
-            def call() -> None:
-                _fused.with_constant_floats(compiled, count_skipped=False)
-
-            call_us = _median_us(call, max(1, calls // 20), reps)
-            flush = torch.zeros(flush_mb * 2**18)
-            cold = max(1, calls // 10)
-            guard_cold_us = _median_cold_us(lambda: entry.guard_manager.check(frame), cold,
-                                            flush)
-            call_cold_us = _median_cold_us(call, cold, flush)
+            guard = warm_and_cold(lambda: entry.guard_manager.check(frame), calls)
+            call = warm_and_cold(lambda: _fused.with_constant_floats(compiled,
+                                                                      count_skipped=False),
+                                 max(1, calls // 20))
     finally:
         for group, lr in zip(opt.param_groups, lrs):
             group["lr"] = lr
-    adamw_us = _median_us(adamw.step, max(1, calls // 20), reps)
-    adamw_cold_us = _median_cold_us(adamw.step, max(1, calls // 10), flush)
+    adamw_times = warm_and_cold(adamw.step, max(1, calls // 20))
     return {"size": name, "parameters": count_parameters(model),
             "tensors": len(list(model.parameters())), "guards": sum(kinds.values()),
-            "guards_by_kind": dict(kinds), "guard_check_us": guard_us,
-            "compiled_call_us": call_us, "adamw_fused_us": adamw_us,
-            "cold": {"flush_mb": flush_mb, "guard_check_us": guard_cold_us,
-                     "compiled_call_us": call_cold_us, "adamw_fused_us": adamw_cold_us}}
+            "guards_by_kind": dict(kinds), "guard_check_us": guard[0],
+            "compiled_call_us": call[0], "adamw_fused_us": adamw_times[0],
+            "cold": {"flush_mb": flush_mb, "guard_check_us": guard[1],
+                     "compiled_call_us": call[1], "adamw_fused_us": adamw_times[1]}}
 
 
 def main() -> None:
@@ -151,11 +144,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"
                                              / "torch_step_guards.json"))
     args = parser.parse_args()
-    sizes = args.sizes
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    for size in sizes:
+    for size in args.sizes:
         r = bench_size(size, args.calls, args.reps, args.seed, args.flush_mb)
         results.append(r)
         share = r["guard_check_us"] / r["compiled_call_us"]
