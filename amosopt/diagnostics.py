@@ -13,7 +13,8 @@ next step uses
     \gamma = c\, (\rho\xi)^2\, g^2/\hat v \approx c\, (\rho\xi)^2
 
 (the last at steady gradient statistics, :math:`g^2/\hat v = 1`, since the next gradient is not
-known yet; :math:`\rho` is ``decay_ratio``, 1 in the paper). The keys, each the mean over the variable's slot entries:
+known yet; :math:`\rho` is ``decay_ratio``, 1 in the paper). The keys, each the mean over the
+variable's slot entries:
 
 * ``lr``: :math:`\xi\eta\, d \sqrt{1/\hat v}`, the step per unit of gradient (large where the
   gradients are tiny);

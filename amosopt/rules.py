@@ -165,7 +165,8 @@ class _Evaluator:
             raise self.reject(node, type(node.op).__name__)
         left, right = self.eval(node.left), self.eval(node.right)
         if isinstance(left, tuple) or isinstance(right, tuple):
-            if isinstance(node.op, ast.Add) and isinstance(left, tuple) and isinstance(right, tuple):
+            both = isinstance(left, tuple) and isinstance(right, tuple)
+            if isinstance(node.op, ast.Add) and both:
                 return left + right  # (1,) + SHAPE[1:]
             raise self.reject(node, "arithmetic on a tuple (other than tuple + tuple)")
         if isinstance(node.op, ast.Pow) and (

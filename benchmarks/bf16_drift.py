@@ -10,8 +10,8 @@ Reported every ``--every`` steps: the training loss on the whole data set (each 
 weights evaluated in float32, so that only the weights differ, not the arithmetic of the forward
 pass) and, per parameter, the relative distance ``|x_bf16 - x_f32| / |x_f32|`` of ``b``, ``v``
 and the weights. The threshold: an opt-in fix is only worth adding if the bfloat16 loss ends
-more than 1% above the float32 loss. It does, so two more copies run the fixes: bfloat16 weights with
-``Amos(..., rounding="stochastic")`` (updates rounded up or down at random, unbiased) and with
+more than 1% above the float32 loss. It does, so two more copies run the fixes: bfloat16 weights
+with ``Amos(..., rounding="stochastic")`` (updates rounded up or down at random, unbiased) and with
 ``rounding="compensated"`` (what rounding lost is kept in a bfloat16 buffer and added back).
 
 Run from the repository root::

@@ -162,9 +162,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "jax_step.json"))
     args = parser.parse_args()
-    sizes = args.sizes
     results = []
-    for size in sizes:
+    for size in args.sizes:
         results.append(bench_size(size, args.reps, args.warmup, args.seed))
         print_table(results[-1])
     write_record(args.out, "jax jitted optimizer step", results,

@@ -181,7 +181,6 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "torch_step.json"))
     args = parser.parse_args()
-    sizes = args.sizes
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False here (no GPU, or a "
                      "CPU-only torch build); run it on a machine with a CUDA GPU")
@@ -191,7 +190,7 @@ def main() -> None:
     if args.device == "cuda" and out == parser.get_default("out"):
         out = out.replace("torch_step.json", "torch_step_cuda.json")
     results = []
-    for size in sizes:
+    for size in args.sizes:
         results.append(bench_size(size, args.reps, args.warmup, args.seed, args.device))
         print_table(results[-1])
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else None

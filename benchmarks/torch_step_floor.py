@@ -158,11 +158,10 @@ def main() -> None:
     args = parser.parse_args()
     name = "torch_step_floor_momentum.json" if args.momentum else "torch_step_floor.json"
     out = args.out or str(Path(__file__).parent / "results" / name)
-    sizes = args.sizes
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    for size in sizes:
+    for size in args.sizes:
         result = bench_size(size, args.reps, args.momentum, args.seed)
         results.append(result)
         print(f"\n{size}: {result['parameters']:,} parameters, momentum {args.momentum:g}")

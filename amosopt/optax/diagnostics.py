@@ -42,8 +42,9 @@ def diagnostics(state: Any, params: Any, *, learning_rate: Any, eta_fn: Any,
     gradient) and ``clip_value``, ``clip_fraction`` too. ``shape_fn``, ``momentum`` and
     ``second_moment`` are accepted so that the same keyword arguments pass unchanged, and do not
     change the numbers: the slots in ``state`` have their shapes already, momentum averages the
-    updates after Amos has made them, and the numbers are the slot's (``v``'s). ``per_parameter=False`` keeps only the min / median / max over the
-    variables (a few dozen keys however large the model).
+    updates after Amos has made them, and the numbers are the slot's (``v``'s).
+    ``per_parameter=False`` keeps only the min / median / max over the variables (a few dozen
+    keys however large the model).
 
     Returns:
         A flat dict: ``"KEY/NAME"`` for each variable (``NAME`` its key path joined with

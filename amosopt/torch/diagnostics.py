@@ -48,7 +48,8 @@ def _per_parameter(groups: list[dict], state_of: Any, grad_of: Any = None,
                 xi=xi, eta=float(state["eta"]), beta=group["beta"],
                 count=float(state["step"]), v=_local(state["v"]), b=_local(state["b"]),
                 c_coef=group["c_coef"], d_coef=group["d_coef"], extra_l2=group["extra_l2"],
-                epsilon=group["epsilon"], decay_ratio=group["decay_ratio"], xp=np, grad=None if grad is None else _local(grad),
+                epsilon=group["epsilon"], decay_ratio=group["decay_ratio"], xp=np,
+                grad=None if grad is None else _local(grad),
                 clip_value=clip)
             out[name] = {key: float(value) for key, value in numbers.items()}
     return out

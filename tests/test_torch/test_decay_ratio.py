@@ -10,7 +10,8 @@ import torch
 
 from amosopt.torch import Amos
 from tests.test_torch.conftest import check_large_tensors_against_numpy
-from tests.test_torch.parity import ETAS, max_relative_error, resolved_slot_shape, run_numpy, run_torch
+from tests.test_torch.parity import (ETAS, max_relative_error, resolved_slot_shape, run_numpy,
+                                     run_torch)
 
 RHOS = [0.25, 2.0]
 
