@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amosopt.cli import main as amos_main  # noqa: E402
 from amosopt.compare.summary import paired_test, summarize  # noqa: E402
+from amosopt.suggest import (SHORT_DECAY_RATIO, SHORT_ONE_MINUS_BETA,  # noqa: E402
+                             SHORT_SECOND_MOMENT, SHORT_WARMUP_FRACTION)
 
 ALL = ("amos,amos-wsd,amos-recipe,amos-recipe-nomom,adamw,adamw-wsd,adafactor,schedulefree,"
        "adam-mini,muon")
@@ -53,6 +55,16 @@ NOMOM_LOW_XI = "lm-recipe-nomom-low-xi"
 #: that 1000 and 2000 steps are 8 and 16 epochs
 EPOCHS = "lm-epochs"
 EPOCHS_TRAIN_BYTES = 512 * 1024
+#: over several epochs the budget is past Amos's decay onset, where ``amos suggest --steps``
+#: keeps the paper's recipe; this stage gives amos-wsd the short-budget recipe's settings there
+#: instead (those ``suggest(..., steps=EPOCHS_SHORT_BUDGET)`` gives a budget before the onset),
+#: to test that rule (seed 0 first)
+EPOCHS_SHORT = "lm-epochs-short-recipe"
+EPOCHS_SHORT_BUDGET = 1000
+EPOCHS_SHORT_FLAGS = [
+    "--amos-beta", f"{1 - max(SHORT_ONE_MINUS_BETA, 5 / EPOCHS_SHORT_BUDGET):g}",
+    "--amos-warmup", str(round(SHORT_WARMUP_FRACTION * EPOCHS_SHORT_BUDGET)),
+    "--amos-decay-ratio", f"{SHORT_DECAY_RATIO:g}", "--amos-second-moment", SHORT_SECOND_MOMENT]
 #: the recipe checked where it was not fitted: the same model on another text, Python 3.11's
 #: documentation sources (reST prose, 12 MB: Debian's ``python3.11-doc``), concatenated in path
 #: order into one file (the last 10% of it, the ``whatsnew`` pages, is validation)
@@ -104,6 +116,9 @@ STAGES: list[tuple[str, str, list[str]]] = [
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd"]),
+    (EPOCHS_SHORT, EPOCHS_SHORT, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES),
+                                  "--budgets", str(EPOCHS_SHORT_BUDGET), "--seeds", "0",
+                                  "--optimizers", "amos-wsd", *EPOCHS_SHORT_FLAGS]),
     (NOMOM_LOW_XI, NOMOM_LOW_XI, ["--task", "lm", "--budgets", "500,1000", "--seeds", "0,1,2",
                                   "--optimizers", "amos-recipe-nomom",
                                   "--xi-multipliers", "0.125,0.25"]),
@@ -422,6 +437,37 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def epochs_settings(root: Path) -> list[dict]:
+    """Several epochs, on the budget and seeds of stage EPOCHS_SHORT: Amos constant (the paper's
+    recipe, what ``amos suggest --steps`` gives past the decay onset), with a cooldown, and with
+    the short-budget recipe's settings, and AdamW with linear decay, each tuned, against the
+    tuned AdamW-WSD, per seed."""
+    short, epochs = _load(root, EPOCHS_SHORT), _load(root, EPOCHS)
+    if short is None or epochs is None:
+        return []
+    budget, seeds = short["config"]["budgets"][0], short["config"]["seeds"]
+    base = _restricted(epochs, seeds=seeds, budgets=[budget])
+    adamw = _tuned(base, budget, "adamw-wsd")
+    if not adamw or adamw.get("n", 0) < len(seeds):
+        return []
+    rows = []
+    for label, summary, name in (
+            ("amos: the paper's recipe, constant xi (what amos suggest gives here)", base, "amos"),
+            ("amos-wsd: with a 20% cooldown", base, "amos-wsd"),
+            ("amos-wsd with the short-budget recipe's settings", _restricted(
+                short, seeds=seeds, budgets=[budget]), "amos-wsd"),
+            ("adamw: linear decay", base, "adamw"), ("adamw-wsd (the reference)", base,
+                                                      "adamw-wsd")):
+        entry = _tuned(summary, budget, name)
+        if not entry or entry.get("n", 0) < len(seeds):
+            continue
+        rows.append({"setting": label, "budget": budget, "seeds": seeds, "entry": entry,
+                     "value": entry["value"],
+                     "minus_adamw_wsd": {s: entry["losses"][s] - adamw["losses"][s]
+                                         for s in entry["losses"] if s in adamw["losses"]}})
+    return rows
+
+
 def _final_losses(results: dict, name: str, budget: int) -> dict[float, dict[int, float]]:
     """``{grid value: {seed: final validation loss}}`` of one optimizer's finished runs."""
     losses: dict[float, dict[int, float]] = {}
@@ -613,6 +659,17 @@ def write_summary(root: Path) -> dict:
                 lines.append(f"| {row['setting']} | {grid} | {row['best_value']:g} x | "
                              f"{row['recipe']:.4f} | {row['adamw_wsd']:.4f} "
                              f"(lr {row['adamw_wsd_lr']:g}) | {per_seed} |")
+    out["epochs_settings"] = epochs_settings(root)
+    if out["epochs_settings"]:
+        first = out["epochs_settings"][0]
+        lines += ["", f"## Several epochs ({EPOCHS}, {first['budget']} steps, seeds "
+                      f"{', '.join(map(str, first['seeds']))}): which Amos setting", "",
+                  "| setting | final loss | tuned value | minus AdamW-WSD (tuned), per seed |",
+                  "|---|---|---|---|"]
+        for row in out["epochs_settings"]:
+            diff = ", ".join(f"{d:+.3f}" for d in row["minus_adamw_wsd"].values())
+            lines.append(f"| {row['setting']} | {_fmt(row['entry'])} | {row['value']:g} | "
+                         f"{diff} |")
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,6 +4,7 @@ tuned and paired on the same seeds, where Amos finished its grid on two seeds of
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -63,3 +64,43 @@ def test_against_adafactor_pairs_the_seeds_amos_finished(seeds_done: int) -> Non
     assert row["difference"] == pytest.approx(statistics.fmean(amos) - statistics.fmean(adafactor))
     assert row["p"] == pytest.approx(stats.ttest_rel(amos, adafactor).pvalue)
     assert row["met"] is False
+
+
+def _stage(tmp_path: Path, folder: str, optimizers: dict[str, dict[float, list[float]]]) -> None:
+    """A stage's results.json with one run per optimizer, grid value and seed."""
+    runs = [_record(name, value, seed, [5, 3, final])
+            for name, grid in optimizers.items() for value, finals in grid.items()
+            for seed, final in enumerate(finals)]
+    config = {"budgets": [100], "seeds": [0, 1], "optimizers": list(optimizers),
+              "xi_multipliers": [0.5, 1.0],
+              "grids": {name: list(grid) for name, grid in optimizers.items()
+                        if not name.startswith("amos")}}
+    results = {"config": config, "runs": runs}
+    results["summary"] = summary.summarize(results)
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "results.json").write_text(json.dumps(results))
+
+
+def test_epochs_settings_against_the_tuned_adamw_wsd(tmp_path: Path) -> None:
+    study = _load()
+    _stage(tmp_path, study.EPOCHS, {
+        "amos": {0.5: [2.0, 2.2], 1.0: [1.9, 2.1]},
+        "amos-wsd": {0.5: [1.7, 1.9], 1.0: [1.8, 1.8]},
+        "adamw-wsd": {1e-3: [1.6, 1.7], 3e-3: [1.55, 1.85]},  # 1e-3 best: 1.65 against 1.7
+        "adamw": {1e-3: [1.9, 1.9], 3e-3: [1.7, 1.8]}})
+    assert study.epochs_settings(tmp_path) == []  # the short-recipe stage has not run
+    # its 1 x is best (1.6 against 1.65)
+    _stage(tmp_path, study.EPOCHS_SHORT, {"amos-wsd": {0.5: [1.55, 1.75], 1.0: [1.5, 1.7]}})
+    rows = {row["setting"].split(":")[0]: row for row in study.epochs_settings(tmp_path)}
+    assert list(rows) == ["amos", "amos-wsd", "amos-wsd with the short-budget recipe's settings",
+                          "adamw", "adamw-wsd (the reference)"]
+    assert rows["amos"]["value"] == 1.0 and rows["amos-wsd"]["value"] == 0.5
+    assert rows["adamw"]["value"] == 3e-3 and rows["adamw-wsd (the reference)"]["value"] == 1e-3
+    assert rows["adamw-wsd (the reference)"]["minus_adamw_wsd"] == {"0": 0.0, "1": 0.0}
+    short = rows["amos-wsd with the short-budget recipe's settings"]
+    assert short["value"] == 1.0
+    assert list(short["minus_adamw_wsd"].values()) == pytest.approx([1.5 - 1.6, 1.7 - 1.7])
+    assert list(rows["amos"]["minus_adamw_wsd"].values()) == pytest.approx([0.3, 0.4])
+    study.write_summary(tmp_path)
+    assert ("| amos-wsd with the short-budget recipe's settings | 1.6000 ± 0.1414 (n=2) | 1 | "
+            "-0.100, +0.000 |") in (tmp_path / "summary.md").read_text()
