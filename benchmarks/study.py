@@ -57,14 +57,25 @@ EPOCHS = "lm-epochs"
 EPOCHS_TRAIN_BYTES = 512 * 1024
 #: over several epochs the budget is past Amos's decay onset, where ``amos suggest --steps``
 #: keeps the paper's recipe; this stage gives amos-wsd the short-budget recipe's settings there
-#: instead (those ``suggest(..., steps=EPOCHS_SHORT_BUDGET)`` gives a budget before the onset),
-#: to test that rule (seed 0 first)
+#: instead, to test that rule (its xi grid reaches 0.25 x: 2 x diverges, 0.5 x was best)
 EPOCHS_SHORT = "lm-epochs-short-recipe"
 EPOCHS_SHORT_BUDGET = 1000
-EPOCHS_SHORT_FLAGS = [
-    "--amos-beta", f"{1 - max(SHORT_ONE_MINUS_BETA, 5 / EPOCHS_SHORT_BUDGET):g}",
-    "--amos-warmup", str(round(SHORT_WARMUP_FRACTION * EPOCHS_SHORT_BUDGET)),
-    "--amos-decay-ratio", f"{SHORT_DECAY_RATIO:g}", "--amos-second-moment", SHORT_SECOND_MOMENT]
+#: the same test on digits, whose budgets are past the onset too (one stage per budget: the
+#: warm-up and beta depend on it)
+DIGITS_SHORT = "digits-short-recipe"
+DIGITS_BUDGETS = [400, 1500]
+
+
+def short_recipe_flags(budget: int) -> list[str]:
+    """``amos compare`` flags that give amos-wsd the settings of ``suggest(..., steps=budget)``'s
+    short-budget recipe (warm-up, beta, decay_ratio, second moment; the cooldown is amos-wsd's),
+    whether or not the budget ends before the decay onset. Its beta is ``1 - max(0.005, 5 / T)``:
+    the paper's ``1 - beta ~ xi`` is above 0.005 on every split past the onset here."""
+    return ["--amos-beta", f"{1 - max(SHORT_ONE_MINUS_BETA, 5 / budget):g}",
+            "--amos-warmup", str(round(SHORT_WARMUP_FRACTION * budget)),
+            "--amos-decay-ratio", f"{SHORT_DECAY_RATIO:g}",
+            "--amos-second-moment", SHORT_SECOND_MOMENT]
+
 #: the recipe checked where it was not fitted: the same model on another text, Python 3.11's
 #: documentation sources (reST prose, 12 MB: Debian's ``python3.11-doc``), concatenated in path
 #: order into one file (the last 10% of it, the ``whatsnew`` pages, is validation)
@@ -117,8 +128,13 @@ STAGES: list[tuple[str, str, list[str]]] = [
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd"]),
     (EPOCHS_SHORT, EPOCHS_SHORT, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES),
-                                  "--budgets", str(EPOCHS_SHORT_BUDGET), "--seeds", "0",
-                                  "--optimizers", "amos-wsd", *EPOCHS_SHORT_FLAGS]),
+                                  "--budgets", str(EPOCHS_SHORT_BUDGET), "--seeds", "0,1",
+                                  "--optimizers", "amos-wsd",
+                                  *short_recipe_flags(EPOCHS_SHORT_BUDGET),
+                                  "--xi-multipliers", "0.25,0.5,1,2"]),
+    *[(f"{DIGITS_SHORT}-b{budget}", f"{DIGITS_SHORT}-b{budget}",
+       ["--task", "digits", "--budgets", str(budget), "--seeds", "0,1,2", "--optimizers",
+        "amos-wsd", *short_recipe_flags(budget)]) for budget in DIGITS_BUDGETS],
     (NOMOM_LOW_XI, NOMOM_LOW_XI, ["--task", "lm", "--budgets", "500,1000", "--seeds", "0,1,2",
                                   "--optimizers", "amos-recipe-nomom",
                                   "--xi-multipliers", "0.125,0.25"]),
@@ -437,34 +453,41 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
-def epochs_settings(root: Path) -> list[dict]:
-    """Several epochs, on the budget and seeds of stage EPOCHS_SHORT: Amos constant (the paper's
-    recipe, what ``amos suggest --steps`` gives past the decay onset), with a cooldown, and with
-    the short-budget recipe's settings, and AdamW with linear decay, each tuned, against the
-    tuned AdamW-WSD, per seed."""
-    short, epochs = _load(root, EPOCHS_SHORT), _load(root, EPOCHS)
-    if short is None or epochs is None:
-        return []
-    budget, seeds = short["config"]["budgets"][0], short["config"]["seeds"]
-    base = _restricted(epochs, seeds=seeds, budgets=[budget])
-    adamw = _tuned(base, budget, "adamw-wsd")
-    if not adamw or adamw.get("n", 0) < len(seeds):
-        return []
+def past_onset(root: Path) -> list[dict]:
+    """Budgets past Amos's decay onset (several epochs of lm, stage EPOCHS_SHORT's budget and
+    seeds; digits), where ``amos suggest --steps`` keeps the paper's recipe: Amos constant (that
+    recipe), with a cooldown, and with the short-budget recipe's settings (stages EPOCHS_SHORT and
+    DIGITS_SHORT), each tuned, against the best AdamW of the same seeds, per seed."""
     rows = []
-    for label, summary, name in (
-            ("amos: the paper's recipe, constant xi (what amos suggest gives here)", base, "amos"),
-            ("amos-wsd: with a 20% cooldown", base, "amos-wsd"),
-            ("amos-wsd with the short-budget recipe's settings", _restricted(
-                short, seeds=seeds, budgets=[budget]), "amos-wsd"),
-            ("adamw: linear decay", base, "adamw"), ("adamw-wsd (the reference)", base,
-                                                      "adamw-wsd")):
-        entry = _tuned(summary, budget, name)
-        if not entry or entry.get("n", 0) < len(seeds):
+    for task, folder in [(EPOCHS, EPOCHS_SHORT),
+                         *[("digits", f"{DIGITS_SHORT}-b{b}") for b in DIGITS_BUDGETS]]:
+        short, base_results = _load(root, folder), _load(root, task)
+        if short is None or base_results is None:
             continue
-        rows.append({"setting": label, "budget": budget, "seeds": seeds, "entry": entry,
-                     "value": entry["value"],
-                     "minus_adamw_wsd": {s: entry["losses"][s] - adamw["losses"][s]
-                                         for s in entry["losses"] if s in adamw["losses"]}})
+        budget, seeds = short["config"]["budgets"][0], short["config"]["seeds"]
+        if budget not in base_results["config"]["budgets"]:
+            continue
+        base = _restricted(base_results, seeds=seeds, budgets=[budget])
+        label = base["budgets"][str(budget)]["reference"]
+        reference = next((e for e in base["budgets"][str(budget)]["entries"]
+                          if e["label"] == label), None)
+        if not reference or reference.get("n", 0) < len(seeds):
+            continue
+        for setting, summary, name in (
+                ("amos: the paper's recipe, constant xi (what amos suggest gives here)", base,
+                 "amos"),
+                ("amos-wsd: with a 20% cooldown", base, "amos-wsd"),
+                ("amos-wsd with the short-budget recipe's settings",
+                 _restricted(short, seeds=seeds, budgets=[budget]), "amos-wsd"),
+                (f"the reference: {label}", base, reference["optimizer"])):
+            entry = _tuned(summary, budget, name)
+            if not entry or entry.get("n", 0) < len(seeds):
+                continue
+            rows.append({"task": task, "budget": budget, "seeds": seeds, "setting": setting,
+                         "entry": entry, "value": entry["value"], "reference": label,
+                         "minus_reference": {s: entry["losses"][s] - reference["losses"][s]
+                                             for s in entry["losses"]
+                                             if s in reference["losses"]}})
     return rows
 
 
@@ -659,17 +682,18 @@ def write_summary(root: Path) -> dict:
                 lines.append(f"| {row['setting']} | {grid} | {row['best_value']:g} x | "
                              f"{row['recipe']:.4f} | {row['adamw_wsd']:.4f} "
                              f"(lr {row['adamw_wsd_lr']:g}) | {per_seed} |")
-    out["epochs_settings"] = epochs_settings(root)
-    if out["epochs_settings"]:
-        first = out["epochs_settings"][0]
-        lines += ["", f"## Several epochs ({EPOCHS}, {first['budget']} steps, seeds "
-                      f"{', '.join(map(str, first['seeds']))}): which Amos setting", "",
-                  "| setting | final loss | tuned value | minus AdamW-WSD (tuned), per seed |",
-                  "|---|---|---|---|"]
-        for row in out["epochs_settings"]:
-            diff = ", ".join(f"{d:+.3f}" for d in row["minus_adamw_wsd"].values())
-            lines.append(f"| {row['setting']} | {_fmt(row['entry'])} | {row['value']:g} | "
-                         f"{diff} |")
+    out["past_onset"] = past_onset(root)
+    if out["past_onset"]:
+        lines += ["", "## Budgets past Amos's decay onset: the paper's recipe against the "
+                      "short-budget recipe's settings (each tuned; the reference is the best "
+                      "AdamW on the same seeds)", "",
+                  "| task, budget, seeds | setting | final loss | tuned value "
+                  "| minus the reference, per seed |", "|---|---|---|---|---|"]
+        for row in out["past_onset"]:
+            where = f"{row['task']}, {row['budget']}, {','.join(map(str, row['seeds']))}"
+            diff = ", ".join(f"{d:+.3f}" for d in row["minus_reference"].values())
+            lines.append(f"| {where} | {row['setting']} | {_fmt(row['entry'])} | "
+                         f"{row['value']:g} | {diff} |")
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -81,26 +81,40 @@ def _stage(tmp_path: Path, folder: str, optimizers: dict[str, dict[float, list[f
     (tmp_path / folder / "results.json").write_text(json.dumps(results))
 
 
-def test_epochs_settings_against_the_tuned_adamw_wsd(tmp_path: Path) -> None:
+def test_past_onset_against_the_best_adamw(tmp_path: Path) -> None:
     study = _load()
     _stage(tmp_path, study.EPOCHS, {
         "amos": {0.5: [2.0, 2.2], 1.0: [1.9, 2.1]},
         "amos-wsd": {0.5: [1.7, 1.9], 1.0: [1.8, 1.8]},
         "adamw-wsd": {1e-3: [1.6, 1.7], 3e-3: [1.55, 1.85]},  # 1e-3 best: 1.65 against 1.7
         "adamw": {1e-3: [1.9, 1.9], 3e-3: [1.7, 1.8]}})
-    assert study.epochs_settings(tmp_path) == []  # the short-recipe stage has not run
+    assert study.past_onset(tmp_path) == []  # the short-recipe stage has not run
     # its 1 x is best (1.6 against 1.65)
     _stage(tmp_path, study.EPOCHS_SHORT, {"amos-wsd": {0.5: [1.55, 1.75], 1.0: [1.5, 1.7]}})
-    rows = {row["setting"].split(":")[0]: row for row in study.epochs_settings(tmp_path)}
+    rows = {row["setting"].split(":")[0]: row for row in study.past_onset(tmp_path)}
     assert list(rows) == ["amos", "amos-wsd", "amos-wsd with the short-budget recipe's settings",
-                          "adamw", "adamw-wsd (the reference)"]
+                          "the reference"]
     assert rows["amos"]["value"] == 1.0 and rows["amos-wsd"]["value"] == 0.5
-    assert rows["adamw"]["value"] == 3e-3 and rows["adamw-wsd (the reference)"]["value"] == 1e-3
-    assert rows["adamw-wsd (the reference)"]["minus_adamw_wsd"] == {"0": 0.0, "1": 0.0}
+    reference = rows["the reference"]
+    assert reference["value"] == 1e-3 and reference["minus_reference"] == {"0": 0.0, "1": 0.0}
     short = rows["amos-wsd with the short-budget recipe's settings"]
     assert short["value"] == 1.0
-    assert list(short["minus_adamw_wsd"].values()) == pytest.approx([1.5 - 1.6, 1.7 - 1.7])
-    assert list(rows["amos"]["minus_adamw_wsd"].values()) == pytest.approx([0.3, 0.4])
+    assert list(short["minus_reference"].values()) == pytest.approx([1.5 - 1.6, 1.7 - 1.7])
+    assert list(rows["amos"]["minus_reference"].values()) == pytest.approx([0.3, 0.4])
     study.write_summary(tmp_path)
-    assert ("| amos-wsd with the short-budget recipe's settings | 1.6000 ± 0.1414 (n=2) | 1 | "
-            "-0.100, +0.000 |") in (tmp_path / "summary.md").read_text()
+    assert ("| lm-epochs, 100, 0,1 | amos-wsd with the short-budget recipe's settings | "
+            "1.6000 ± 0.1414 (n=2) | 1 | -0.100, +0.000 |") in (tmp_path / "summary.md").read_text()
+
+
+def test_short_recipe_flags_are_suggests_short_budget_settings() -> None:
+    from amosopt.suggest import _short_budget
+
+    study = _load()
+    for xi, beta, steps in [(0.0884, 0.91, 1000), (0.149, 0.9, 400), (0.149, 0.9, 1500)]:
+        flags = study.short_recipe_flags(steps)
+        value = dict(zip(flags[::2], flags[1::2]))
+        recipe = _short_budget(xi, beta, 1.0, 100.0, ("", "", ""), 10.0, "", steps)
+        assert float(value["--amos-beta"]) == pytest.approx(recipe.beta)
+        assert int(value["--amos-warmup"]) == recipe.warmup_steps
+        assert float(value["--amos-decay-ratio"]) == recipe.decay_ratio
+        assert value["--amos-second-moment"] == recipe.second_moment
