@@ -57,7 +57,8 @@ EPOCHS = "lm-epochs"
 EPOCHS_TRAIN_BYTES = 512 * 1024
 #: over several epochs the budget is past Amos's decay onset, where ``amos suggest --steps``
 #: keeps the paper's recipe; this stage gives amos-wsd the short-budget recipe's settings there
-#: instead, to test that rule (its xi grid reaches 0.25 x: 2 x diverges, 0.5 x was best)
+#: instead, to test that rule (its xi grid reaches down to 0.125 x: 2 x diverges, and the best
+#: multiplier fell from 0.5 x to 0.25 x as the grid grew)
 EPOCHS_SHORT = "lm-epochs-short-recipe"
 EPOCHS_SHORT_BUDGET = 1000
 #: the same test on digits, whose budgets are past the onset too (one stage per budget: the
@@ -123,15 +124,16 @@ STAGES: list[tuple[str, str, list[str]]] = [
     ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
                   "--optimizers", ALL]),
     # several epochs: Amos's own decay (the paper's recipe: constant xi) against AdamW's
-    # schedules
+    # schedules (Amos's grid reaches 0.25 x: at 1000 steps its best sat at 0.5 x, the low edge
+    # of the default grid; 2000 steps is on seeds 0 and 1, as compute forces)
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
-                      "amos,amos-wsd,adamw,adamw-wsd"]),
+                      "amos,amos-wsd,adamw,adamw-wsd", "--xi-multipliers", "0.25,0.5,1,2"]),
     (EPOCHS_SHORT, EPOCHS_SHORT, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES),
                                   "--budgets", str(EPOCHS_SHORT_BUDGET), "--seeds", "0,1",
                                   "--optimizers", "amos-wsd",
                                   *short_recipe_flags(EPOCHS_SHORT_BUDGET),
-                                  "--xi-multipliers", "0.25,0.5,1,2"]),
+                                  "--xi-multipliers", "0.125,0.25,0.5,1,2"]),
     *[(f"{DIGITS_SHORT}-b{budget}", f"{DIGITS_SHORT}-b{budget}",
        ["--task", "digits", "--budgets", str(budget), "--seeds", "0,1,2", "--optimizers",
         "amos-wsd", *short_recipe_flags(budget)]) for budget in DIGITS_BUDGETS],
@@ -196,18 +198,25 @@ def run_stages(root: Path, jobs: int, only: str | None) -> None:
 def rebuild(root: Path, folder: str, args: list[str]) -> None:
     """Rewrites a stage's results.json, report and plots from every run in its ``runs/``,
     without running anything: after ``amos compare`` with a subset of the stage's optimizers,
-    budgets or seeds (which rewrites them for that subset), the outputs of the stage's own
-    ``args`` again. Runs not done yet show as missing."""
+    budgets, seeds or grid values (which rewrites them for that subset), the outputs of the
+    stage's own ``args`` again (its grids: the task's defaults, or its ``--xi-multipliers``).
+    Runs not done yet show as missing."""
     from amosopt.compare import jobs, report
-    from amosopt.compare.config import CompareConfig
+    from amosopt.compare.config import DEFAULTS, CompareConfig
     from amosopt.compare.plan import plan
 
     out = root / folder
     results = json.loads((out / "results.json").read_text())
     value = {flag: args[args.index(flag) + 1] for flag in ("--optimizers", "--budgets", "--seeds")}
+    # the grids too: a run with a subset of them (--xi-multipliers, --lrs) recorded its own
+    defaults = DEFAULTS[results["config"]["task"]]["full"]
+    xi = (args[args.index("--xi-multipliers") + 1].split(",") if "--xi-multipliers" in args
+          else defaults["xi_multipliers"])
     results["config"].update(optimizers=value["--optimizers"].split(","),
                              budgets=[int(b) for b in value["--budgets"].split(",")],
-                             seeds=[int(s) for s in value["--seeds"].split(",")])
+                             seeds=[int(s) for s in value["--seeds"].split(",")],
+                             xi_multipliers=[float(m) for m in xi],
+                             grids={k: list(v) for k, v in defaults["grids"].items()})
     config = CompareConfig(**results["config"])
     specs = plan(config)
     done = jobs.load_done(out / "runs")
