@@ -247,6 +247,18 @@ def _tuned(summary: dict, budget: int, name: str, which: str = "tuned") -> dict 
     return entry.get(which)
 
 
+def _reference(summary: dict, budget: int) -> dict | None:
+    """The entry of a budget's reference (its best AdamW)."""
+    s = summary["budgets"][str(budget)]
+    return next((e for e in s["entries"] if e["label"] == s["reference"]), None)
+
+
+def _per_seed(entry: dict, other: dict) -> dict[str, float]:
+    """``entry``'s final loss minus ``other``'s, per seed both have a loss for."""
+    return {s: loss - other["losses"][s] for s, loss in entry["losses"].items()
+            if loss is not None and other["losses"].get(s) is not None}
+
+
 def _fmt(entry: dict | None) -> str:
     if not entry or entry.get("mean") is None:
         return "not run"
@@ -259,9 +271,8 @@ def _against_reference(results: dict, name: str, what: str) -> list[dict]:
     summary = results["summary"]
     rows, reach_percent = [], []
     for budget in results["config"]["budgets"]:
-        s = summary["budgets"][str(budget)]
         entry = _tuned(summary, budget, name)
-        reference = next((e for e in s["entries"] if e["label"] == s["reference"]), None)
+        reference = _reference(summary, budget)
         if not entry or not reference or entry.get("n", 0) < reference.get("n", 0):
             continue
         test = entry.get("paired_test") or {}
@@ -348,9 +359,7 @@ def peers(lm: dict) -> list[dict]:
                 "sd": entry["sd"], "n": entry["n"],
                 "state_percent_of_adamw": (100 * entry["state_bytes"] / adamw["state_bytes"]
                                            if adamw and adamw.get("state_bytes") else None),
-                "minus_recipe": None if test is None else {
-                    s: entry["losses"][s] - recipe["losses"][s] for s in entry["losses"]
-                    if recipe["losses"].get(s) is not None},
+                "minus_recipe": None if test is None else _per_seed(entry, recipe),
                 "p": None if test is None else test["p"]})
     return rows
 
@@ -382,9 +391,7 @@ def ablations(root: Path, lm: dict) -> list[dict]:
         row["difference"] = (None if row["mean"] is None or not base or base["mean"] is None
                              else row["mean"] - base["mean"])
         if base and entry and entry.get("losses") and base.get("losses"):
-            row["per_seed_difference"] = {
-                s: entry["losses"][s] - base["losses"][s] for s in entry["losses"]
-                if entry["losses"].get(s) is not None and base["losses"].get(s) is not None}
+            row["per_seed_difference"] = _per_seed(entry, base)
     return rows
 
 
@@ -405,9 +412,7 @@ def combined(root: Path, lm: dict) -> list[dict]:
         row["mean"], row["value"] = entry.get("mean"), entry.get("value")
         row["losses"] = entry.get("losses") or {}
     for amos, adamw in (rows[0], rows[1]), (rows[2], rows[3]):
-        amos["vs_adamw_same_schedule"] = {
-            s: loss - adamw["losses"][s] for s, loss in amos["losses"].items()
-            if loss is not None and adamw["losses"].get(s) is not None}
+        amos["vs_adamw_same_schedule"] = _per_seed(amos, adamw)
     return rows
 
 
@@ -457,8 +462,7 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
                      "mean_by_value": grid["mean_by_value"], "best_value": grid["tuned_value"],
                      "recipe": recipe["mean"], "adamw_wsd": adamw["mean"],
                      "adamw_wsd_lr": adamw["value"],
-                     "difference": {s: recipe["losses"][s] - adamw["losses"][s]
-                                    for s in recipe["losses"] if s in adamw["losses"]}})
+                     "difference": _per_seed(recipe, adamw)})
     return rows
 
 
@@ -477,9 +481,7 @@ def past_onset(root: Path) -> list[dict]:
         if budget not in base_results["config"]["budgets"]:
             continue
         base = _restricted(base_results, seeds=seeds, budgets=[budget])
-        label = base["budgets"][str(budget)]["reference"]
-        reference = next((e for e in base["budgets"][str(budget)]["entries"]
-                          if e["label"] == label), None)
+        reference = _reference(base, budget)
         if not reference or reference.get("n", 0) < len(seeds):
             continue
         for setting, summary, name in (
@@ -488,15 +490,14 @@ def past_onset(root: Path) -> list[dict]:
                 ("amos-wsd: with a 20% cooldown", base, "amos-wsd"),
                 ("amos-wsd with the short-budget recipe's settings",
                  _restricted(short, seeds=seeds, budgets=[budget]), "amos-wsd"),
-                (f"the reference: {label}", base, reference["optimizer"])):
+                (f"the reference: {reference['label']}", base, reference["optimizer"])):
             entry = _tuned(summary, budget, name)
             if not entry or entry.get("n", 0) < len(seeds):
                 continue
             rows.append({"task": task, "budget": budget, "seeds": seeds, "setting": setting,
-                         "entry": entry, "value": entry["value"], "reference": label,
-                         "minus_reference": {s: entry["losses"][s] - reference["losses"][s]
-                                             for s in entry["losses"]
-                                             if s in reference["losses"]}})
+                         "entry": entry, "value": entry["value"],
+                         "reference": reference["label"],
+                         "minus_reference": _per_seed(entry, reference)})
     return rows
 
 
