@@ -56,11 +56,12 @@ NOMOM_LOW_XI = "lm-recipe-nomom-low-xi"
 EPOCHS = "lm-epochs"
 EPOCHS_TRAIN_BYTES = 512 * 1024
 #: over several epochs the budget is past Amos's decay onset, where ``amos suggest --steps``
-#: keeps the paper's recipe; this stage gives amos-wsd the short-budget recipe's settings there
-#: instead, to test that rule (its xi grid reaches down to 0.125 x: 2 x diverges, and the best
-#: multiplier fell from 0.5 x to 0.25 x as the grid grew)
+#: keeps the paper's recipe; these stages (one per budget: the warm-up and beta depend on it) give
+#: amos-wsd the short-budget recipe's settings there instead, to test that rule. At 1000 steps its
+#: xi grid reaches down to 0.125 x (2 x diverges, and the best multiplier fell from 0.5 x to
+#: 0.25 x as the grid grew); at 2000 steps, on {0.125, 0.25, 0.5} x (1 x and 2 x lost at 1000)
 EPOCHS_SHORT = "lm-epochs-short-recipe"
-EPOCHS_SHORT_BUDGET = 1000
+EPOCHS_SHORT_GRIDS = {1000: "0.125,0.25,0.5,1,2", 2000: "0.125,0.25,0.5"}
 #: the same test on digits, whose budgets are past the onset too (one stage per budget: the
 #: warm-up and beta depend on it)
 DIGITS_SHORT = "digits-short-recipe"
@@ -124,16 +125,17 @@ STAGES: list[tuple[str, str, list[str]]] = [
     ("lm", "lm", ["--task", "lm", "--budgets", "500,1000,2000", "--seeds", "0,1,2",
                   "--optimizers", ALL]),
     # several epochs: Amos's own decay (the paper's recipe: constant xi) against AdamW's
-    # schedules (Amos's grid reaches 0.25 x: at 1000 steps its best sat at 0.5 x, the low edge
-    # of the default grid; 2000 steps is on seeds 0 and 1, as compute forces)
+    # schedules (Amos's grid reaches 0.125 x: at 1000 steps its best sat at 0.5 x, then at
+    # 0.25 x, the low edge each time; 2000 steps is on seeds 0 and 1, as compute forces, with
+    # Amos on {0.125, 0.25, 0.5} x and AdamW on {0.0015, 0.003}, the grid points next to the
+    # best at 1000 steps, widened only where the best sits at an edge)
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
-                      "amos,amos-wsd,adamw,adamw-wsd", "--xi-multipliers", "0.25,0.5,1,2"]),
-    (EPOCHS_SHORT, EPOCHS_SHORT, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES),
-                                  "--budgets", str(EPOCHS_SHORT_BUDGET), "--seeds", "0,1",
-                                  "--optimizers", "amos-wsd",
-                                  *short_recipe_flags(EPOCHS_SHORT_BUDGET),
-                                  "--xi-multipliers", "0.125,0.25,0.5,1,2"]),
+                      "amos,amos-wsd,adamw,adamw-wsd", "--xi-multipliers", "0.125,0.25,0.5,1,2"]),
+    *[(f"{EPOCHS_SHORT}-b{budget}", f"{EPOCHS_SHORT}-b{budget}",
+       ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets", str(budget),
+        "--seeds", "0,1", "--optimizers", "amos-wsd", *short_recipe_flags(budget),
+        "--xi-multipliers", grid]) for budget, grid in EPOCHS_SHORT_GRIDS.items()],
     *[(f"{DIGITS_SHORT}-b{budget}", f"{DIGITS_SHORT}-b{budget}",
        ["--task", "digits", "--budgets", str(budget), "--seeds", "0,1,2", "--optimizers",
         "amos-wsd", *short_recipe_flags(budget)]) for budget in DIGITS_BUDGETS],
@@ -216,7 +218,8 @@ def rebuild(root: Path, folder: str, args: list[str]) -> None:
                              budgets=[int(b) for b in value["--budgets"].split(",")],
                              seeds=[int(s) for s in value["--seeds"].split(",")],
                              xi_multipliers=[float(m) for m in xi],
-                             grids={k: list(v) for k, v in defaults["grids"].items()})
+                             grids={k: list(v) for k, v in defaults["grids"].items()},
+                             out=str(out))  # where it is now (a stage folder may be renamed)
     config = CompareConfig(**results["config"])
     specs = plan(config)
     done = jobs.load_done(out / "runs")
@@ -466,14 +469,21 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
     return rows
 
 
+def _per_budget(root: Path, prefix: str) -> list[str]:
+    """The folders of a stage run once per budget (``<prefix>-b<budget>``), by budget."""
+    folders = {int(path.name.removeprefix(f"{prefix}-b")): path.name
+               for path in root.glob(f"{prefix}-b*") if path.name[len(prefix) + 2:].isdigit()}
+    return [folders[budget] for budget in sorted(folders)]
+
+
 def past_onset(root: Path) -> list[dict]:
-    """Budgets past Amos's decay onset (several epochs of lm, stage EPOCHS_SHORT's budget and
+    """Budgets past Amos's decay onset (several epochs of lm, the EPOCHS_SHORT stages' budgets and
     seeds; digits), where ``amos suggest --steps`` keeps the paper's recipe: Amos constant (that
     recipe), with a cooldown, and with the short-budget recipe's settings (stages EPOCHS_SHORT and
     DIGITS_SHORT), each tuned, against the best AdamW of the same seeds, per seed."""
     rows = []
-    for task, folder in [(EPOCHS, EPOCHS_SHORT),
-                         *[("digits", f"{DIGITS_SHORT}-b{b}") for b in DIGITS_BUDGETS]]:
+    for task, folder in [*[(EPOCHS, name) for name in _per_budget(root, EPOCHS_SHORT)],
+                         *[("digits", name) for name in _per_budget(root, DIGITS_SHORT)]]:
         short, base_results = _load(root, folder), _load(root, task)
         if short is None or base_results is None:
             continue

@@ -90,7 +90,8 @@ def test_past_onset_against_the_best_adamw(tmp_path: Path) -> None:
         "adamw": {1e-3: [1.9, 1.9], 3e-3: [1.7, 1.8]}})
     assert study.past_onset(tmp_path) == []  # the short-recipe stage has not run
     # its 1 x is best (1.6 against 1.65)
-    _stage(tmp_path, study.EPOCHS_SHORT, {"amos-wsd": {0.5: [1.55, 1.75], 1.0: [1.5, 1.7]}})
+    _stage(tmp_path, f"{study.EPOCHS_SHORT}-b100",
+           {"amos-wsd": {0.5: [1.55, 1.75], 1.0: [1.5, 1.7]}})
     rows = {row["setting"].split(":")[0]: row for row in study.past_onset(tmp_path)}
     assert list(rows) == ["amos", "amos-wsd", "amos-wsd with the short-budget recipe's settings",
                           "the reference"]
