@@ -116,6 +116,14 @@ def paired_test(entry: dict, reference: dict) -> dict | None:
     return result
 
 
+def _run_at(values: list[float], name: str, budget: int, runs: dict) -> list[float]:
+    """The grid values with a run at ``budget`` (all of them where none has one): a study may
+    run a narrower grid at a longer budget, around the best of a shorter one, and a value it
+    never ran there must not leave every seed without a full grid."""
+    ran = [v for v in values if any(k[:3] == (name, v, budget) for k in runs)]
+    return ran or list(values)
+
+
 def summarize(results: dict) -> dict:
     """Per budget: every optimizer's tuned entry (and Amos's suggested one), the reference,
     steps to reach it, the paired tests; the anytime Amos curve."""
@@ -126,7 +134,7 @@ def summarize(results: dict) -> dict:
     for budget in config["budgets"]:
         per_optimizer = {}
         for name in config["optimizers"]:
-            values = grid(config, name)
+            values = _run_at(grid(config, name), name, budget, runs)
             by_value = {v: {seed: runs[(name, v, budget, seed)] for seed in config["seeds"]
                             if (name, v, budget, seed) in runs} for v in values}
             per_optimizer[name] = _optimizer_summary(name, list(values), by_value, budget)

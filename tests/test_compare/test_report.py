@@ -96,6 +96,13 @@ def test_a_value_counts_only_with_every_seed_done():
     assert amos["tuned"]["n"] == 2
 
 
+def test_a_value_never_run_at_a_budget_leaves_its_grid():
+    runs = [r for r in _study() if not (r["optimizer"] == "amos" and r["value"] == 2.0)]
+    amos = summary.summarize(_results(runs))["budgets"]["100"]["optimizers"]["amos"]
+    assert amos["grid"] == [0.5, 1.0] and amos["seeds"] == [0, 1, 2]
+    assert amos["tuned_value"] == 1.0 and amos["tuned_at_grid_edge"] is True
+
+
 def test_no_reference_without_adamw():
     runs = [r for r in _study() if r["optimizer"] == "amos"]
     s = summary.summarize(_results(runs, optimizers=("amos",)))["budgets"]["100"]
