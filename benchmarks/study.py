@@ -127,9 +127,11 @@ STAGES: list[tuple[str, str, list[str]]] = [
                   "--optimizers", ALL]),
     # several epochs: Amos's own decay (the paper's recipe: constant xi) against AdamW's
     # schedules (Amos's grid reaches 0.0625 x: at 1000 steps its best sat at the low edge three
-    # times, 0.5 x, 0.25 x and 0.125 x, as the grid grew). 2000 steps is on seeds 0 and 1, as
-    # compute forces, on the grid points around the best at 1000 steps: Amos on {0.0625, 0.125,
-    # 0.25} x, AdamW on {0.0015, 0.003, 0.006} (the others lost by 0.05 or more at 1000)
+    # times, 0.5 x, 0.25 x and 0.125 x, as the grid grew; 0.0625 x loses). 2000 steps is on
+    # seeds 0 and 1, as compute forces, on the grid points around the best at 1000 steps (the
+    # others lost by 0.05 or more there), widened where the best sat at an edge: amos on
+    # {0.0625, 0.125, 0.25} x, amos-wsd on {0.125, 0.25} x, AdamW on {0.0015, 0.003, 0.006}
+    # (adamw-wsd also 0.012, adamw also 0.00075 on seed 0)
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd",
