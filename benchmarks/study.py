@@ -131,7 +131,7 @@ STAGES: list[tuple[str, str, list[str]]] = [
     # seeds 0 and 1, as compute forces, on the grid points around the best at 1000 steps (the
     # others lost by 0.05 or more there), widened where the best sat at an edge: amos on
     # {0.0625, 0.125, 0.25} x, amos-wsd on {0.125, 0.25} x, AdamW on {0.0015, 0.003, 0.006}
-    # (adamw-wsd also 0.012, adamw also 0.00075 on seed 0)
+    # (adamw-wsd also 0.012, adamw also 0.00075)
     (EPOCHS, EPOCHS, ["--task", "lm", "--train-bytes", str(EPOCHS_TRAIN_BYTES), "--budgets",
                       "1000,2000", "--seeds", "0,1,2", "--optimizers",
                       "amos,amos-wsd,adamw,adamw-wsd",
