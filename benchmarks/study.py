@@ -475,9 +475,10 @@ def fit_and_check(root: Path, lm: dict) -> list[dict]:
 
 def _per_budget(root: Path, prefix: str) -> list[str]:
     """The folders of a stage run once per budget (``<prefix>-b<budget>``), by budget."""
-    folders = {int(path.name.removeprefix(f"{prefix}-b")): path.name
-               for path in root.glob(f"{prefix}-b*") if path.name[len(prefix) + 2:].isdigit()}
-    return [folders[budget] for budget in sorted(folders)]
+    budgets = {path.name: path.name.removeprefix(f"{prefix}-b")
+               for path in root.glob(f"{prefix}-b*")}
+    return sorted((name for name, b in budgets.items() if b.isdigit()),
+                  key=lambda name: int(budgets[name]))
 
 
 def past_onset(root: Path) -> list[dict]:
